@@ -1,0 +1,23 @@
+# `cmake --install build --prefix P` installs headers, the library and a CMake
+# package: find_package(RotaryAttention) + RotaryAttention::rotary_attention.
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+install(TARGETS rotary_attention EXPORT RotaryAttentionTargets
+  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(DIRECTORY include/rotary_attention DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(EXPORT RotaryAttentionTargets
+  NAMESPACE RotaryAttention::
+  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/RotaryAttention)
+configure_package_config_file(cmake/RotaryAttentionConfig.cmake.in
+  ${CMAKE_CURRENT_BINARY_DIR}/RotaryAttentionConfig.cmake
+  INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/RotaryAttention)
+write_basic_package_version_file(
+  ${CMAKE_CURRENT_BINARY_DIR}/RotaryAttentionConfigVersion.cmake
+  COMPATIBILITY SameMinorVersion)
+install(FILES
+  ${CMAKE_CURRENT_BINARY_DIR}/RotaryAttentionConfig.cmake
+  ${CMAKE_CURRENT_BINARY_DIR}/RotaryAttentionConfigVersion.cmake
+  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/RotaryAttention)

@@ -1,0 +1,142 @@
+// rotary_attention._C: thin pybind11 bindings of the C++ modules. Python-side
+// conveniences (state_dict, keyword calls, returning self) live in
+// python/rotary_attention/_modules.py.
+
+#include <torch/python.h>
+#include <torch/extension.h>
+
+#include "rotary_attention/rotary_attention.h"
+
+namespace py = pybind11;
+namespace ra = rotary_attention;
+
+namespace {
+
+torch::Tensor or_undefined(const std::optional<torch::Tensor>& t) {
+  return t.has_value() ? *t : torch::Tensor();
+}
+
+std::unordered_map<std::string, torch::Tensor> state_dict_of(const torch::nn::Module& m) {
+  return ra::state_dict(m);
+}
+
+py::tuple load_into(
+    torch::nn::Module& m,
+    const std::unordered_map<std::string, torch::Tensor>& state,
+    bool strict) {
+  const ra::LoadResult r = ra::load_state_dict(m, state, strict);
+  return py::make_tuple(r.missing_keys, r.unexpected_keys);
+}
+
+} // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "C++ (LibTorch) rotary attention layers and the rotary operator";
+
+  py::class_<ra::KVCache>(m, "KVCache", R"doc(
+Key/value cache for incremental decoding, shared by every attention layer of a
+model, with the semantics of Whisper's forward hooks on `key` and `value`:
+self-attention keys/values are appended each call, cross-attention ones are
+computed on the first call and reused.)doc")
+      .def(py::init<>())
+      .def("clear", &ra::KVCache::clear, "Forget every cached entry (start a new sequence).")
+      .def("__len__", &ra::KVCache::size)
+      .def(
+          "length",
+          [](const ra::KVCache& c, const ra::MultiHeadAttentionImpl& layer) {
+            return c.length(&layer);
+          },
+          py::arg("layer"),
+          "Number of cached time steps of `layer` (0 when absent).")
+      .def(
+          "get",
+          [](const ra::KVCache& c, const ra::MultiHeadAttentionImpl& layer) -> py::object {
+            const ra::KVCache::Entry* e = c.find(&layer);
+            if (e == nullptr) {
+              return py::none();
+            }
+            return py::make_tuple(e->key, e->value);
+          },
+          py::arg("layer"),
+          "(key, value) cached for `layer`, or None.");
+
+  torch::python::bind_module<ra::RotationLayerImpl, /*force_enable=*/true>(m, "RotationLayer")
+      .def(py::init<int64_t>(), py::arg("embed_dim"))
+      .def("forward", &ra::RotationLayerImpl::forward, py::arg("x"))
+      .def("reset_parameters", &ra::RotationLayerImpl::reset_parameters)
+      .def_property_readonly(
+          "rotation_matrix", [](const ra::RotationLayerImpl& r) { return r.rotation_matrix; });
+
+  torch::python::bind_module<ra::RotaryEmbeddingImpl, /*force_enable=*/true>(m, "RotaryEmbedding")
+      .def(
+          py::init([](int64_t dim, double base) {
+            return std::make_shared<ra::RotaryEmbeddingImpl>(
+                ra::RotaryEmbeddingOptions(dim).base(base));
+          }),
+          py::arg("dim"),
+          py::arg("base") = 10000.0)
+      .def("forward", &ra::RotaryEmbeddingImpl::forward, py::arg("x"))
+      .def("rotate_queries_or_keys", &ra::RotaryEmbeddingImpl::rotate_queries_or_keys, py::arg("x"))
+      .def_property_readonly("inv_freq", [](const ra::RotaryEmbeddingImpl& r) { return r.inv_freq; });
+
+  torch::python::bind_module<ra::MultiHeadAttentionImpl, /*force_enable=*/true>(m, "MultiHeadAttention")
+      .def(
+          py::init([](int64_t n_state,
+                      int64_t n_head,
+                      double dropout_rate,
+                      bool gradient_checkpointing,
+                      bool group_norm,
+                      bool sdpa) {
+            return std::make_shared<ra::MultiHeadAttentionImpl>(
+                ra::MultiHeadAttentionOptions(n_state, n_head)
+                    .dropout_rate(dropout_rate)
+                    .gradient_checkpointing(gradient_checkpointing)
+                    .group_norm(group_norm)
+                    .sdpa(sdpa));
+          }),
+          py::arg("n_state"),
+          py::arg("n_head"),
+          py::arg("dropout_rate") = 0.01,
+          py::arg("gradient_checkpointing") = false,
+          py::arg("group_norm") = false,
+          py::arg("sdpa") = true)
+      .def(
+          "forward",
+          [](ra::MultiHeadAttentionImpl& self,
+             const torch::Tensor& x,
+             const std::optional<torch::Tensor>& xa,
+             const std::optional<torch::Tensor>& mask,
+             ra::KVCache* kv_cache) {
+            return self.forward(x, or_undefined(xa), or_undefined(mask), kv_cache);
+          },
+          py::arg("x"),
+          py::arg("xa") = py::none(),
+          py::arg("mask") = py::none(),
+          py::arg("kv_cache") = py::none())
+      .def_property(
+          "sdpa",
+          [](const ra::MultiHeadAttentionImpl& self) { return self.options.sdpa(); },
+          [](ra::MultiHeadAttentionImpl& self, bool on) { self.options.sdpa(on); })
+      .def_property_readonly("n_state", [](const ra::MultiHeadAttentionImpl& s) { return s.options.n_state(); })
+      .def_property_readonly("n_head", [](const ra::MultiHeadAttentionImpl& s) { return s.options.n_head(); })
+      .def_property_readonly("head_dim", &ra::MultiHeadAttentionImpl::head_dim)
+      .def_property_readonly("group_norm", [](const ra::MultiHeadAttentionImpl& s) { return s.options.group_norm(); })
+      .def_property_readonly(
+          "gradient_checkpointing",
+          [](const ra::MultiHeadAttentionImpl& s) { return s.options.gradient_checkpointing(); })
+      .def_property_readonly("temperature", [](const ra::MultiHeadAttentionImpl& s) { return s.temperature; });
+
+  m.def("_state_dict", &state_dict_of, py::arg("module"));
+  m.def("_load_state_dict", &load_into, py::arg("module"), py::arg("state"), py::arg("strict"));
+  m.def(
+      "_load_state_dict_file",
+      [](torch::nn::Module& mod, const std::string& path) { ra::load_state_dict(mod, path); },
+      py::arg("module"),
+      py::arg("path"));
+  m.def(
+      "_save_state_dict_file",
+      [](const torch::nn::Module& mod, const std::string& path) { ra::save_state_dict(mod, path); },
+      py::arg("module"),
+      py::arg("path"));
+  m.def("built_with_cuda", &ra::built_with_cuda);
+}

@@ -1,0 +1,128 @@
+#include <catch2/catch.hpp>
+
+#include <torch/torch.h>
+
+#include <set>
+
+#include "rotary_attention/rotary_attention.h"
+
+namespace ra = rotary_attention;
+
+TEST_CASE("MultiHeadAttention options and state-dict keys are the original's", "[mha]") {
+  ra::MultiHeadAttentionOptions o(64, 4);
+  REQUIRE(o.dropout_rate() == 0.01);
+  REQUIRE_FALSE(o.gradient_checkpointing());
+  REQUIRE_FALSE(o.group_norm());
+  REQUIRE(o.sdpa());
+
+  ra::MultiHeadAttention mha(o);
+  std::set<std::string> keys;
+  for (const auto& [k, v] : ra::state_dict(*mha)) {
+    keys.insert(k);
+  }
+  const std::set<std::string> want = {
+      "attn_ln.weight", "attn_ln.bias", "key.weight", "out.weight", "out.bias",
+      "query.weight", "query.bias", "rotary_emb.inv_freq", "rotation_layer.rotation_matrix",
+      "temperature", "value.weight", "value.bias"};
+  REQUIRE(keys == want);
+  REQUIRE(mha->temperature.item<float>() == Approx(1.0 / 4.0));
+  REQUIRE(torch::equal(mha->rotation_layer->rotation_matrix, torch::eye(16)));
+}
+
+TEST_CASE("MultiHeadAttention shapes on both paths", "[mha]") {
+  torch::manual_seed(0);
+  auto x = torch::randn({2, 5, 64});
+  auto xa = torch::randn({2, 9, 64});
+  for (bool sdpa : {true, false}) {
+    ra::MultiHeadAttention mha(ra::MultiHeadAttentionOptions(64, 4).sdpa(sdpa));
+    mha->eval();
+    auto [out, qk] = mha(x);
+    REQUIRE(out.sizes() == x.sizes());
+    REQUIRE(qk.defined() == !sdpa);
+    if (!sdpa) {
+      REQUIRE(qk.sizes() == torch::IntArrayRef({2, 4, 5, 5}));
+      REQUIRE(qk.dtype() == torch::kFloat);
+      REQUIRE_FALSE(qk.requires_grad());
+    }
+    auto [out_x, qk_x] = mha(x, xa);
+    REQUIRE(out_x.sizes() == x.sizes());
+    if (!sdpa) {
+      REQUIRE(qk_x.sizes() == torch::IntArrayRef({2, 4, 5, 9}));
+    }
+  }
+}
+
+TEST_CASE("MultiHeadAttention gradients reach the input and every parameter", "[mha]") {
+  torch::manual_seed(1);
+  ra::MultiHeadAttention mha(ra::MultiHeadAttentionOptions(32, 2).sdpa(false).dropout_rate(0.0));
+  auto x = torch::randn({2, 4, 32}, torch::requires_grad());
+  auto mask = torch::full({4, 4}, -INFINITY).triu(1);
+  auto [out, qk] = mha->forward(x, {}, mask);
+  out.sum().backward();
+  REQUIRE(x.grad().defined());
+  for (const auto& p : mha->named_parameters()) {
+    CAPTURE(p.key());
+    REQUIRE(p.value().grad().defined());
+  }
+}
+
+TEST_CASE("KVCache grows for self-attention and is reused for cross-attention", "[mha][cache]") {
+  torch::manual_seed(2);
+  ra::MultiHeadAttention self_attn(ra::MultiHeadAttentionOptions(32, 4));
+  ra::MultiHeadAttention cross_attn(ra::MultiHeadAttentionOptions(32, 4));
+  ra::KVCache cache;
+  auto xa = torch::randn({1, 7, 32});
+  auto prompt = torch::randn({1, 3, 32});
+  self_attn->forward(prompt, {}, torch::zeros({8, 8}), &cache);
+  cross_attn->forward(prompt, xa, {}, &cache);
+  REQUIRE(cache.size() == 2);
+  REQUIRE(cache.length(self_attn.get()) == 3);
+  REQUIRE(cache.length(cross_attn.get()) == 7);
+  const auto cross_key = cache.find(cross_attn.get())->key;
+  for (int step = 1; step <= 4; ++step) {
+    auto token = torch::randn({1, 1, 32});
+    self_attn->forward(token, {}, torch::zeros({8, 8}), &cache);
+    cross_attn->forward(token, xa, {}, &cache);
+    REQUIRE(cache.length(self_attn.get()) == 3 + step);
+    REQUIRE(cache.find(cross_attn.get())->key.is_same(cross_key));
+  }
+  cache.clear();
+  REQUIRE(cache.size() == 0);
+}
+
+TEST_CASE("MultiHeadAttention rejects bad input with clear errors", "[mha][errors]") {
+  REQUIRE_THROWS_WITH(ra::MultiHeadAttention(ra::MultiHeadAttentionOptions(30, 4)), Catch::Contains("divisible"));
+  REQUIRE_THROWS_WITH(ra::MultiHeadAttention(ra::MultiHeadAttentionOptions(30, 2)), Catch::Contains("even"));
+  ra::MultiHeadAttention mha(ra::MultiHeadAttentionOptions(32, 4).sdpa(false));
+  REQUIRE_THROWS_WITH(mha(torch::randn({4, 32})), Catch::Contains("(B, T, n_state=32)"));
+  REQUIRE_THROWS_WITH(mha(torch::randn({1, 4, 16})), Catch::Contains("(B, T, n_state=32)"));
+  REQUIRE_THROWS_WITH(mha(torch::randn({1, 4, 32}), torch::randn({1, 4, 8})), Catch::Contains("xa"));
+  REQUIRE_THROWS_WITH(mha->forward(torch::randn({1, 4, 32}), {}, torch::zeros({4})), Catch::Contains("2-D"));
+  // Explicit path, cross-attention with a mask: the original cannot add mask[:T, :T] either.
+  REQUIRE_THROWS_WITH(
+      mha(torch::randn({1, 4, 32}), torch::randn({1, 6, 32}), torch::zeros({8, 8})),
+      Catch::Contains("S != T"));
+  ra::MultiHeadAttention gn(ra::MultiHeadAttentionOptions(32, 4).group_norm(true));
+  REQUIRE_THROWS_WITH(gn(torch::randn({1, 4, 32})), Catch::Contains("T == n_state"));
+  auto [out, qk] = gn(torch::randn({1, 32, 32}));
+  REQUIRE(out.sizes() == torch::IntArrayRef({1, 32, 32}));
+}
+
+TEST_CASE("RotationLayer: identity at construction, orthogonal after reset_parameters", "[rotation]") {
+  ra::RotationLayer r(8);
+  auto x = torch::randn({3, 8});
+  REQUIRE(torch::equal(r(x), x));
+  r->reset_parameters();
+  auto R = r->rotation_matrix.detach();
+  REQUIRE_FALSE(torch::allclose(R, torch::eye(8)));
+  REQUIRE(torch::allclose(R.matmul(R.t()), torch::eye(8), 1e-5, 1e-5));
+  REQUIRE_THROWS_WITH(r(torch::randn({3, 7})), Catch::Contains("last dimension 8"));
+}
+
+TEST_CASE("modules clone deeply", "[mha]") {
+  ra::MultiHeadAttention mha(ra::MultiHeadAttentionOptions(16, 2));
+  auto copy = std::dynamic_pointer_cast<ra::MultiHeadAttentionImpl>(mha->clone());
+  REQUIRE(copy);
+  REQUIRE_FALSE(copy->query->weight.is_same(mha->query->weight));
+  REQUIRE(torch::equal(copy->query->weight, mha->query->weight));
+}

@@ -1,10 +1,13 @@
 #include "rotary_attention/serialize.h"
 
-#include <torch/serialize.h>
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/pickler.h>
+
+#include "torch_save_reader.h"
 
 #include <algorithm>
 #include <fstream>
-#include <iterator>
+#include <string>
 #include <sstream>
 
 namespace rotary_attention {
@@ -16,12 +19,6 @@ std::string join(const std::vector<std::string>& keys) {
     s << (i ? ", " : "") << '"' << keys[i] << '"';
   }
   return s.str();
-}
-
-std::vector<char> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  TORCH_CHECK(in, "load_tensors: cannot open '", path, "'");
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 } // namespace
@@ -92,19 +89,9 @@ LoadResult load_state_dict(
 }
 
 std::unordered_map<std::string, torch::Tensor> load_tensors(const std::string& path) {
-  const torch::IValue loaded = torch::pickle_load(read_file(path));
-  TORCH_CHECK(
-      loaded.isGenericDict(),
-      "load_tensors: '", path, "' does not hold a state dict (a dict of tensors), found ",
-      loaded.tagKind());
   std::unordered_map<std::string, torch::Tensor> state;
-  for (const auto& item : loaded.toGenericDict()) {
-    TORCH_CHECK(
-        item.key().isString(), "load_tensors: '", path, "' has a non-string key");
-    TORCH_CHECK(
-        item.value().isTensor(), "load_tensors: the value of \"",
-        item.key().toStringRef(), "\" in '", path, "' is not a tensor");
-    state.emplace(item.key().toStringRef(), item.value().toTensor());
+  for (auto& [key, tensor] : detail::read_torch_save_dict(path)) {
+    state.emplace(key, tensor);
   }
   return state;
 }
@@ -114,15 +101,38 @@ void load_state_dict(torch::nn::Module& module, const std::string& path) {
 }
 
 void save_state_dict(const torch::nn::Module& module, const std::string& path) {
-  c10::Dict<std::string, torch::Tensor> dict;
-  for (const auto& [name, tensor] : state_dict(module)) {
-    dict.insert(name, tensor.detach());
+  // torch.save's zip layout: data.pkl plus one record per storage under data/.
+  // torch::pickle_save would tag the dict with a TorchScript type, which
+  // torch.load(weights_only=True) refuses; an untagged dict loads anywhere.
+  c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    dict.insert(item.key(), item.value().detach());
   }
-  const std::vector<char> bytes = torch::pickle_save(dict);
-  std::ofstream out(path, std::ios::binary);
-  TORCH_CHECK(out, "save_state_dict: cannot open '", path, "' for writing");
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  TORCH_CHECK(out.good(), "save_state_dict: writing '", path, "' failed");
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) {
+    dict.insert(item.key(), item.value().detach());
+  }
+  std::vector<char> pickled;
+  int64_t next_id = 0;
+  torch::jit::Pickler pickler(
+      [&](const char* data, size_t size) { pickled.insert(pickled.end(), data, data + size); },
+      /*tensor_table=*/nullptr,
+      /*type_renamer=*/nullptr,
+      /*memoized_class_types=*/nullptr,
+      /*get_tensor_id=*/[&](const at::Tensor&) { return std::to_string(next_id++); },
+      /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(dict);
+  pickler.stop();
+
+  caffe2::serialize::PyTorchStreamWriter writer(path);
+  writer.writeRecord("byteorder", "little", 6);
+  for (size_t i = 0; i < pickler.tensorData().size(); ++i) {
+    const auto data = torch::jit::getWriteableTensorData(pickler.tensorData()[i]);
+    writer.writeRecord("data/" + std::to_string(i), data.data(), data.sizeInBytes());
+  }
+  writer.writeRecord("data.pkl", pickled.data(), pickled.size());
+  writer.writeEndOfFile();
+  TORCH_CHECK(writer.finalized(), "save_state_dict: writing '", path, "' failed");
 }
 
 } // namespace rotary_attention

@@ -1,0 +1,46 @@
+# Shared set-up for scripts/*.sh: sourced, not run.
+# RA_BUILD_DIR, RA_VENV and RA_TORCH can be overridden from the environment.
+RA_BUILD_DIR=${RA_BUILD_DIR:-$ROOT/build}
+RA_VENV=${RA_VENV:-$ROOT/.venv}
+# 2.14.1 (CUDA 13.0 build) lies on this machine's disk: the CUDA kernel is
+# compiled against it even where no GPU exists.
+RA_TORCH=${RA_TORCH:-torch==2.14.1}
+RA_PY=$RA_VENV/bin/python
+
+ra_install_debian_packages() {
+  local need=()
+  for pkg in catch2 ninja-build ccache cmake g++; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  done
+  if ((${#need[@]})); then
+    echo "== installing Debian packages: ${need[*]}"
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+
+ra_make_venv() {
+  if [[ ! -x $RA_PY ]]; then
+    echo "== creating $RA_VENV"
+    python3 -m venv "$RA_VENV"
+  fi
+  if ! "$RA_PY" -c "import torch, pytest, numpy, setuptools, wheel" >/dev/null 2>&1 ||
+     [[ $("$RA_PY" -c "import torch; print(torch.__version__.split('+')[0])") != "${RA_TORCH#torch==}" ]]; then
+    echo "== installing $RA_TORCH and test tools into $RA_VENV"
+    "$RA_PY" -m pip install --quiet "$RA_TORCH" pytest numpy setuptools wheel expecttest 2>&1 |
+      grep -v "^WARNING: Location" || true
+  fi
+}
+
+ra_configure_and_build() {
+  local prefix
+  prefix=$("$RA_PY" -c "import torch; print(torch.utils.cmake_prefix_path)")
+  local args=(-S "$ROOT" -B "$RA_BUILD_DIR" -G Ninja -DCMAKE_PREFIX_PATH="$prefix"
+              -DPython3_EXECUTABLE="$RA_PY")
+  command -v ccache >/dev/null && args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+  echo "== configuring and building in $RA_BUILD_DIR"
+  cmake "${args[@]}" "$@" >/dev/null
+  cmake --build "$RA_BUILD_DIR"
+}

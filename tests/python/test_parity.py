@@ -1,0 +1,220 @@
+"""The C++-backed layers against the original layers, in the same process."""
+
+import itertools
+import os
+
+import pytest
+import torch
+
+import rotary_attention
+from rotary_attention import reference
+from conftest import causal_mask, make_pair, original_sdpa, randomize, tolerances
+
+GRID = [  # (n_state, n_head, B, T, S)
+    (64, 4, 2, 5, 7),
+    (32, 1, 1, 1, 3),
+    (48, 6, 3, 9, 1),
+    (128, 8, 2, 16, 16),
+    (20, 2, 1, 4, 11),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+@pytest.mark.parametrize("n_state,n_head,B,T,S", GRID)
+def test_forward_parity(n_state, n_head, B, T, S, sdpa, dtype):
+    ref, port = make_pair(n_state, n_head, sdpa=sdpa, dtype=dtype, seed=n_state + T)
+    x = torch.randn(B, T, n_state, dtype=dtype)
+    xa = torch.randn(B, S, n_state, dtype=dtype)
+    rtol, atol = tolerances(dtype, sdpa)
+    cases = [(None, None), (None, causal_mask(T + 3)), (xa, None)]
+    if sdpa or T == 1 or S == T:  # where the original's explicit path runs with a mask
+        cases.append((xa, causal_mask(max(T, S) + 2)))
+    with original_sdpa(sdpa), torch.no_grad():
+        for xa_i, mask in cases:
+            want_out, want_qk = ref(x, xa=xa_i, mask=mask)
+            got_out, got_qk = port(x, xa=xa_i, mask=mask)
+            assert got_out.dtype == want_out.dtype
+            torch.testing.assert_close(got_out, want_out, rtol=rtol, atol=atol)
+            if sdpa:
+                assert got_qk is None and want_qk is None
+            else:
+                assert got_qk.dtype == torch.float32
+                torch.testing.assert_close(got_qk, want_qk, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+@pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
+@pytest.mark.parametrize("n_state,n_head,B,T", [(64, 4, 2, 6), (32, 2, 1, 3)])
+def test_backward_parity(n_state, n_head, B, T, cross, sdpa):
+    ref, port = make_pair(n_state, n_head, sdpa=sdpa, dtype=torch.float64, seed=7)
+    x = torch.randn(B, T, n_state, dtype=torch.float64)
+    xa = torch.randn(B, T + 2, n_state, dtype=torch.float64) if cross else None
+    mask = None if cross else causal_mask(T)
+    grad = torch.randn(B, T, n_state, dtype=torch.float64)
+    results = []
+    with original_sdpa(sdpa):
+        for model in (ref, port):
+            xi = x.clone().requires_grad_()
+            xai = None if xa is None else xa.clone().requires_grad_()
+            out, _ = model(xi, xa=xai, mask=mask)
+            out.backward(grad)
+            grads = {"x": xi.grad}
+            if xai is not None:
+                grads["xa"] = xai.grad
+            grads.update({n: p.grad for n, p in model.named_parameters()})
+            results.append(grads)
+    want, got = results
+    assert set(got) == set(want)
+    _, atol = tolerances(torch.float64, sdpa)
+    for name in want:
+        if want[name] is None:  # temperature is unused on the SDPA path
+            assert sdpa and name == "temperature" and got[name] is None
+            continue
+        assert got[name] is not None, name
+        torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=max(atol, 1e-10), msg=name)
+
+
+def test_training_dropout_draws_the_same_mask():
+    ref, port = make_pair(32, 4, sdpa=False, dropout_rate=0.3, seed=3)
+    ref.train()
+    port.train()
+    x = torch.randn(2, 6, 32)
+    with original_sdpa(False):
+        torch.manual_seed(5)
+        want, _ = ref(x, mask=causal_mask(6))
+        torch.manual_seed(5)
+        got, _ = port(x, mask=causal_mask(6))
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
+    # ...and dropout is really on: another draw differs.
+    torch.manual_seed(6)
+    other, _ = port(x, mask=causal_mask(6))
+    assert not torch.allclose(other, got)
+
+
+class Decoder(torch.nn.Module):
+    """Whisper-like decoder block: self-attention then cross-attention."""
+
+    def __init__(self, attn, cross):
+        super().__init__()
+        self.attn = attn
+        self.cross_attn = cross
+
+    def forward(self, x, xa, mask, kv_cache):
+        x = self.attn(x, mask=mask, kv_cache=kv_cache)[0]
+        return self.cross_attn(x, xa=xa, kv_cache=kv_cache)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+def test_decoding_with_cache_matches_whisper_hooks(sdpa, dtype):
+    n_state, n_head, n_text_ctx = 64, 4, 32
+    ref_self, port_self = make_pair(n_state, n_head, sdpa=sdpa, dtype=dtype, seed=11)
+    ref_cross, port_cross = make_pair(n_state, n_head, sdpa=sdpa, dtype=dtype, seed=12)
+    ref_dec = Decoder(ref_self, ref_cross)
+    xa = torch.randn(2, 40, n_state, dtype=dtype)  # longer than n_text_ctx, as audio features are
+    mask = causal_mask(n_text_ctx, dtype)
+    cache, hooks = reference.install_kv_cache_hooks(ref_dec, n_text_ctx=n_text_ctx)
+    port_cache = rotary_attention.KVCache()
+    rtol, atol = tolerances(dtype, sdpa)
+    steps = [torch.randn(2, 3, n_state, dtype=dtype)] + [torch.randn(2, 1, n_state, dtype=dtype) for _ in range(7)]
+    with original_sdpa(sdpa), torch.no_grad():
+        for i, tokens in enumerate(steps):
+            want = ref_dec(tokens, xa, mask, cache)
+            mid = port_self(tokens, mask=mask, kv_cache=port_cache)[0]
+            got = port_cross(mid, xa=xa, kv_cache=port_cache)[0]
+            torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=f"step {i}")
+            assert port_cache.length(port_self) == cache[ref_self.key].shape[1]
+            assert port_cache.length(port_cross) == xa.shape[1]
+            key, value = port_cache.get(port_self)
+            torch.testing.assert_close(key, cache[ref_self.key])
+            torch.testing.assert_close(value, cache[ref_self.value])
+    for h in hooks:
+        h.remove()
+    assert port_cache.length(port_self) == 3 + 7
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+def test_group_norm_parity_where_the_original_runs(sdpa):
+    ref, port = make_pair(16, 2, sdpa=sdpa, group_norm=True, dtype=torch.float64, seed=5)
+    x = torch.randn(3, 16, 16, dtype=torch.float64)  # T == n_state
+    rtol, atol = tolerances(torch.float64, sdpa)
+    with original_sdpa(sdpa), torch.no_grad():
+        want, _ = ref(x, mask=causal_mask(16, torch.float64))
+        got, _ = port(x, mask=causal_mask(16, torch.float64))
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+    with pytest.raises(RuntimeError, match="T == n_state"):
+        port(torch.randn(1, 5, 16, dtype=torch.float64))
+
+
+def test_rotary_embedding_and_rotation_layer_parity():
+    for dim in (2, 6, 64):
+        ref = reference.RotaryEmbedding(dim)
+        port = rotary_attention.RotaryEmbedding(dim)
+        assert torch.equal(port.inv_freq, ref.inv_freq)
+        x = torch.randn(2, 9, 3, dim)
+        torch.testing.assert_close(port.rotate_queries_or_keys(x), ref.rotate_queries_or_keys(x), rtol=0, atol=1e-6)
+    assert torch.equal(rotary_attention.RotaryEmbedding(8, base=500).inv_freq, reference.RotaryEmbedding(8, base=500).inv_freq)
+    ref_r, port_r = reference.RotationLayer(8), rotary_attention.RotationLayer(8)
+    ref_r.reset_parameters()
+    port_r.load_state_dict(ref_r.state_dict())
+    x = torch.randn(4, 3, 8)
+    assert torch.equal(port_r(x), ref_r(x))
+
+
+def test_state_dict_keys_and_round_trips(tmp_path):
+    ref, port = make_pair(64, 4, seed=21)
+    assert list(sorted(port.state_dict())) == list(sorted(ref.state_dict()))
+    # Port -> original, in memory.
+    fresh = reference.MultiHeadAttention(64, 4)
+    fresh.load_state_dict(port.state_dict(), strict=True)
+    # C++ writer -> Python torch.load (weights_only) -> original.
+    path = os.fspath(tmp_path / "from_cpp.pt")
+    port.save(path)
+    loaded = torch.load(path, weights_only=True)
+    fresh2 = reference.MultiHeadAttention(64, 4)
+    fresh2.load_state_dict(loaded, strict=True)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(loaded[k], v), k
+    # Python torch.save (an OrderedDict with _metadata) -> C++ reader.
+    path2 = os.fspath(tmp_path / "from_python.pt")
+    torch.save(ref.state_dict(), path2)
+    other = rotary_attention.MultiHeadAttention(64, 4)
+    other.load(path2)
+    for k, v in other.state_dict().items():
+        assert torch.equal(v, ref.state_dict()[k]), k
+
+
+def test_load_state_dict_is_strict_and_atomic():
+    _, port = make_pair(32, 4, seed=2)
+    before = {k: v.clone() for k, v in port.state_dict().items()}
+    sd = reference.MultiHeadAttention(32, 4).state_dict()
+    bad = dict(sd)
+    del bad["key.weight"]
+    bad["extra"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match='"key.weight"'):
+        port.load_state_dict(bad)
+    wrong = dict(sd)
+    wrong["query.weight"] = torch.zeros(32, 31)
+    with pytest.raises(RuntimeError, match='size mismatch for "query.weight"'):
+        port.load_state_dict(wrong)
+    for k, v in port.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    result = port.load_state_dict(bad, strict=False)
+    assert result.missing_keys == ["key.weight"] and result.unexpected_keys == ["extra"]
+
+
+def test_module_conveniences():
+    port = rotary_attention.MultiHeadAttention(32, 4, sdpa=False)
+    assert port.train() is port and port.training
+    assert port.eval() is port and not port.training
+    assert port.to(torch.float64) is port
+    assert all(p.dtype == torch.float64 for p in port.parameters())
+    assert port.state_dict()["rotary_emb.inv_freq"].dtype == torch.float64
+    names = [n for n, _ in port.named_parameters()]
+    assert "temperature" in names and "rotary_emb.inv_freq" not in names
+    assert port.sdpa is False
+    port.sdpa = True
+    assert port.sdpa is True
+    with pytest.raises(RuntimeError, match="divisible"):
+        rotary_attention.MultiHeadAttention(30, 4)

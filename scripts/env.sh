@@ -38,7 +38,7 @@ ra_configure_and_build() {
   local prefix
   prefix=$("$RA_PY" -c "import torch; print(torch.utils.cmake_prefix_path)")
   local args=(-S "$ROOT" -B "$RA_BUILD_DIR" -G Ninja -DCMAKE_PREFIX_PATH="$prefix"
-              -DPython3_EXECUTABLE="$RA_PY")
+              -DPython3_EXECUTABLE="$RA_PY" -DRA_BUILD_TESTS=ON -DRA_BUILD_EXAMPLES=ON -DRA_BUILD_PYTHON=ON)
   command -v ccache >/dev/null && args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
   echo "== configuring and building in $RA_BUILD_DIR"
   cmake "${args[@]}" "$@" >/dev/null

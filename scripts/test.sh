@@ -19,6 +19,7 @@ ctest --test-dir "$RA_BUILD_DIR" --output-on-failure -j2 || cpp_status=$?
 echo "== Python package (pip install --no-build-isolation .)"
 "$RA_PY" -m pip install --quiet --no-build-isolation --no-deps "$ROOT" 2>&1 | grep -v "^WARNING: Location" || true
 
+export RA_BUILD_DIR
 echo "== Python tests (pytest)"
 py_status=0
 (cd "$ROOT/tests/python" && "$RA_PY" -m pytest -q -p no:cacheprovider "$@") || py_status=$?

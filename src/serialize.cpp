@@ -100,16 +100,14 @@ void load_state_dict(torch::nn::Module& module, const std::string& path) {
   load_state_dict(module, load_tensors(path), /*strict=*/true);
 }
 
-void save_state_dict(const torch::nn::Module& module, const std::string& path) {
+void save_tensors(
+    const std::vector<std::pair<std::string, torch::Tensor>>& tensors, const std::string& path) {
   // torch.save's zip layout: data.pkl plus one record per storage under data/.
   // torch::pickle_save would tag the dict with a TorchScript type, which
   // torch.load(weights_only=True) refuses; an untagged dict loads anywhere.
   c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
-  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
-    dict.insert(item.key(), item.value().detach());
-  }
-  for (const auto& item : module.named_buffers(/*recurse=*/true)) {
-    dict.insert(item.key(), item.value().detach());
+  for (const auto& [name, tensor] : tensors) {
+    dict.insert(name, tensor.detach());
   }
   std::vector<char> pickled;
   int64_t next_id = 0;
@@ -132,7 +130,18 @@ void save_state_dict(const torch::nn::Module& module, const std::string& path) {
   }
   writer.writeRecord("data.pkl", pickled.data(), pickled.size());
   writer.writeEndOfFile();
-  TORCH_CHECK(writer.finalized(), "save_state_dict: writing '", path, "' failed");
+  TORCH_CHECK(writer.finalized(), "save_tensors: writing '", path, "' failed");
+}
+
+void save_state_dict(const torch::nn::Module& module, const std::string& path) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    tensors.emplace_back(item.key(), item.value());
+  }
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) {
+    tensors.emplace_back(item.key(), item.value());
+  }
+  save_tensors(tensors, path);
 }
 
 } // namespace rotary_attention

@@ -4,6 +4,7 @@
 
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace rotary_attention {
@@ -34,6 +35,11 @@ std::unordered_map<std::string, torch::Tensor> load_tensors(const std::string& p
 /// Reads a file written by Python's `torch.save(module.state_dict(), path)`
 /// and loads it strictly.
 void load_state_dict(torch::nn::Module& module, const std::string& path);
+
+/// Writes named tensors in `torch.save`'s format, in the given order: Python
+/// reads them as a dict with `torch.load(path)` (weights_only too).
+void save_tensors(
+    const std::vector<std::pair<std::string, torch::Tensor>>& tensors, const std::string& path);
 
 /// Writes the module's state dict in `torch.save`'s format: Python reads it
 /// with `torch.load(path)` (weights_only too) and the original layer accepts

@@ -16,10 +16,6 @@ torch::Tensor or_undefined(const std::optional<torch::Tensor>& t) {
   return t.has_value() ? *t : torch::Tensor();
 }
 
-std::unordered_map<std::string, torch::Tensor> state_dict_of(const torch::nn::Module& m) {
-  return ra::state_dict(m);
-}
-
 py::tuple load_into(
     torch::nn::Module& m,
     const std::unordered_map<std::string, torch::Tensor>& state,
@@ -126,7 +122,6 @@ computed on the first call and reused.)doc")
           [](const ra::MultiHeadAttentionImpl& s) { return s.options.gradient_checkpointing(); })
       .def_property_readonly("temperature", [](const ra::MultiHeadAttentionImpl& s) { return s.temperature; });
 
-  m.def("_state_dict", &state_dict_of, py::arg("module"));
   m.def("_load_state_dict", &load_into, py::arg("module"), py::arg("state"), py::arg("strict"));
   m.def(
       "_load_state_dict_file",

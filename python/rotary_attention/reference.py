@@ -137,6 +137,23 @@ class MultiHeadAttention(nn.Module):
         return out, qk
 
 
+def randomize_weights_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random, non-trivial weights for parity checks: every parameter away from
+    its initial value, rotation matrices orthogonal but not the identity, and
+    temperatures away from head_dim**-0.5. Works on the original and the port."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("rotation_matrix"):
+                q, _ = torch.linalg.qr(torch.randn(tuple(p.shape), generator=g, dtype=torch.float64))
+                p.copy_(q)
+            elif name.endswith("temperature"):
+                p.fill_(0.8 + 0.4 * torch.rand(1, generator=g).item())
+            else:
+                p.copy_(torch.randn(tuple(p.shape), generator=g) * (1.0 / p.shape[-1] ** 0.5) + 0.05)
+    return model
+
+
 def install_kv_cache_hooks(model: nn.Module, n_text_ctx: int = 448, cache: Optional[dict] = None):
     """Whisper's `install_kv_cache_hooks`: returns `(cache, hooks)`.
 

@@ -1,17 +1,20 @@
 #include "rotary_attention/nn/multi_head_attention.h"
 
-#include <torch/nn/functional/linear.h>
+#include <ATen/ATen.h>
 
 #include <cmath>
 
 namespace rotary_attention {
 namespace {
 
-// Whisper's Linear: weight and bias are cast to the input's dtype.
+// Whisper's Linear: weight and bias are cast to the input's dtype. at::linear
+// is what Python's F.linear calls (torch::nn::functional::linear adds the bias
+// separately for 3-D input, which rounds differently).
 torch::Tensor whisper_linear(const torch::nn::Linear& layer, const torch::Tensor& x) {
   const auto& bias = layer->bias;
-  return torch::nn::functional::linear(
-      x, layer->weight.to(x.dtype()), bias.defined() ? bias.to(x.dtype()) : torch::Tensor());
+  return at::linear(
+      x, layer->weight.to(x.dtype()),
+      bias.defined() ? std::optional<torch::Tensor>(bias.to(x.dtype())) : std::nullopt);
 }
 
 void check_input(const char* name, const torch::Tensor& t, int64_t n_state) {

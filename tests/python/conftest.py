@@ -7,19 +7,7 @@ import rotary_attention
 from rotary_attention import reference
 
 
-def randomize(model: torch.nn.Module, seed: int) -> None:
-    """Random, non-trivial weights: every parameter away from its initial value,
-    an orthogonal non-identity rotation and a temperature away from head_dim**-0.5."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("rotation_matrix"):
-                q, _ = torch.linalg.qr(torch.randn(p.shape, generator=g, dtype=torch.float64))
-                p.copy_(q)
-            elif name.endswith("temperature"):
-                p.fill_(0.8 + 0.4 * torch.rand(1, generator=g).item())
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * (1.0 / p.shape[-1] ** 0.5) + 0.05)
+randomize = reference.randomize_weights_
 
 
 @contextlib.contextmanager
@@ -51,10 +39,17 @@ def causal_mask(n, dtype=torch.float32):
 
 
 def tolerances(dtype, sdpa):
-    if dtype == torch.float64:
-        # The explicit path's qk.float() softmax limits it to fp32 rounding.
-        return (1e-12, 1e-12) if sdpa else (2e-6, 2e-6)
-    return (2e-5, 2e-5)
+    """Forward: the port runs the original's ATen ops in the original's order and
+    its rotary kernel reproduces the original's floats, so outputs are bitwise
+    equal in fp32 and fp64 on both paths."""
+    return (0.0, 0.0)
+
+
+def grad_tolerances(sdpa):
+    """Backward (fp64): the rotary backward is one fused inverse rotation where
+    the original's autograd sums slice gradients, so they agree to rounding;
+    the explicit path's fp32 softmax limits it to fp32 level."""
+    return (1e-10, 1e-10) if sdpa else (2e-6, 2e-6)
 
 
 @pytest.fixture(autouse=True)

@@ -129,7 +129,7 @@ def test_torch_compile_fullgraph_has_no_graph_break():
     def fn(x):
         return rotary(x * 2, f).sum(-1)
 
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(fn, fullgraph=True)
     x = torch.randn(2, 5, 3, 16, requires_grad=True)
     torch.testing.assert_close(compiled(x), fn(x))
     compiled(x).sum().backward()

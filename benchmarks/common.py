@@ -1,0 +1,42 @@
+"""Timing helpers shared by the benchmarks: medians of repeated runs, side by side in one process."""
+
+import statistics
+import time
+
+import torch
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn, device="cpu", reps=7, min_time=0.05):
+    """Median over `reps` repetitions of the mean time of one call; each
+    repetition runs enough calls to last about `min_time` seconds."""
+    fn()
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    once = max(time.perf_counter() - start, 1e-7)
+    inner = max(1, int(min_time / once))
+    samples = []
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        sync(device)
+        samples.append((time.perf_counter() - start) / inner)
+    return statistics.median(samples)
+
+
+def machine_line(device="cpu"):
+    import os
+    import platform
+
+    line = f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    if torch.device(device).type == "cuda":
+        line += f", {torch.cuda.get_device_name()}"
+    return line

@@ -1,0 +1,165 @@
+// The CPU rotation loop. Included by rotary_kernel_default.cpp and
+// rotary_kernel_avx2.cpp, each compiled with its own instruction set and
+// CPU_CAPABILITY (which selects at::vec's implementation and namespace).
+// -ffp-contract=off keeps x1 * c - x2 * s as two roundings, as in the original.
+//
+// One pass over x: each (b, t) token's H rows of D features are read once
+// (in place, or through a small per-thread buffer when strided or half
+// precision), rotated with at::vec and written once; cos/sin rows are read
+// once per token and shared by its heads.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "rotary_kernel.h"
+
+#ifndef RA_KERNEL_ENTRY
+#error "define RA_KERNEL_ENTRY before including rotary_kernel_impl.h"
+#endif
+
+namespace rotary_attention::ops::cpu {
+namespace {
+
+using at::vec::Vectorized;
+
+// One row of `half` pairs. The expression order matches the original's
+// `x1 * cos - x2 * sin`, `x1 * sin + x2 * cos`, so fp32 results are its floats.
+template <typename T, PairLayout In, PairLayout Out, bool Inverse>
+inline void rotate_row(const T* in, T* out, const T* cos, const T* sin, int64_t half) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  int64_t j = 0;
+  for (; j + V <= half; j += V) {
+    Vec x1, x2;
+    if constexpr (In == PairLayout::Interleaved) {
+      std::tie(x1, x2) = at::vec::deinterleave2(Vec::loadu(in + 2 * j), Vec::loadu(in + 2 * j + V));
+    } else {
+      x1 = Vec::loadu(in + j);
+      x2 = Vec::loadu(in + half + j);
+    }
+    const Vec c = Vec::loadu(cos + j);
+    const Vec s = Vec::loadu(sin + j);
+    Vec o1, o2;
+    if constexpr (Inverse) {
+      o1 = x1 * c + x2 * s;
+      o2 = x2 * c - x1 * s;
+    } else {
+      o1 = x1 * c - x2 * s;
+      o2 = x1 * s + x2 * c;
+    }
+    if constexpr (Out == PairLayout::Interleaved) {
+      auto [a, b] = at::vec::interleave2(o1, o2);
+      a.store(out + 2 * j);
+      b.store(out + 2 * j + V);
+    } else {
+      o1.store(out + j);
+      o2.store(out + half + j);
+    }
+  }
+  for (; j < half; ++j) {
+    const T x1 = In == PairLayout::Interleaved ? in[2 * j] : in[j];
+    const T x2 = In == PairLayout::Interleaved ? in[2 * j + 1] : in[half + j];
+    const T c = cos[j];
+    const T s = sin[j];
+    const T o1 = Inverse ? x1 * c + x2 * s : x1 * c - x2 * s;
+    const T o2 = Inverse ? x2 * c - x1 * s : x1 * s + x2 * c;
+    if constexpr (Out == PairLayout::Interleaved) {
+      out[2 * j] = o1;
+      out[2 * j + 1] = o2;
+    } else {
+      out[j] = o1;
+      out[half + j] = o2;
+    }
+  }
+}
+
+template <typename scalar_t, typename math_t, PairLayout In, PairLayout Out, bool Inverse>
+void rotate_all(const RotateArgs& a) {
+  const at::Tensor& x = a.x;
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
+  const int64_t sb = x.stride(0), st = x.stride(1), sh = x.stride(2), sd = x.stride(3);
+  const int64_t rd = a.rotary_dim, half = rd / 2;
+  const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+  scalar_t* out_data = a.out.mutable_data_ptr<scalar_t>();
+  const math_t* cos_data = a.cos.const_data_ptr<math_t>();
+  const math_t* sin_data = a.sin.const_data_ptr<math_t>();
+  const bool per_batch = a.per_batch;
+  constexpr bool same_type = std::is_same_v<scalar_t, math_t>;
+  const bool direct_in = same_type && sd == 1; // rows read in place
+
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(H * D, 1));
+  at::parallel_for(0, B * T, grain, [&](int64_t begin, int64_t end) {
+    std::vector<math_t> in_buf(direct_in ? 0 : D);
+    std::vector<math_t> out_buf(same_type ? 0 : D);
+    for (int64_t token = begin; token < end; ++token) {
+      const int64_t b = token / T, t = token % T;
+      const int64_t p = per_batch ? token : t;
+      const math_t* cos_row = cos_data + p * half;
+      const math_t* sin_row = sin_data + p * half;
+      for (int64_t h = 0; h < H; ++h) {
+        const scalar_t* src = x_data + b * sb + t * st + h * sh;
+        scalar_t* dst = out_data + (token * H + h) * D;
+        const math_t* in;
+        if (direct_in) {
+          in = reinterpret_cast<const math_t*>(src);
+        } else {
+          if (sd == 1) {
+            at::vec::convert(src, in_buf.data(), D);
+          } else {
+            for (int64_t d = 0; d < D; ++d) {
+              in_buf[d] = static_cast<math_t>(src[d * sd]);
+            }
+          }
+          in = in_buf.data();
+        }
+        math_t* row_out = same_type ? reinterpret_cast<math_t*>(dst) : out_buf.data();
+        rotate_row<math_t, In, Out, Inverse>(in, row_out, cos_row, sin_row, half);
+        std::copy(in + rd, in + D, row_out + rd); // features past rotary_dim pass through
+        if constexpr (!same_type) {
+          at::vec::convert(row_out, dst, D);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename math_t>
+void rotate_typed(const RotateArgs& a) {
+  using P = PairLayout;
+  const auto in = a.layouts.in, out = a.layouts.out;
+  const bool inv = a.inverse;
+#define RA_CASE(IN, OUT)                                                   \
+  if (in == P::IN && out == P::OUT) {                                      \
+    return inv ? rotate_all<scalar_t, math_t, P::IN, P::OUT, true>(a)      \
+               : rotate_all<scalar_t, math_t, P::IN, P::OUT, false>(a);    \
+  }
+  RA_CASE(Interleaved, Split)
+  RA_CASE(Split, Interleaved)
+  RA_CASE(Interleaved, Interleaved)
+  RA_CASE(Split, Split)
+#undef RA_CASE
+}
+
+} // namespace
+
+void RA_KERNEL_ENTRY(const RotateArgs& a) {
+  const bool double_math = a.cos.scalar_type() == at::kDouble;
+  switch (a.x.scalar_type()) {
+    case at::kFloat:
+      return double_math ? rotate_typed<float, double>(a) : rotate_typed<float, float>(a);
+    case at::kDouble:
+      return rotate_typed<double, double>(a);
+    case at::kHalf:
+      return rotate_typed<at::Half, float>(a);
+    case at::kBFloat16:
+      return rotate_typed<at::BFloat16, float>(a);
+    default:
+      TORCH_CHECK(false, "rotary: unsupported dtype ", a.x.scalar_type());
+  }
+}
+
+} // namespace rotary_attention::ops::cpu

@@ -5,6 +5,7 @@
 // original's `sinusoid_inp.sin()` / `.cos()` produce on the same device.
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 
 #include <optional>
 
@@ -23,6 +24,43 @@ inline c10::ScalarType rotary_math_dtype(const at::Tensor& x, const at::Tensor& 
       : at::kFloat;
 }
 
+// angles[p, j] = float(position p) * inv_freq[j], one rounding, as the
+// original's einsum of arange and inv_freq. On the CPU a plain loop (no
+// arange/mul launches, which dominate at decode sizes); elsewhere ATen ops.
+inline at::Tensor rotary_angles(
+    const at::Tensor& x,
+    const at::Tensor& inv_freq,
+    const std::optional<at::Tensor>& positions,
+    int64_t offset,
+    c10::ScalarType angle_dtype) {
+  const at::Tensor freq = inv_freq.to(angle_dtype).contiguous();
+  at::Tensor pos;
+  if (positions.has_value()) {
+    pos = positions->reshape({-1}).to(at::kLong).contiguous();
+  }
+  if (!x.device().is_cpu()) {
+    at::Tensor p = pos.defined()
+        ? (offset != 0 ? pos + offset : pos).to(angle_dtype)
+        : at::arange(offset, offset + x.size(1), x.options().dtype(angle_dtype));
+    return p.unsqueeze(1) * freq.unsqueeze(0);
+  }
+  const int64_t P = pos.defined() ? pos.numel() : x.size(1);
+  const int64_t half = freq.numel();
+  at::Tensor angles = at::empty({P, half}, freq.options());
+  const int64_t* pos_data = pos.defined() ? pos.const_data_ptr<int64_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(angle_dtype, "rotary_angles", [&] {
+    const scalar_t* f = freq.const_data_ptr<scalar_t>();
+    scalar_t* a = angles.mutable_data_ptr<scalar_t>();
+    for (int64_t p = 0; p < P; ++p) {
+      const auto position = static_cast<scalar_t>((pos_data ? pos_data[p] : p) + offset);
+      for (int64_t j = 0; j < half; ++j) {
+        a[p * half + j] = position * f[j];
+      }
+    }
+  });
+  return angles;
+}
+
 inline RotaryTables make_rotary_tables(
     const at::Tensor& x,
     const at::Tensor& inv_freq,
@@ -32,20 +70,10 @@ inline RotaryTables make_rotary_tables(
   // frequencies are widened so angles keep fp32 accuracy.
   const auto angle_dtype =
       inv_freq.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor pos;
-  bool per_batch = false;
-  if (positions.has_value()) {
-    per_batch = positions->dim() == 2;
-    pos = positions->reshape({-1}).to(at::kLong);
-    if (offset != 0) {
-      pos = pos + offset;
-    }
-  } else {
-    pos = at::arange(offset, offset + x.size(1), x.options().dtype(at::kLong));
-  }
-  at::Tensor angles = pos.to(angle_dtype).unsqueeze(1) * inv_freq.to(angle_dtype).unsqueeze(0);
+  const at::Tensor angles = rotary_angles(x, inv_freq, positions, offset, angle_dtype);
   const auto math = rotary_math_dtype(x, inv_freq);
-  return {angles.cos().to(math).contiguous(), angles.sin().to(math).contiguous(), per_batch};
+  return {angles.cos().to(math).contiguous(), angles.sin().to(math).contiguous(),
+          positions.has_value() && positions->dim() == 2};
 }
 
 } // namespace rotary_attention::ops

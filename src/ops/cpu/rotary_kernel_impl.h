@@ -10,6 +10,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
@@ -77,6 +78,45 @@ inline void rotate_row(const T* in, T* out, const T* cos, const T* sin, int64_t 
   }
 }
 
+// Contiguous row conversions to and from the math type, vectorised for the
+// 16-bit floats (at::vec::convert handles the rest).
+template <typename scalar_t, typename math_t>
+inline void load_row(const scalar_t* src, math_t* dst, int64_t n) {
+  if constexpr (at::vec::is_reduced_floating_point_v<scalar_t>) {
+    using VecS = Vectorized<scalar_t>;
+    constexpr int64_t VF = Vectorized<float>::size();
+    int64_t i = 0;
+    for (; i + VecS::size() <= n; i += VecS::size()) {
+      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(VecS::loadu(src + i));
+      lo.store(dst + i);
+      hi.store(dst + i + VF);
+    }
+    for (; i < n; ++i) {
+      dst[i] = static_cast<float>(src[i]);
+    }
+  } else {
+    at::vec::convert(src, dst, n);
+  }
+}
+
+template <typename math_t, typename scalar_t>
+inline void store_row(const math_t* src, scalar_t* dst, int64_t n) {
+  if constexpr (at::vec::is_reduced_floating_point_v<scalar_t>) {
+    using VecF = Vectorized<float>;
+    constexpr int64_t VS = Vectorized<scalar_t>::size();
+    int64_t i = 0;
+    for (; i + VS <= n; i += VS) {
+      at::vec::convert_from_float<scalar_t>(VecF::loadu(src + i), VecF::loadu(src + i + VecF::size()))
+          .store(dst + i);
+    }
+    for (; i < n; ++i) {
+      dst[i] = static_cast<scalar_t>(src[i]);
+    }
+  } else {
+    at::vec::convert(src, dst, n);
+  }
+}
+
 template <typename scalar_t, typename math_t, PairLayout In, PairLayout Out, bool Inverse>
 void rotate_all(const RotateArgs& a) {
   const at::Tensor& x = a.x;
@@ -108,7 +148,7 @@ void rotate_all(const RotateArgs& a) {
           in = reinterpret_cast<const math_t*>(src);
         } else {
           if (sd == 1) {
-            at::vec::convert(src, in_buf.data(), D);
+            load_row(src, in_buf.data(), D);
           } else {
             for (int64_t d = 0; d < D; ++d) {
               in_buf[d] = static_cast<math_t>(src[d * sd]);
@@ -120,7 +160,7 @@ void rotate_all(const RotateArgs& a) {
         rotate_row<math_t, In, Out, Inverse>(in, row_out, cos_row, sin_row, half);
         std::copy(in + rd, in + D, row_out + rd); // features past rotary_dim pass through
         if constexpr (!same_type) {
-          at::vec::convert(row_out, dst, D);
+          store_row(row_out, dst, D);
         }
       }
     }

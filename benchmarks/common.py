@@ -40,3 +40,19 @@ def machine_line(device="cpu"):
     if torch.device(device).type == "cuda":
         line += f", {torch.cuda.get_device_name()}"
     return line
+
+
+def median_seconds_interleaved(fns, device="cpu", reps=7):
+    """Medians of one call of each fn, timed in turn (A, B, A, B, ...), so that
+    drift on a shared machine affects every contender alike."""
+    for fn in fns:
+        fn()
+    samples = [[] for _ in fns]
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            samples[i].append(time.perf_counter() - start)
+    return [statistics.median(s) for s in samples]

@@ -2,6 +2,7 @@
 // checks, cos/sin tables, then the rotation loop for this CPU's instruction set.
 
 #include <ATen/ATen.h>
+#include <ATen/Version.h>
 #include <torch/library.h>
 
 #include "../rotary_args.h"
@@ -11,14 +12,20 @@
 namespace rotary_attention::ops::cpu {
 namespace {
 
-bool cpu_has_avx2() {
+using RotateFn = void (*)(const RotateArgs&);
+
+// Follow ATen's own choice of instruction set (it honours ATEN_CPU_CAPABILITY).
+RotateFn pick_rotate() {
 #if defined(__x86_64__) || defined(_M_X64)
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c");
-  return has;
-#else
-  return false;
+  const std::string capability = at::get_cpu_capability();
+  if (capability == "AVX512") {
+    return &rotate_avx512;
+  }
+  if (capability == "AVX2") {
+    return &rotate_avx2;
+  }
 #endif
+  return &rotate_default;
 }
 
 at::Tensor rotary_cpu_impl(
@@ -43,11 +50,8 @@ at::Tensor rotary_cpu_impl(
   }
   const RotaryTables tables = make_rotary_tables(x, inv_freq, positions, offset);
   const RotateArgs args{x, out, tables.cos, tables.sin, tables.per_batch, layouts, inverse, rd};
-  if (cpu_has_avx2()) {
-    rotate_avx2(args);
-  } else {
-    rotate_default(args);
-  }
+  static const RotateFn rotate = pick_rotate();
+  rotate(args);
   return out;
 }
 

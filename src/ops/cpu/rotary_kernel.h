@@ -21,5 +21,6 @@ struct RotateArgs {
 
 void rotate_default(const RotateArgs& args);
 void rotate_avx2(const RotateArgs& args);
+void rotate_avx512(const RotateArgs& args);
 
 } // namespace rotary_attention::ops::cpu

@@ -8,6 +8,12 @@ if(NOT RA_WITH_CUDA STREQUAL "OFF")
   endif()
   if(CMAKE_CUDA_COMPILER AND _ra_torch_has_cuda)
     enable_language(CUDA)
+    # torch's headers need C++20. CMake < 3.26 does not know nvcc's flag for
+    # it (CUDA_STANDARD 20 fails with 'dialect "CUDA20"'): teach it.
+    if(NOT CMAKE_CUDA20_STANDARD_COMPILE_OPTION)
+      set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+      set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+    endif()
     set(CMAKE_CUDA_STANDARD 20)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     set(RA_CUDA_ENABLED ON)

@@ -1,0 +1,207 @@
+// CUDA kernels of rotary_attention::rotary and ::rotary_backward: the CPU
+// kernel's semantics (rotary_args.h), one launch on the current stream.
+//
+// Each thread owns rotation pair j of one token (b, t): it computes the angle
+// float(position) * inv_freq[j] and its sin/cos once, then rotates that pair
+// in all H heads. Interleaved pairs are read (and written) with one 2-element
+// vector access when the rows are contiguous and aligned. Math is fp32 (fp64
+// for fp64 x or frequencies); products and sums are rounded separately (no
+// FMA), as the original's `x1 * cos - x2 * sin`.
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "../rotary_args.h"
+
+namespace rotary_attention::ops::cuda {
+namespace {
+
+struct Shape {
+  int64_t tokens, T, H, D;
+  int64_t sb, st, sh, sd; // x's strides, in elements
+  int64_t half; // rotary_dim / 2
+  int64_t rotary_dim;
+  int64_t offset;
+  bool per_batch; // positions are (B, T), else (T,)
+  bool pair_access; // interleaved pairs may be read as one aligned vector
+};
+
+template <typename T>
+struct alignas(2 * sizeof(T)) Pair {
+  T a, b;
+};
+
+__device__ __forceinline__ void sin_cos(float a, float* s, float* c) { sincosf(a, s, c); }
+__device__ __forceinline__ void sin_cos(double a, double* s, double* c) { sincos(a, s, c); }
+__device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float sub(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub(double a, double b) { return __dsub_rn(a, b); }
+
+template <typename scalar_t, typename math_t, PairLayout In, PairLayout Out, bool Inverse>
+__global__ void rotate_kernel(
+    const scalar_t* __restrict__ x,
+    scalar_t* __restrict__ out,
+    const math_t* __restrict__ inv_freq,
+    const int64_t* __restrict__ positions,
+    Shape s) {
+  const int64_t token = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  if (token >= s.tokens) {
+    return;
+  }
+  const int64_t b = token / s.T, t = token % s.T;
+  const int64_t pos = (positions ? positions[s.per_batch ? token : t] : t) + s.offset;
+  const scalar_t* src = x + b * s.sb + t * s.st;
+  scalar_t* dst = out + token * s.H * s.D;
+
+  for (int64_t j = threadIdx.x; j < s.half; j += blockDim.x) {
+    math_t sn, cs;
+    sin_cos(mul(static_cast<math_t>(pos), inv_freq[j]), &sn, &cs);
+    const int64_t i1 = In == PairLayout::Interleaved ? 2 * j : j;
+    const int64_t i2 = In == PairLayout::Interleaved ? 2 * j + 1 : j + s.half;
+    for (int64_t h = 0; h < s.H; ++h) {
+      const scalar_t* row = src + h * s.sh;
+      math_t x1, x2;
+      if (In == PairLayout::Interleaved && s.pair_access) {
+        const Pair<scalar_t> p = *reinterpret_cast<const Pair<scalar_t>*>(row + i1);
+        x1 = static_cast<math_t>(p.a);
+        x2 = static_cast<math_t>(p.b);
+      } else {
+        x1 = static_cast<math_t>(row[i1 * s.sd]);
+        x2 = static_cast<math_t>(row[i2 * s.sd]);
+      }
+      const math_t r1 = Inverse ? add(mul(x1, cs), mul(x2, sn)) : sub(mul(x1, cs), mul(x2, sn));
+      const math_t r2 = Inverse ? sub(mul(x2, cs), mul(x1, sn)) : add(mul(x1, sn), mul(x2, cs));
+      scalar_t* row_out = dst + h * s.D;
+      if constexpr (Out == PairLayout::Interleaved) {
+        // out is contiguous and D even: the pair is aligned.
+        *reinterpret_cast<Pair<scalar_t>*>(row_out + 2 * j) =
+            Pair<scalar_t>{static_cast<scalar_t>(r1), static_cast<scalar_t>(r2)};
+      } else {
+        row_out[j] = static_cast<scalar_t>(r1);
+        row_out[j + s.half] = static_cast<scalar_t>(r2);
+      }
+    }
+  }
+  // Features past rotary_dim pass through.
+  for (int64_t d = s.rotary_dim + threadIdx.x; d < s.D; d += blockDim.x) {
+    for (int64_t h = 0; h < s.H; ++h) {
+      dst[h * s.D + d] = src[h * s.sh + d * s.sd];
+    }
+  }
+}
+
+template <typename scalar_t, typename math_t, PairLayout In, PairLayout Out, bool Inverse>
+void launch(const at::Tensor& x, at::Tensor& out, const at::Tensor& freq, const at::Tensor& pos, const Shape& s) {
+  // x: pairs; y: tokens per block, so a block holds ~256 threads.
+  const int64_t bx = std::min<int64_t>(128, ((std::max<int64_t>(s.half, s.D - s.rotary_dim) + 31) / 32) * 32);
+  const int64_t by = std::max<int64_t>(1, 256 / bx);
+  const dim3 block(static_cast<unsigned>(bx), static_cast<unsigned>(by));
+  const dim3 grid(static_cast<unsigned>((s.tokens + by - 1) / by));
+  rotate_kernel<scalar_t, math_t, In, Out, Inverse>
+      <<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          x.const_data_ptr<scalar_t>(),
+          out.mutable_data_ptr<scalar_t>(),
+          freq.const_data_ptr<math_t>(),
+          pos.defined() ? pos.const_data_ptr<int64_t>() : nullptr,
+          s);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, typename math_t>
+void launch_layout(Layouts l, bool inverse, const at::Tensor& x, at::Tensor& out, const at::Tensor& freq,
+                   const at::Tensor& pos, const Shape& s) {
+  using P = PairLayout;
+#define RA_CASE(IN, OUT)                                                                   \
+  if (l.in == P::IN && l.out == P::OUT) {                                                  \
+    return inverse ? launch<scalar_t, math_t, P::IN, P::OUT, true>(x, out, freq, pos, s)   \
+                   : launch<scalar_t, math_t, P::IN, P::OUT, false>(x, out, freq, pos, s); \
+  }
+  RA_CASE(Interleaved, Split)
+  RA_CASE(Split, Interleaved)
+  RA_CASE(Interleaved, Interleaved)
+  RA_CASE(Split, Split)
+#undef RA_CASE
+}
+
+at::Tensor rotary_cuda_impl(
+    const char* op,
+    const at::Tensor& x,
+    const at::Tensor& inv_freq,
+    const std::optional<at::Tensor>& positions,
+    int64_t offset,
+    c10::string_view layout,
+    int64_t rotary_dim,
+    bool inverse) {
+  const int64_t rd = check_rotary_args(op, x, inv_freq, positions, layout, rotary_dim)
+                         .guard_int(__FILE__, __LINE__);
+  TORCH_CHECK(x.is_cuda(), op, ": the CUDA kernel got x on ", x.device());
+  Layouts layouts = parse_layout(layout);
+  if (inverse) {
+    std::swap(layouts.in, layouts.out);
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (x.numel() == 0) {
+    return out;
+  }
+  // Angles in inv_freq's dtype (fp32 for 16-bit frequencies), as on the CPU.
+  const bool double_math = x.scalar_type() == at::kDouble || inv_freq.scalar_type() == at::kDouble;
+  const at::Tensor freq = inv_freq.to(double_math ? at::kDouble : at::kFloat).contiguous();
+  const at::Tensor pos = positions.has_value() ? positions->to(at::kLong).contiguous() : at::Tensor();
+
+  const bool aligned = reinterpret_cast<uintptr_t>(x.const_data_ptr()) % (2 * x.element_size()) == 0;
+  const Shape s{x.size(0) * x.size(1), x.size(1), x.size(2), x.size(3),
+                x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+                rd / 2, rd, offset, pos.defined() && pos.dim() == 2,
+                x.stride(3) == 1 && x.stride(2) % 2 == 0 && x.stride(1) % 2 == 0 &&
+                    x.stride(0) % 2 == 0 && aligned};
+  switch (x.scalar_type()) {
+    case at::kFloat:
+      double_math ? launch_layout<float, double>(layouts, inverse, x, out, freq, pos, s)
+                  : launch_layout<float, float>(layouts, inverse, x, out, freq, pos, s);
+      break;
+    case at::kDouble:
+      launch_layout<double, double>(layouts, inverse, x, out, freq, pos, s);
+      break;
+    case at::kHalf:
+      launch_layout<at::Half, float>(layouts, inverse, x, out, freq, pos, s);
+      break;
+    case at::kBFloat16:
+      launch_layout<at::BFloat16, float>(layouts, inverse, x, out, freq, pos, s);
+      break;
+    default:
+      TORCH_CHECK(false, op, ": unsupported dtype ", x.scalar_type());
+  }
+  return out;
+}
+
+at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& inv_freq, const std::optional<at::Tensor>& positions,
+                       int64_t offset, c10::string_view layout, int64_t rotary_dim) {
+  return rotary_cuda_impl("rotary", x, inv_freq, positions, offset, layout, rotary_dim, false);
+}
+
+at::Tensor rotary_backward_cuda(const at::Tensor& grad, const at::Tensor& inv_freq,
+                                const std::optional<at::Tensor>& positions, int64_t offset,
+                                c10::string_view layout, int64_t rotary_dim) {
+  return rotary_cuda_impl("rotary_backward", grad, inv_freq, positions, offset, layout, rotary_dim, true);
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(rotary_attention, CUDA, m) {
+  m.impl("rotary", &rotary_cuda);
+  m.impl("rotary_backward", &rotary_backward_cuda);
+}
+
+} // namespace rotary_attention::ops::cuda

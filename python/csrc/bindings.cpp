@@ -82,20 +82,23 @@ computed on the first call and reused.)doc")
                       double dropout_rate,
                       bool gradient_checkpointing,
                       bool group_norm,
-                      bool sdpa) {
+                      bool sdpa,
+                      bool absolute_positions) {
             return std::make_shared<ra::MultiHeadAttentionImpl>(
                 ra::MultiHeadAttentionOptions(n_state, n_head)
                     .dropout_rate(dropout_rate)
                     .gradient_checkpointing(gradient_checkpointing)
                     .group_norm(group_norm)
-                    .sdpa(sdpa));
+                    .sdpa(sdpa)
+                    .absolute_positions(absolute_positions));
           }),
           py::arg("n_state"),
           py::arg("n_head"),
           py::arg("dropout_rate") = 0.01,
           py::arg("gradient_checkpointing") = false,
           py::arg("group_norm") = false,
-          py::arg("sdpa") = true)
+          py::arg("sdpa") = true,
+          py::arg("absolute_positions") = false)
       .def(
           "forward",
           [](ra::MultiHeadAttentionImpl& self,
@@ -113,6 +116,9 @@ computed on the first call and reused.)doc")
           "sdpa",
           [](const ra::MultiHeadAttentionImpl& self) { return self.options.sdpa(); },
           [](ra::MultiHeadAttentionImpl& self, bool on) { self.options.sdpa(on); })
+      .def_property_readonly(
+          "absolute_positions",
+          [](const ra::MultiHeadAttentionImpl& self) { return self.options.absolute_positions(); })
       .def_property_readonly("n_state", [](const ra::MultiHeadAttentionImpl& s) { return s.options.n_state(); })
       .def_property_readonly("n_head", [](const ra::MultiHeadAttentionImpl& s) { return s.options.n_head(); })
       .def_property_readonly("head_dim", &ra::MultiHeadAttentionImpl::head_dim)

@@ -128,9 +128,12 @@ class MultiHeadAttention(_CppModule, _C.cpp.MultiHeadAttention):
     """The original `MultiHeadAttention` in C++.
 
     `MultiHeadAttention(n_state, n_head, dropout_rate=0.01,
-    gradient_checkpointing=False, group_norm=False, sdpa=True)`;
+    gradient_checkpointing=False, group_norm=False, sdpa=True,
+    absolute_positions=False)`;
     `forward(x, xa=None, mask=None, kv_cache=None)` returns `(out, qk)`,
     `qk` None on the SDPA path. `kv_cache` is a `rotary_attention.KVCache`.
+    `absolute_positions=True` decodes correctly (see the README) instead of
+    the original's re-rotation of the cache at positions 0..S-1.
     """
 
 

@@ -31,6 +31,14 @@ const KVCache::Entry& KVCache::store(
   return entries_[layer] = Entry{key, value};
 }
 
+int64_t KVCache::advance_queries(const void* layer, int64_t n) {
+  auto it = entries_.find(layer);
+  TORCH_CHECK(it != entries_.end(), "KVCache: no entry for this layer");
+  const int64_t position = it->second.queries;
+  it->second.queries += n;
+  return position;
+}
+
 int64_t KVCache::length(const void* layer) const {
   const Entry* e = find(layer);
   return e == nullptr ? 0 : e->key.size(1);

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include "rotary_attention/ops/rotary.h"
+
 #include <cmath>
 
 namespace rotary_attention {
@@ -99,8 +101,12 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
     x_norm = layer_norm(x);
   }
 
+  const bool absolute = options.absolute_positions();
   torch::Tensor q = whisper_linear(query, x_norm);
   torch::Tensor k, v;
+  bool keys_rotated = false; // absolute mode caches keys already rotated
+  int64_t offset = 0; // self-attention: absolute position of x's first token
+  int64_t q_offset = 0; // cross-attention with absolute positions: the same, for queries only
   if (kv_cache == nullptr) {
     const torch::Tensor& source = cross ? xa : x_norm;
     k = whisper_linear(key, source);
@@ -109,37 +115,59 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
     // Keys and values of xa are computed once per sequence.
     const KVCache::Entry* cached = kv_cache->find(this);
     if (cached == nullptr) {
-      cached = &kv_cache->store(this, whisper_linear(key, xa), whisper_linear(value, xa));
+      torch::Tensor new_k = whisper_linear(key, xa);
+      cached = &kv_cache->store(this, absolute ? rotate(new_k, 0) : new_k, whisper_linear(value, xa));
     }
     k = cached->key;
     v = cached->value;
+    keys_rotated = absolute;
+    if (absolute) {
+      // Queries continue from where this layer's previous queries stopped.
+      q_offset = kv_cache->advance_queries(this, x.size(1));
+    }
   } else {
-    const KVCache::Entry& entry =
-        kv_cache->append(this, whisper_linear(key, x_norm), whisper_linear(value, x_norm));
+    torch::Tensor new_k = whisper_linear(key, x_norm);
+    if (absolute) {
+      offset = kv_cache->length(this);
+      new_k = rotate(new_k, offset);
+    }
+    const KVCache::Entry& entry = kv_cache->append(this, new_k, whisper_linear(value, x_norm));
     k = entry.key;
     v = entry.value;
+    keys_rotated = absolute;
   }
 
-  q = q.view({q.size(0), q.size(1), n_head, -1});
-  k = k.view({k.size(0), k.size(1), n_head, -1});
+  q = rotate(q, cross ? q_offset : offset);
+  if (!keys_rotated) {
+    k = rotate(k, 0);
+  }
 
-  q = rotary_emb->rotate_queries_or_keys(q);
-  k = rotary_emb->rotate_queries_or_keys(k);
-  q = rotation_layer(q);
-  k = rotation_layer(k);
-
-  q = q.view({q.size(0), q.size(1), -1});
-  k = k.view({k.size(0), k.size(1), -1});
-
-  auto [wv, qk] = qkv_attention(q, k, v, mask);
+  auto [wv, qk] = qkv_attention(q, k, v, mask, offset);
   return {whisper_linear(out, wv) + x, qk};
+}
+
+torch::Tensor MultiHeadAttentionImpl::rotate(const torch::Tensor& t, int64_t offset) {
+  auto heads = t.view({t.size(0), t.size(1), options.n_head(), -1});
+  heads = offset == 0 ? rotary_emb->rotate_queries_or_keys(heads)
+                      : rotary(heads, rotary_emb->inv_freq, std::nullopt, offset);
+  const auto& R = rotation_layer->rotation_matrix;
+  if (heads.scalar_type() != R.scalar_type()) {
+    // 16-bit input in an fp32 module: the rotation runs in fp32, as the
+    // original's would (its rotary result is fp32), and the result returns to
+    // the input dtype so attention runs in it (the original fails there).
+    heads = rotation_layer(heads.to(R.scalar_type())).to(t.scalar_type());
+  } else {
+    heads = rotation_layer(heads);
+  }
+  return heads.view({t.size(0), t.size(1), -1});
 }
 
 std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::qkv_attention(
     const torch::Tensor& q_in,
     const torch::Tensor& k_in,
     const torch::Tensor& v_in,
-    const torch::Tensor& mask) {
+    const torch::Tensor& mask,
+    int64_t causal_offset) {
   const int64_t n_batch = q_in.size(0), n_ctx = q_in.size(1), n_state = q_in.size(2);
   const int64_t n_head = options.n_head();
   const int64_t n_keys = k_in.size(1);
@@ -156,16 +184,32 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::qkv_attention(
 
   if (options.sdpa()) {
     // As the original: the mask's values are ignored; its presence makes the
-    // attention causal (top-left aligned) when there is more than one query.
-    const bool is_causal = mask.defined() && n_ctx > 1;
-    auto a = at::scaled_dot_product_attention(q, k, v, {}, 0.0, is_causal);
+    // attention causal when there is more than one query: top-left aligned,
+    // or bottom-right (query i at causal_offset + i) for absolute positions.
+    const bool causal = mask.defined() && n_ctx > 1;
+    torch::Tensor a;
+    if (causal && causal_offset > 0) {
+      const auto allowed =
+          torch::ones({n_ctx, n_keys}, q.options().dtype(torch::kBool)).tril(causal_offset);
+      a = at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
+    } else {
+      a = at::scaled_dot_product_attention(q, k, v, {}, 0.0, causal);
+    }
     return {a.permute({0, 2, 1, 3}).reshape({n_batch, n_ctx, n_state}), torch::Tensor()};
   }
 
   const torch::Tensor& scale = temperature;
   torch::Tensor qk = torch::matmul(q * scale, k.transpose(-2, -1) * scale);
   if (mask.defined()) {
-    const auto m = mask.slice(0, 0, n_ctx).slice(1, 0, n_ctx);
+    // The original adds mask[:T, :T]; with absolute positions the rows are the
+    // queries' positions and the columns the keys': mask[offset:offset+T, :S].
+    TORCH_CHECK(
+        causal_offset == 0 || (mask.size(0) >= causal_offset + n_ctx && mask.size(1) >= n_keys),
+        "MultiHeadAttention: with absolute_positions the explicit path adds mask[",
+        causal_offset, ":", causal_offset + n_ctx, ", :", n_keys, "], but the mask has shape ",
+        mask.sizes(), "; pass a mask covering the whole sequence (e.g. (n_ctx, n_ctx))");
+    const auto m = causal_offset == 0 ? mask.slice(0, 0, n_ctx).slice(1, 0, n_ctx)
+                                      : mask.slice(0, causal_offset, causal_offset + n_ctx).slice(1, 0, n_keys);
     TORCH_CHECK(
         (m.size(0) == 1 || m.size(0) == n_ctx) && (m.size(1) == 1 || m.size(1) == n_keys),
         "MultiHeadAttention: the explicit path (sdpa=false) adds mask[:T, :T] (shape ",
@@ -185,7 +229,8 @@ void MultiHeadAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "rotary_attention::MultiHeadAttention(n_state=" << options.n_state()
          << ", n_head=" << options.n_head() << ", dropout_rate=" << options.dropout_rate()
          << ", group_norm=" << (options.group_norm() ? "true" : "false")
-         << ", sdpa=" << (options.sdpa() ? "true" : "false") << ")";
+         << ", sdpa=" << (options.sdpa() ? "true" : "false")
+         << ", absolute_positions=" << (options.absolute_positions() ? "true" : "false") << ")";
 }
 
 } // namespace rotary_attention

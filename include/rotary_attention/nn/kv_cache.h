@@ -20,6 +20,9 @@ class KVCache {
   struct Entry {
     at::Tensor key;
     at::Tensor value;
+    /// Query tokens this layer has seen (absolute_positions: the position of
+    /// the next query, for cross-attention whose keys do not grow).
+    int64_t queries = 0;
   };
 
   /// The entry of `layer`, or nullptr.
@@ -28,6 +31,10 @@ class KVCache {
   const Entry& append(const void* layer, const at::Tensor& key, const at::Tensor& value);
   /// Stores (replaces) the entry of `layer`.
   const Entry& store(const void* layer, const at::Tensor& key, const at::Tensor& value);
+
+  /// Returns the position of the next `n` queries of `layer` and advances it
+  /// by `n`; the entry must exist.
+  int64_t advance_queries(const void* layer, int64_t n);
 
   /// Number of cached time steps of `layer` (0 when absent).
   int64_t length(const void* layer) const;

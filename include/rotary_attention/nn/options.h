@@ -34,6 +34,12 @@ struct MultiHeadAttentionOptions {
   /// The original's class attribute `MultiHeadAttention.sdpa`, made per module:
   /// true uses scaled_dot_product_attention, false the explicit softmax path.
   TORCH_ARG(bool, sdpa) = true;
+  /// false (the original): with a cache, queries are rotated at 0..T-1 and the
+  /// whole cached key set is re-rotated every call. true: queries and new keys
+  /// are rotated at their absolute positions (cache length onward), the cache
+  /// keeps rotated keys, and causal masking is bottom-right aligned, so
+  /// token-by-token decoding equals one causal pass over the sequence.
+  TORCH_ARG(bool, absolute_positions) = false;
 };
 
 } // namespace rotary_attention

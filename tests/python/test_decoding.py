@@ -1,0 +1,115 @@
+"""absolute_positions: token-by-token decoding equals one causal pass; and
+16-bit inputs end to end."""
+
+import pytest
+import torch
+
+import rotary_attention
+from rotary_attention import reference
+from conftest import causal_mask, make_pair, original_sdpa
+
+N_STATE, N_HEAD = 64, 4
+
+
+def chunks(x, sizes):
+    out, start = [], 0
+    for n in sizes:
+        out.append(x[:, start : start + n])
+        start += n
+    assert start == x.shape[1]
+    return out
+
+
+def port_pair(sdpa, dtype=torch.float64, seed=0):
+    """The original plus two ports with its weights: default and absolute_positions."""
+    ref, port = make_pair(N_STATE, N_HEAD, sdpa=sdpa, dtype=dtype, seed=seed)
+    absolute = rotary_attention.MultiHeadAttention(N_STATE, N_HEAD, sdpa=sdpa, absolute_positions=True)
+    absolute.load_state_dict(ref.state_dict())
+    absolute.to(dtype).eval()
+    return ref, port, absolute
+
+
+# SDPA: agreement to fp64 rounding; explicit path: its qk.float() softmax limits it to fp32 level.
+TOL = {True: dict(rtol=1e-10, atol=1e-10), False: dict(rtol=2e-6, atol=2e-6)}
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+@pytest.mark.parametrize("sizes", [[1] * 9, [3, 1, 1, 1, 1, 1, 1], [4, 3, 1, 2]], ids=["tokens", "prompt", "chunks"])
+def test_decoding_equals_one_causal_pass(sdpa, sizes):
+    ref, _, absolute = port_pair(sdpa, seed=len(sizes))
+    x = torch.randn(2, sum(sizes), N_STATE, dtype=torch.float64)
+    mask = causal_mask(16, torch.float64)
+    with original_sdpa(sdpa), torch.no_grad():
+        full, _ = ref(x, mask=mask)  # the original's own full causal pass
+        full_port, _ = absolute(x, mask=mask)
+        cache = rotary_attention.KVCache()
+        steps = [absolute(part, mask=mask, kv_cache=cache)[0] for part in chunks(x, sizes)]
+    torch.testing.assert_close(full_port, full, rtol=0, atol=0)  # no cache: the original's pass
+    torch.testing.assert_close(torch.cat(steps, 1), full, **TOL[sdpa])
+    assert cache.length(absolute) == x.shape[1]
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+def test_the_original_decoding_does_not_equal_its_full_pass(sdpa):
+    """Why the option exists: the original rotates each new query at position 0."""
+    ref, port, _ = port_pair(sdpa, seed=3)
+    x = torch.randn(1, 6, N_STATE, dtype=torch.float64)
+    mask = causal_mask(8, torch.float64)
+    with original_sdpa(sdpa), torch.no_grad():
+        full, _ = ref(x, mask=mask)
+        cache = rotary_attention.KVCache()
+        steps = torch.cat([port(x[:, i : i + 1], mask=mask, kv_cache=cache)[0] for i in range(6)], 1)
+    torch.testing.assert_close(steps[:, 0], full[:, 0])  # the first token has nothing to get wrong
+    assert not torch.allclose(steps, full, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+def test_decoder_block_with_cross_attention(sdpa):
+    ref_self, _, abs_self = port_pair(sdpa, seed=5)
+    ref_cross, _, abs_cross = port_pair(sdpa, seed=6)
+    x = torch.randn(2, 7, N_STATE, dtype=torch.float64)
+    xa = torch.randn(2, 11, N_STATE, dtype=torch.float64)
+    mask = causal_mask(10, torch.float64)
+    with original_sdpa(sdpa), torch.no_grad():
+        full = ref_cross(ref_self(x, mask=mask)[0], xa=xa)[0]
+        cache = rotary_attention.KVCache()
+        steps = []
+        for part in chunks(x, [2, 1, 3, 1]):
+            h = abs_self(part, mask=mask, kv_cache=cache)[0]
+            steps.append(abs_cross(h, xa=xa, kv_cache=cache)[0])
+    torch.testing.assert_close(torch.cat(steps, 1), full, **TOL[sdpa])
+    assert cache.length(abs_cross) == 11
+
+
+def test_absolute_positions_mask_too_small_is_a_clear_error():
+    _, _, absolute = port_pair(False)
+    cache = rotary_attention.KVCache()
+    mask = causal_mask(4, torch.float64)
+    x = torch.randn(1, 3, N_STATE, dtype=torch.float64)
+    absolute(x, mask=mask, kv_cache=cache)
+    with pytest.raises(RuntimeError, match="absolute_positions"):
+        absolute(x, mask=mask, kv_cache=cache)  # positions 3..5 are past the mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+def test_16_bit_input_runs_end_to_end(dtype, sdpa):
+    """fp32 module, 16-bit input: the original fails on mixed dtypes; the port
+    computes rotary and the rotation in fp32 and attention in the input dtype."""
+    ref, port, absolute = port_pair(sdpa, dtype=torch.float32, seed=7)
+    x = torch.randn(2, 8, N_STATE)
+    mask = causal_mask(8)
+    with original_sdpa(sdpa), torch.no_grad():
+        want, _ = ref(x, mask=mask)
+        if sdpa:
+            with pytest.raises(RuntimeError):
+                ref(x.to(dtype), mask=mask)
+        got, qk = port(x.to(dtype), mask=mask)
+        cache = rotary_attention.KVCache()
+        steps = torch.cat([absolute(x[:, i : i + 1].to(dtype), mask=mask, kv_cache=cache)[0] for i in range(8)], 1)
+    assert got.dtype == dtype and steps.dtype == dtype
+    if not sdpa:
+        assert qk.dtype == torch.float32
+    tol = 3e-2 if dtype == torch.float16 else 1.5e-1
+    torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+    torch.testing.assert_close(steps.float(), want, rtol=tol, atol=tol)

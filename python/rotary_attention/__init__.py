@@ -4,7 +4,8 @@
 - `MultiHeadAttention`, `RotaryEmbedding`, `RotationLayer`, `KVCache`: the
   C++-backed layers, with the original's constructors and call signatures.
 - `rotary_attention.reference`: the original PyTorch layers, for parity checks.
-- `rotary(...)`: the operator (`torch.ops.rotary_attention.rotary`).
+- `rotary(...)`: the operator (`torch.ops.rotary_attention.rotary`), with
+  `rotary_` (in place, inference) and `rotary_qk` (queries and keys in one call).
 """
 
 import torch  # loads libtorch before the extension
@@ -14,7 +15,16 @@ from ._modules import IncompatibleKeys, KVCache, MultiHeadAttention, RotaryEmbed
 
 rotary = torch.ops.rotary_attention.rotary
 rotary_backward = torch.ops.rotary_attention.rotary_backward
+rotary_qk = torch.ops.rotary_attention.rotary_qk
 built_with_cuda = _C.built_with_cuda
+
+
+def rotary_(x, inv_freq, positions=None, offset=0, layout="seed", rotary_dim=-1):
+    """`rotary` in place, for inference; returns x. (The operator itself,
+    torch.ops.rotary_attention.rotary_, returns nothing so that torch.compile
+    can functionalize it.)"""
+    torch.ops.rotary_attention.rotary_(x, inv_freq, positions, offset, layout, rotary_dim)
+    return x
 
 __all__ = [
     "IncompatibleKeys",
@@ -24,5 +34,7 @@ __all__ = [
     "RotationLayer",
     "built_with_cuda",
     "rotary",
+    "rotary_",
     "rotary_backward",
+    "rotary_qk",
 ]

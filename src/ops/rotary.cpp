@@ -16,6 +16,39 @@ TORCH_LIBRARY(rotary_attention, m) {
   m.def(
       "rotary_backward(Tensor grad, Tensor inv_freq, Tensor? positions=None, "
       "int offset=0, str layout=\"seed\", int rotary_dim=-1) -> Tensor");
+  // In place, for inference: no autograd (an error when x requires grad).
+  // Returns nothing, so torch.compile can functionalize it.
+  m.def(
+      "rotary_(Tensor(a!) x, Tensor inv_freq, Tensor? positions=None, int offset=0, "
+      "str layout=\"seed\", int rotary_dim=-1) -> ()");
+  // Queries and keys at the same positions in one call; composite, so its
+  // autograd, Meta and device support are rotary's.
+  m.def(
+      "rotary_qk(Tensor q, Tensor k, Tensor inv_freq, Tensor? positions=None, int offset=0, "
+      "str layout=\"seed\", int rotary_dim=-1) -> (Tensor, Tensor)");
+}
+
+namespace {
+std::tuple<at::Tensor, at::Tensor> rotary_qk_composite(
+    const at::Tensor& q,
+    const at::Tensor& k,
+    const at::Tensor& inv_freq,
+    const std::optional<at::Tensor>& positions,
+    int64_t offset,
+    c10::string_view layout,
+    int64_t rotary_dim) {
+  TORCH_CHECK(
+      q.dim() == 4 && k.dim() == 4 && q.sym_size(0) == k.sym_size(0) &&
+          q.sym_size(1) == k.sym_size(1) && q.sym_size(3) == k.sym_size(3),
+      "rotary_qk: q and k must be (B, T, H, D) with the same B, T and D (H may differ), got ",
+      q.sym_sizes(), " and ", k.sym_sizes());
+  return {rotary(q, inv_freq, positions, offset, layout, rotary_dim),
+          rotary(k, inv_freq, positions, offset, layout, rotary_dim)};
+}
+} // namespace
+
+TORCH_LIBRARY_IMPL(rotary_attention, CompositeImplicitAutograd, m) {
+  m.impl("rotary_qk", &rotary_qk_composite);
 }
 
 at::Tensor rotary(
@@ -42,6 +75,35 @@ at::Tensor rotary_backward(
                        .findSchemaOrThrow("rotary_attention::rotary_backward", "")
                        .typed<decltype(rotary_backward)>();
   return op.call(grad, inv_freq, positions, offset, layout, rotary_dim);
+}
+
+at::Tensor& rotary_(
+    at::Tensor& x,
+    const at::Tensor& inv_freq,
+    const std::optional<at::Tensor>& positions,
+    int64_t offset,
+    c10::string_view layout,
+    int64_t rotary_dim) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("rotary_attention::rotary_", "")
+                       .typed<void(at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                   int64_t, c10::string_view, int64_t)>();
+  op.call(x, inv_freq, positions, offset, layout, rotary_dim);
+  return x;
+}
+
+std::tuple<at::Tensor, at::Tensor> rotary_qk(
+    const at::Tensor& q,
+    const at::Tensor& k,
+    const at::Tensor& inv_freq,
+    const std::optional<at::Tensor>& positions,
+    int64_t offset,
+    c10::string_view layout,
+    int64_t rotary_dim) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("rotary_attention::rotary_qk", "")
+                       .typed<decltype(rotary_qk)>();
+  return op.call(q, k, inv_freq, positions, offset, layout, rotary_dim);
 }
 
 bool built_with_cuda() {

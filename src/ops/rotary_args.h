@@ -2,6 +2,7 @@
 // Argument checks and layout parsing shared by the CPU, CUDA and Meta kernels.
 // Sizes are read as SymInts so the Meta kernel works under dynamic shapes.
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymInt.h>
 #include <c10/util/Exception.h>
@@ -106,6 +107,13 @@ inline c10::SymInt check_rotary_args(
         ", ", x.sym_size(1), "), got ", p.sym_sizes());
   }
   return rd;
+}
+
+// The in-place variant writes every element of x once: x must not overlap itself.
+inline void check_in_place_target(const at::Tensor& x) {
+  TORCH_CHECK(
+      at::has_internal_overlap(x) != at::MemOverlap::Yes,
+      "rotary_: x has overlapping memory (e.g. an expanded view); rotate a copy instead");
 }
 
 } // namespace rotary_attention::ops

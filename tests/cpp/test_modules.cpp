@@ -126,3 +126,24 @@ TEST_CASE("modules clone deeply", "[mha]") {
   REQUIRE_FALSE(copy->query->weight.is_same(mha->query->weight));
   REQUIRE(torch::equal(copy->query->weight, mha->query->weight));
 }
+
+TEST_CASE("absolute_positions: decoding with a cache equals one causal pass", "[mha][cache]") {
+  torch::manual_seed(3);
+  for (bool sdpa : {true, false}) {
+    ra::MultiHeadAttention mha(
+        ra::MultiHeadAttentionOptions(32, 4).sdpa(sdpa).absolute_positions(true).dropout_rate(0.0));
+    mha->to(torch::kDouble);
+    mha->rotation_layer->reset_parameters();
+    auto x = torch::randn({2, 7, 32}, torch::kDouble);
+    auto mask = torch::full({8, 8}, -INFINITY, torch::kDouble).triu(1);
+    auto full = std::get<0>(mha->forward(x, {}, mask));
+    ra::KVCache cache;
+    std::vector<torch::Tensor> parts;
+    for (auto [start, n] : std::vector<std::pair<int64_t, int64_t>>{{0, 3}, {3, 1}, {4, 2}, {6, 1}}) {
+      parts.push_back(std::get<0>(mha->forward(x.narrow(1, start, n), {}, mask, &cache)));
+    }
+    CAPTURE(sdpa);
+    REQUIRE(cache.length(mha.get()) == 7);
+    REQUIRE(torch::allclose(torch::cat(parts, 1), full, sdpa ? 1e-10 : 2e-6, sdpa ? 1e-10 : 2e-6));
+  }
+}

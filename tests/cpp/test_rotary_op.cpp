@@ -129,3 +129,22 @@ TEST_CASE("rotary rejects bad input with clear errors", "[op][errors]") {
   auto empty = ra::rotary(torch::randn({0, 4, 2, 8}), f);
   REQUIRE(empty.sizes() == torch::IntArrayRef({0, 4, 2, 8}));
 }
+
+TEST_CASE("rotary_ rotates in place and rotary_qk rotates q and k together", "[op]") {
+  torch::manual_seed(4);
+  auto f = inv_freq_for(8);
+  for (const char* layout : {"seed", "interleaved", "half"}) {
+    auto x = torch::randn({2, 3, 5, 8}).transpose(1, 2); // strided
+    const auto want = ra::rotary(x, f, std::nullopt, 2, layout);
+    auto& same = ra::rotary_(x, f, std::nullopt, 2, layout);
+    REQUIRE(same.is_same(x));
+    REQUIRE(torch::equal(x, want));
+  }
+  auto needs_grad = torch::randn({1, 2, 1, 8}, torch::requires_grad());
+  REQUIRE_THROWS_WITH(ra::rotary_(needs_grad, f), Catch::Contains("for inference"));
+
+  auto q = torch::randn({2, 4, 6, 8}), k = torch::randn({2, 4, 2, 8});
+  auto [rq, rk] = ra::rotary_qk(q, k, f, torch::arange(4) * 3);
+  REQUIRE(torch::equal(rq, ra::rotary(q, f, torch::arange(4) * 3)));
+  REQUIRE(torch::equal(rk, ra::rotary(k, f, torch::arange(4) * 3)));
+}

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <tuple>
 
 namespace rotary_attention {
 
@@ -40,6 +41,27 @@ at::Tensor rotary(
 /// layout and writes the input layout.
 at::Tensor rotary_backward(
     const at::Tensor& grad,
+    const at::Tensor& inv_freq,
+    const std::optional<at::Tensor>& positions = std::nullopt,
+    int64_t offset = 0,
+    c10::string_view layout = "seed",
+    int64_t rotary_dim = -1);
+
+/// `rotary` in place, for inference (x must not require grad, or grad mode
+/// must be off). Returns x.
+at::Tensor& rotary_(
+    at::Tensor& x,
+    const at::Tensor& inv_freq,
+    const std::optional<at::Tensor>& positions = std::nullopt,
+    int64_t offset = 0,
+    c10::string_view layout = "seed",
+    int64_t rotary_dim = -1);
+
+/// Queries and keys (same B, T, D; H may differ) at the same positions in
+/// one call: (rotary(q, ...), rotary(k, ...)).
+std::tuple<at::Tensor, at::Tensor> rotary_qk(
+    const at::Tensor& q,
+    const at::Tensor& k,
     const at::Tensor& inv_freq,
     const std::optional<at::Tensor>& positions = std::nullopt,
     int64_t offset = 0,

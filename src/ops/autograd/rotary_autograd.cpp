@@ -70,11 +70,34 @@ at::Tensor rotary_backward_autograd(
   return RotaryFunction<true>::apply(grad, inv_freq, positions, offset, layout, rotary_dim);
 }
 
+// The in-place variant is for inference: refuse to overwrite a tensor autograd
+// needs, then bump x's version as ADInplaceOrView would.
+void rotary_inplace_autograd(
+    at::Tensor& x,
+    const at::Tensor& inv_freq,
+    const std::optional<at::Tensor>& positions,
+    int64_t offset,
+    c10::string_view layout,
+    int64_t rotary_dim) {
+  TORCH_CHECK(
+      !(at::GradMode::is_enabled() && x.requires_grad()),
+      "rotary_: the in-place variant is for inference, but x requires grad; use rotary() "
+      "(differentiable) or run under torch.no_grad()");
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    rotary_(x, inv_freq, positions, offset, layout, rotary_dim);
+  }
+  if (!x.is_inference()) {
+    x.unsafeGetTensorImpl()->bump_version();
+  }
+}
+
 } // namespace
 
 TORCH_LIBRARY_IMPL(rotary_attention, Autograd, m) {
   m.impl("rotary", &rotary_autograd);
   m.impl("rotary_backward", &rotary_backward_autograd);
+  m.impl("rotary_", &rotary_inplace_autograd);
 }
 
 } // namespace rotary_attention::ops

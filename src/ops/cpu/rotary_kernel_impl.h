@@ -125,16 +125,21 @@ void rotate_all(const RotateArgs& a) {
   const int64_t rd = a.rotary_dim, half = rd / 2;
   const scalar_t* x_data = x.const_data_ptr<scalar_t>();
   scalar_t* out_data = a.out.mutable_data_ptr<scalar_t>();
+  const at::Tensor& o = a.out; // x itself for the in-place variant
+  const int64_t ob = o.stride(0), ot = o.stride(1), oh = o.stride(2), od = o.stride(3);
   const math_t* cos_data = a.cos.const_data_ptr<math_t>();
   const math_t* sin_data = a.sin.const_data_ptr<math_t>();
   const bool per_batch = a.per_batch;
   constexpr bool same_type = std::is_same_v<scalar_t, math_t>;
   const bool direct_in = same_type && sd == 1; // rows read in place
+  // Rows are written in place unless the output aliases the input (in-place
+  // variant: a row's pairs are read and written at different places) or is strided.
+  const bool direct_out = same_type && od == 1 && !a.in_place;
 
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(H * D, 1));
   at::parallel_for(0, B * T, grain, [&](int64_t begin, int64_t end) {
     std::vector<math_t> in_buf(direct_in ? 0 : D);
-    std::vector<math_t> out_buf(same_type ? 0 : D);
+    std::vector<math_t> out_buf(direct_out ? 0 : D);
     for (int64_t token = begin; token < end; ++token) {
       const int64_t b = token / T, t = token % T;
       const int64_t p = per_batch ? token : t;
@@ -142,7 +147,7 @@ void rotate_all(const RotateArgs& a) {
       const math_t* sin_row = sin_data + p * half;
       for (int64_t h = 0; h < H; ++h) {
         const scalar_t* src = x_data + b * sb + t * st + h * sh;
-        scalar_t* dst = out_data + (token * H + h) * D;
+        scalar_t* dst = out_data + b * ob + t * ot + h * oh;
         const math_t* in;
         if (direct_in) {
           in = reinterpret_cast<const math_t*>(src);
@@ -156,11 +161,17 @@ void rotate_all(const RotateArgs& a) {
           }
           in = in_buf.data();
         }
-        math_t* row_out = same_type ? reinterpret_cast<math_t*>(dst) : out_buf.data();
+        math_t* row_out = direct_out ? reinterpret_cast<math_t*>(dst) : out_buf.data();
         rotate_row<math_t, In, Out, Inverse>(in, row_out, cos_row, sin_row, half);
         std::copy(in + rd, in + D, row_out + rd); // features past rotary_dim pass through
-        if constexpr (!same_type) {
-          store_row(row_out, dst, D);
+        if (!direct_out) {
+          if (od == 1) {
+            store_row(row_out, dst, D);
+          } else {
+            for (int64_t d = 0; d < D; ++d) {
+              dst[d * od] = static_cast<scalar_t>(row_out[d]);
+            }
+          }
         }
       }
     }

@@ -27,11 +27,13 @@ namespace {
 struct Shape {
   int64_t tokens, T, H, D;
   int64_t sb, st, sh, sd; // x's strides, in elements
+  int64_t ob, ot, oh, od; // out's strides (out is x for the in-place variant)
   int64_t half; // rotary_dim / 2
   int64_t rotary_dim;
   int64_t offset;
   bool per_batch; // positions are (B, T), else (T,)
   bool pair_access; // interleaved pairs may be read as one aligned vector
+  bool pair_store; // ... and written as one
 };
 
 template <typename T>
@@ -62,7 +64,7 @@ __global__ void rotate_kernel(
   const int64_t b = token / s.T, t = token % s.T;
   const int64_t pos = (positions ? positions[s.per_batch ? token : t] : t) + s.offset;
   const scalar_t* src = x + b * s.sb + t * s.st;
-  scalar_t* dst = out + token * s.H * s.D;
+  scalar_t* dst = out + b * s.ob + t * s.ot;
 
   for (int64_t j = threadIdx.x; j < s.half; j += blockDim.x) {
     math_t sn, cs;
@@ -82,21 +84,22 @@ __global__ void rotate_kernel(
       }
       const math_t r1 = Inverse ? add(mul(x1, cs), mul(x2, sn)) : sub(mul(x1, cs), mul(x2, sn));
       const math_t r2 = Inverse ? sub(mul(x2, cs), mul(x1, sn)) : add(mul(x1, sn), mul(x2, cs));
-      scalar_t* row_out = dst + h * s.D;
-      if constexpr (Out == PairLayout::Interleaved) {
-        // out is contiguous and D even: the pair is aligned.
+      scalar_t* row_out = dst + h * s.oh;
+      if (Out == PairLayout::Interleaved && s.pair_store) {
         *reinterpret_cast<Pair<scalar_t>*>(row_out + 2 * j) =
             Pair<scalar_t>{static_cast<scalar_t>(r1), static_cast<scalar_t>(r2)};
       } else {
-        row_out[j] = static_cast<scalar_t>(r1);
-        row_out[j + s.half] = static_cast<scalar_t>(r2);
+        const int64_t o1 = Out == PairLayout::Interleaved ? 2 * j : j;
+        const int64_t o2 = Out == PairLayout::Interleaved ? 2 * j + 1 : j + s.half;
+        row_out[o1 * s.od] = static_cast<scalar_t>(r1);
+        row_out[o2 * s.od] = static_cast<scalar_t>(r2);
       }
     }
   }
   // Features past rotary_dim pass through.
   for (int64_t d = s.rotary_dim + threadIdx.x; d < s.D; d += blockDim.x) {
     for (int64_t h = 0; h < s.H; ++h) {
-      dst[h * s.D + d] = src[h * s.sh + d * s.sd];
+      dst[h * s.oh + d * s.od] = src[h * s.sh + d * s.sd];
     }
   }
 }
@@ -142,7 +145,8 @@ at::Tensor rotary_cuda_impl(
     int64_t offset,
     c10::string_view layout,
     int64_t rotary_dim,
-    bool inverse) {
+    bool inverse,
+    bool in_place = false) {
   const int64_t rd = check_rotary_args(op, x, inv_freq, positions, layout, rotary_dim)
                          .guard_int(__FILE__, __LINE__);
   TORCH_CHECK(x.is_cuda(), op, ": the CUDA kernel got x on ", x.device());
@@ -151,7 +155,11 @@ at::Tensor rotary_cuda_impl(
     std::swap(layouts.in, layouts.out);
   }
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (in_place && layouts.in != layouts.out) {
+    // A pair is written where other threads' pairs are read: go through a copy.
+    return x.copy_(rotary_cuda_impl(op, x, inv_freq, positions, offset, layout, rotary_dim, inverse));
+  }
+  at::Tensor out = in_place ? x : at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   if (x.numel() == 0) {
     return out;
   }
@@ -160,12 +168,15 @@ at::Tensor rotary_cuda_impl(
   const at::Tensor freq = inv_freq.to(double_math ? at::kDouble : at::kFloat).contiguous();
   const at::Tensor pos = positions.has_value() ? positions->to(at::kLong).contiguous() : at::Tensor();
 
-  const bool aligned = reinterpret_cast<uintptr_t>(x.const_data_ptr()) % (2 * x.element_size()) == 0;
+  auto pairs_aligned = [](const at::Tensor& t) {
+    return t.stride(3) == 1 && t.stride(2) % 2 == 0 && t.stride(1) % 2 == 0 && t.stride(0) % 2 == 0 &&
+        reinterpret_cast<uintptr_t>(t.const_data_ptr()) % (2 * t.element_size()) == 0;
+  };
   const Shape s{x.size(0) * x.size(1), x.size(1), x.size(2), x.size(3),
                 x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+                out.stride(0), out.stride(1), out.stride(2), out.stride(3),
                 rd / 2, rd, offset, pos.defined() && pos.dim() == 2,
-                x.stride(3) == 1 && x.stride(2) % 2 == 0 && x.stride(1) % 2 == 0 &&
-                    x.stride(0) % 2 == 0 && aligned};
+                pairs_aligned(x), pairs_aligned(out)};
   switch (x.scalar_type()) {
     case at::kFloat:
       double_math ? launch_layout<float, double>(layouts, inverse, x, out, freq, pos, s)
@@ -197,11 +208,19 @@ at::Tensor rotary_backward_cuda(const at::Tensor& grad, const at::Tensor& inv_fr
   return rotary_cuda_impl("rotary_backward", grad, inv_freq, positions, offset, layout, rotary_dim, true);
 }
 
+void rotary_inplace_cuda(at::Tensor& x, const at::Tensor& inv_freq,
+                                const std::optional<at::Tensor>& positions, int64_t offset,
+                                c10::string_view layout, int64_t rotary_dim) {
+  check_in_place_target(x);
+  rotary_cuda_impl("rotary_", x, inv_freq, positions, offset, layout, rotary_dim, false, true);
+}
+
 } // namespace
 
 TORCH_LIBRARY_IMPL(rotary_attention, CUDA, m) {
   m.impl("rotary", &rotary_cuda);
   m.impl("rotary_backward", &rotary_backward_cuda);
+  m.impl("rotary_", &rotary_inplace_cuda);
 }
 
 } // namespace rotary_attention::ops::cuda

@@ -20,11 +20,22 @@ at::Tensor rotary_meta(
   return at::empty_symint(x.sym_sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
 }
 
+void rotary_inplace_meta(
+    at::Tensor& x,
+    const at::Tensor& inv_freq,
+    const std::optional<at::Tensor>& positions,
+    int64_t offset,
+    c10::string_view layout,
+    int64_t rotary_dim) {
+  check_rotary_args("rotary_", x, inv_freq, positions, layout, rotary_dim);
+}
+
 } // namespace
 
 TORCH_LIBRARY_IMPL(rotary_attention, Meta, m) {
   m.impl("rotary", &rotary_meta);
   m.impl("rotary_backward", &rotary_meta);
+  m.impl("rotary_", &rotary_inplace_meta);
 }
 
 } // namespace rotary_attention::ops

@@ -1,0 +1,154 @@
+"""The general operator: position ids, offsets, layouts, partial rotary, the
+in-place variant and rotary_qk, against independent formulations, plus
+property tests over random shapes, strides, dtypes and positions."""
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import rotary_attention
+from rotary_attention import reference
+
+rotary = torch.ops.rotary_attention.rotary
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def inv_freq(rotary_dim, dtype=torch.float32):
+    return reference.RotaryEmbedding(rotary_dim).inv_freq.to(dtype)
+
+
+def table_reference(x, f, positions=None, offset=0, layout="seed", rotary_dim=-1):
+    """Gathers cos/sin rows from a table indexed by position, then applies the
+    layout's formula; written independently of the kernels. Angles are rounded
+    to f's dtype, as the operator (and the original) computes them; everything
+    else is fp64."""
+    B, T, H, D = x.shape
+    rd = D if rotary_dim < 0 else rotary_dim
+    half = rd // 2
+    max_pos = 20000
+    table = (torch.arange(max_pos).to(f.dtype)[:, None] * f[None]).double()  # (P, half)
+    cos_t, sin_t = table.cos(), table.sin()
+    if positions is None:
+        idx = torch.arange(T).expand(B, T) + offset
+    else:
+        idx = (positions if positions.dim() == 2 else positions.expand(B, T)) + offset
+    cos = cos_t[idx][:, :, None, :]  # (B, T, 1, half)
+    sin = sin_t[idx][:, :, None, :]
+    xd = x.double()
+    rot, tail = xd[..., :rd], xd[..., rd:]
+    if layout in ("seed", "interleaved"):
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+    else:
+        x1, x2 = rot[..., :half], rot[..., half:]
+    o1, o2 = x1 * cos - x2 * sin, x1 * sin + x2 * cos
+    if layout == "interleaved":
+        out = torch.stack([o1, o2], -1).flatten(-2)
+    else:
+        out = torch.cat([o1, o2], -1)
+    return torch.cat([out, tail], -1)
+
+
+def tol(dtype):
+    return {torch.float32: 2e-5, torch.float64: 1e-9, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+
+
+@pytest.mark.parametrize("layout", ["seed", "interleaved", "half"])
+@pytest.mark.parametrize("positions", [None, "t", "bt"])
+def test_position_ids_against_gathering_from_a_table(layout, positions):
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 2, 12, dtype=torch.float64)
+    f = inv_freq(8, torch.float64)
+    pos = {None: None, "t": torch.randint(0, 5000, (7,)), "bt": torch.randint(0, 5000, (3, 7))}[positions]
+    got = rotary(x, f, positions=pos, offset=11, layout=layout, rotary_dim=8)
+    want = table_reference(x, f, pos, 11, layout, 8)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+@st.composite
+def cases(draw):
+    B = draw(st.integers(1, 3))
+    T = draw(st.integers(1, 40))
+    H = draw(st.integers(1, 4))
+    D = 2 * draw(st.integers(1, 24))
+    rd = 2 * draw(st.integers(1, D // 2))
+    dtype = draw(st.sampled_from(DTYPES))
+    layout = draw(st.sampled_from(["seed", "interleaved", "half"]))
+    view = draw(st.sampled_from(["contiguous", "permuted", "sliced", "transposed_bt"]))
+    positions = draw(st.sampled_from([None, "t", "bt"]))
+    offset = draw(st.integers(0, 3000))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return B, T, H, D, rd, dtype, layout, view, positions, offset, seed
+
+
+def make_view(B, T, H, D, dtype, view, g):
+    if view == "permuted":
+        return torch.randn(B, H, T, D, generator=g).to(dtype).transpose(1, 2)
+    if view == "sliced":
+        return torch.randn(B, T, H + 1, 2 * D, generator=g).to(dtype)[:, :, 1:, ::2]
+    if view == "transposed_bt":
+        return torch.randn(T, B, H, D, generator=g).to(dtype).transpose(0, 1)
+    return torch.randn(B, T, H, D, generator=g).to(dtype)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cases())
+def test_property_random_shapes_strides_dtypes_positions(case):
+    B, T, H, D, rd, dtype, layout, view, positions, offset, seed = case
+    g = torch.Generator().manual_seed(seed)
+    x = make_view(B, T, H, D, dtype, view, g)
+    f = inv_freq(rd, torch.float64 if dtype == torch.float64 else torch.float32)
+    pos = {None: None, "t": torch.randint(0, 5000, (T,), generator=g), "bt": torch.randint(0, 5000, (B, T), generator=g)}[positions]
+    got = rotary(x, f, positions=pos, offset=offset, layout=layout, rotary_dim=rd)
+    assert got.dtype == dtype and got.shape == x.shape and got.is_contiguous()
+    want = table_reference(x, f, pos, offset, layout, rd)
+    torch.testing.assert_close(got.double(), want, rtol=tol(dtype), atol=tol(dtype))
+    # The backward op inverts it.
+    back = torch.ops.rotary_attention.rotary_backward(got, f, positions=pos, offset=offset, layout=layout, rotary_dim=rd)
+    torch.testing.assert_close(back.double(), x.double(), rtol=4 * tol(dtype), atol=4 * tol(dtype))
+    # In place gives the same values and keeps x's strides.
+    y = x.clone()
+    strides = y.stride()
+    out = rotary_attention.rotary_(y, f, positions=pos, offset=offset, layout=layout, rotary_dim=rd)
+    assert out.data_ptr() == y.data_ptr() and y.stride() == strides
+    torch.testing.assert_close(y, got, rtol=0, atol=0)
+
+
+def test_in_place_is_for_inference():
+    x = torch.randn(2, 3, 2, 8, requires_grad=True)
+    f = inv_freq(8)
+    with pytest.raises(RuntimeError, match="for inference"):
+        rotary_attention.rotary_(x, f)
+    y = x.detach().clone()
+    version = y._version
+    rotary_attention.rotary_(y, f)
+    assert y._version > version
+    with torch.no_grad():
+        z = x.clone()
+        rotary_attention.rotary_(z, f)
+    torch.testing.assert_close(z, rotary(x.detach(), f), rtol=0, atol=0)
+    with torch.inference_mode():
+        w = torch.randn(2, 3, 2, 8)
+        rotary_attention.rotary_(w, f)
+    with pytest.raises(RuntimeError, match="overlapping"):
+        rotary_attention.rotary_(torch.randn(1, 3, 2, 8).expand(2, 3, 2, 8), f)
+
+
+def test_rotary_qk_rotates_both_at_the_same_positions():
+    q = torch.randn(2, 5, 8, 16, requires_grad=True)
+    k = torch.randn(2, 5, 2, 16, requires_grad=True)  # fewer key heads (GQA)
+    f = inv_freq(16)
+    pos = torch.randint(0, 100, (2, 5))
+    rq, rk = rotary_attention.rotary_qk(q, k, f, positions=pos, layout="half")
+    torch.testing.assert_close(rq, rotary(q, f, positions=pos, layout="half"), rtol=0, atol=0)
+    torch.testing.assert_close(rk, rotary(k, f, positions=pos, layout="half"), rtol=0, atol=0)
+    (rq.sum() + rk.sum()).backward()
+    assert q.grad is not None and k.grad is not None
+    with pytest.raises(RuntimeError, match="same B, T and D"):
+        rotary_attention.rotary_qk(q, torch.randn(2, 4, 2, 16), f)
+    torch.library.opcheck(torch.ops.rotary_attention.rotary_qk, (q, k, f), {"offset": 3})
+
+
+def test_opcheck_in_place():
+    f = inv_freq(8)
+    torch.library.opcheck(torch.ops.rotary_attention.rotary_, (torch.randn(2, 5, 3, 8), f), {"layout": "interleaved"})
+    torch.library.opcheck(torch.ops.rotary_attention.rotary_, (torch.randn(2, 3, 5, 8).transpose(1, 2), f))

@@ -17,11 +17,19 @@ struct RotaryTables {
   bool per_batch; // row of token (b, t) is b * T + t, else t
 };
 
-// fp64 when x or the frequencies are fp64, else fp32 (also for fp16/bf16).
+// The dtype the rotation is computed in: fp64 for fp64 x, and for fp32 x
+// with fp64 frequencies (the original promotes there); else fp32, which
+// includes fp16/bf16 x whatever the frequencies.
 inline c10::ScalarType rotary_math_dtype(const at::Tensor& x, const at::Tensor& inv_freq) {
-  return (x.scalar_type() == at::kDouble || inv_freq.scalar_type() == at::kDouble)
+  const auto t = x.scalar_type();
+  return (t == at::kDouble || (t == at::kFloat && inv_freq.scalar_type() == at::kDouble))
       ? at::kDouble
       : at::kFloat;
+}
+
+// The dtype angles are computed in: the frequencies' (fp32 for 16-bit ones).
+inline c10::ScalarType rotary_angle_dtype(const at::Tensor& inv_freq) {
+  return inv_freq.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 // angles[p, j] = float(position p) * inv_freq[j], one rounding, as the
@@ -68,8 +76,7 @@ inline RotaryTables make_rotary_tables(
     int64_t offset) {
   // The original computes angles in inv_freq's dtype; half-precision
   // frequencies are widened so angles keep fp32 accuracy.
-  const auto angle_dtype =
-      inv_freq.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto angle_dtype = rotary_angle_dtype(inv_freq);
   const at::Tensor angles = rotary_angles(x, inv_freq, positions, offset, angle_dtype);
   const auto math = rotary_math_dtype(x, inv_freq);
   return {angles.cos().to(math).contiguous(), angles.sin().to(math).contiguous(),

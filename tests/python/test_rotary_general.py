@@ -152,3 +152,18 @@ def test_opcheck_in_place():
     f = inv_freq(8)
     torch.library.opcheck(torch.ops.rotary_attention.rotary_, (torch.randn(2, 5, 3, 8), f), {"layout": "interleaved"})
     torch.library.opcheck(torch.ops.rotary_attention.rotary_, (torch.randn(2, 3, 5, 8).transpose(1, 2), f))
+
+
+@pytest.mark.parametrize("x_dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("f_dtype", DTYPES, ids=str)
+def test_every_pair_of_input_and_frequency_dtypes(x_dtype, f_dtype):
+    """Angles in the frequencies' dtype (fp32 for 16-bit ones); output in x's dtype."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 50, 3, 8).to(x_dtype)
+    f = inv_freq(8, f_dtype)
+    got = rotary(x, f, offset=100)
+    assert got.dtype == x_dtype
+    angle_f = f.double() if f_dtype == torch.float64 else f.float()
+    want = table_reference(x, angle_f, None, 100)
+    t = max(tol(x_dtype), 2e-5)
+    torch.testing.assert_close(got.double(), want, rtol=t, atol=t)

@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "../rotary_args.h"
+#include "../rotary_tables.h"
 
 namespace rotary_attention::ops::cuda {
 namespace {
@@ -50,11 +51,11 @@ __device__ __forceinline__ double add(double a, double b) { return __dadd_rn(a, 
 __device__ __forceinline__ float sub(float a, float b) { return __fsub_rn(a, b); }
 __device__ __forceinline__ double sub(double a, double b) { return __dsub_rn(a, b); }
 
-template <typename scalar_t, typename math_t, PairLayout In, PairLayout Out, bool Inverse>
+template <typename scalar_t, typename math_t, typename angle_t, PairLayout In, PairLayout Out, bool Inverse>
 __global__ void rotate_kernel(
     const scalar_t* __restrict__ x,
     scalar_t* __restrict__ out,
-    const math_t* __restrict__ inv_freq,
+    const angle_t* __restrict__ inv_freq,
     const int64_t* __restrict__ positions,
     Shape s) {
   const int64_t token = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
@@ -67,8 +68,10 @@ __global__ void rotate_kernel(
   scalar_t* dst = out + b * s.ob + t * s.ot;
 
   for (int64_t j = threadIdx.x; j < s.half; j += blockDim.x) {
-    math_t sn, cs;
-    sin_cos(mul(static_cast<math_t>(pos), inv_freq[j]), &sn, &cs);
+    // Angle and its sin/cos in the frequencies' dtype, as on the CPU.
+    angle_t sn_a, cs_a;
+    sin_cos(mul(static_cast<angle_t>(pos), inv_freq[j]), &sn_a, &cs_a);
+    const math_t sn = static_cast<math_t>(sn_a), cs = static_cast<math_t>(cs_a);
     const int64_t i1 = In == PairLayout::Interleaved ? 2 * j : j;
     const int64_t i2 = In == PairLayout::Interleaved ? 2 * j + 1 : j + s.half;
     for (int64_t h = 0; h < s.H; ++h) {
@@ -104,31 +107,31 @@ __global__ void rotate_kernel(
   }
 }
 
-template <typename scalar_t, typename math_t, PairLayout In, PairLayout Out, bool Inverse>
+template <typename scalar_t, typename math_t, typename angle_t, PairLayout In, PairLayout Out, bool Inverse>
 void launch(const at::Tensor& x, at::Tensor& out, const at::Tensor& freq, const at::Tensor& pos, const Shape& s) {
   // x: pairs; y: tokens per block, so a block holds ~256 threads.
   const int64_t bx = std::min<int64_t>(128, ((std::max<int64_t>(s.half, s.D - s.rotary_dim) + 31) / 32) * 32);
   const int64_t by = std::max<int64_t>(1, 256 / bx);
   const dim3 block(static_cast<unsigned>(bx), static_cast<unsigned>(by));
   const dim3 grid(static_cast<unsigned>((s.tokens + by - 1) / by));
-  rotate_kernel<scalar_t, math_t, In, Out, Inverse>
+  rotate_kernel<scalar_t, math_t, angle_t, In, Out, Inverse>
       <<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
           x.const_data_ptr<scalar_t>(),
           out.mutable_data_ptr<scalar_t>(),
-          freq.const_data_ptr<math_t>(),
+          freq.const_data_ptr<angle_t>(),
           pos.defined() ? pos.const_data_ptr<int64_t>() : nullptr,
           s);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename scalar_t, typename math_t>
+template <typename scalar_t, typename math_t, typename angle_t>
 void launch_layout(Layouts l, bool inverse, const at::Tensor& x, at::Tensor& out, const at::Tensor& freq,
                    const at::Tensor& pos, const Shape& s) {
   using P = PairLayout;
 #define RA_CASE(IN, OUT)                                                                   \
   if (l.in == P::IN && l.out == P::OUT) {                                                  \
-    return inverse ? launch<scalar_t, math_t, P::IN, P::OUT, true>(x, out, freq, pos, s)   \
-                   : launch<scalar_t, math_t, P::IN, P::OUT, false>(x, out, freq, pos, s); \
+    return inverse ? launch<scalar_t, math_t, angle_t, P::IN, P::OUT, true>(x, out, freq, pos, s)   \
+                   : launch<scalar_t, math_t, angle_t, P::IN, P::OUT, false>(x, out, freq, pos, s); \
   }
   RA_CASE(Interleaved, Split)
   RA_CASE(Split, Interleaved)
@@ -163,9 +166,10 @@ at::Tensor rotary_cuda_impl(
   if (x.numel() == 0) {
     return out;
   }
-  // Angles in inv_freq's dtype (fp32 for 16-bit frequencies), as on the CPU.
-  const bool double_math = x.scalar_type() == at::kDouble || inv_freq.scalar_type() == at::kDouble;
-  const at::Tensor freq = inv_freq.to(double_math ? at::kDouble : at::kFloat).contiguous();
+  // Angles in inv_freq's dtype (fp32 for 16-bit frequencies), math as on the CPU.
+  const bool double_math = rotary_math_dtype(x, inv_freq) == at::kDouble;
+  const bool double_angles = rotary_angle_dtype(inv_freq) == at::kDouble;
+  const at::Tensor freq = inv_freq.to(rotary_angle_dtype(inv_freq)).contiguous();
   const at::Tensor pos = positions.has_value() ? positions->to(at::kLong).contiguous() : at::Tensor();
 
   auto pairs_aligned = [](const at::Tensor& t) {
@@ -178,18 +182,21 @@ at::Tensor rotary_cuda_impl(
                 rd / 2, rd, offset, pos.defined() && pos.dim() == 2,
                 pairs_aligned(x), pairs_aligned(out)};
   switch (x.scalar_type()) {
-    case at::kFloat:
-      double_math ? launch_layout<float, double>(layouts, inverse, x, out, freq, pos, s)
-                  : launch_layout<float, float>(layouts, inverse, x, out, freq, pos, s);
+    case at::kFloat:  // fp64 math exactly when the frequencies are fp64
+      double_math ? launch_layout<float, double, double>(layouts, inverse, x, out, freq, pos, s)
+                  : launch_layout<float, float, float>(layouts, inverse, x, out, freq, pos, s);
       break;
     case at::kDouble:
-      launch_layout<double, double>(layouts, inverse, x, out, freq, pos, s);
+      double_angles ? launch_layout<double, double, double>(layouts, inverse, x, out, freq, pos, s)
+                    : launch_layout<double, double, float>(layouts, inverse, x, out, freq, pos, s);
       break;
     case at::kHalf:
-      launch_layout<at::Half, float>(layouts, inverse, x, out, freq, pos, s);
+      double_angles ? launch_layout<at::Half, float, double>(layouts, inverse, x, out, freq, pos, s)
+                    : launch_layout<at::Half, float, float>(layouts, inverse, x, out, freq, pos, s);
       break;
     case at::kBFloat16:
-      launch_layout<at::BFloat16, float>(layouts, inverse, x, out, freq, pos, s);
+      double_angles ? launch_layout<at::BFloat16, float, double>(layouts, inverse, x, out, freq, pos, s)
+                    : launch_layout<at::BFloat16, float, float>(layouts, inverse, x, out, freq, pos, s);
       break;
     default:
       TORCH_CHECK(false, op, ": unsupported dtype ", x.scalar_type());

@@ -112,3 +112,31 @@ def test_cpp_multi_head_attention_on_cuda(sdpa):
     if not sdpa:
         torch.testing.assert_close(got_qk, want_qk, rtol=1e-5, atol=1e-5)
     assert cache.length(port) == 3 and all(s.is_cuda for s in steps)
+
+
+@pytest.mark.parametrize("layout", ["seed", "interleaved", "half"])
+def test_in_place_and_qk_on_cuda(layout):
+    x = torch.randn(2, 3, 7, 16, device="cuda").transpose(1, 2)
+    f = inv_freq(16)
+    want = rotary(x, f, offset=4, layout=layout)
+    y = x.clone()
+    rotary_attention.rotary_(y, f, offset=4, layout=layout)
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    q, k = torch.randn(2, 7, 4, 16, device="cuda"), torch.randn(2, 7, 1, 16, device="cuda")
+    rq, rk = rotary_attention.rotary_qk(q, k, f, layout=layout)
+    torch.testing.assert_close(rq, rotary(q, f, layout=layout), rtol=0, atol=0)
+    torch.testing.assert_close(rk, rotary(k, f, layout=layout), rtol=0, atol=0)
+
+
+def test_absolute_positions_decoding_on_cuda():
+    ref, _ = make_pair(64, 4, sdpa=True, seed=9)
+    model = rotary_attention.MultiHeadAttention(64, 4, absolute_positions=True)
+    model.load_state_dict(ref.state_dict())
+    model.cuda().eval()
+    x = torch.randn(1, 6, 64, device="cuda")
+    mask = causal_mask(8).cuda()
+    with torch.no_grad():
+        full, _ = model(x, mask=mask)
+        cache = rotary_attention.KVCache()
+        steps = torch.cat([model(x[:, i : i + 1], mask=mask, kv_cache=cache)[0] for i in range(6)], 1)
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-4)

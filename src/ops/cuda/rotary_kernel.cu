@@ -14,9 +14,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cstdint>
 
 #include "../rotary_args.h"
@@ -53,8 +50,8 @@ __device__ __forceinline__ double sub(double a, double b) { return __dsub_rn(a, 
 
 template <typename scalar_t, typename math_t, typename angle_t, PairLayout In, PairLayout Out, bool Inverse>
 __global__ void rotate_kernel(
-    const scalar_t* __restrict__ x,
-    scalar_t* __restrict__ out,
+    const scalar_t* x, // not __restrict__: out is x for the in-place variant
+    scalar_t* out,
     const angle_t* __restrict__ inv_freq,
     const int64_t* __restrict__ positions,
     Shape s) {

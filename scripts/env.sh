@@ -26,10 +26,10 @@ ra_make_venv() {
     echo "== creating $RA_VENV"
     python3 -m venv "$RA_VENV"
   fi
-  if ! "$RA_PY" -c "import torch, pytest, numpy, setuptools, wheel" >/dev/null 2>&1 ||
+  if ! "$RA_PY" -c "import torch, pytest, numpy, setuptools, wheel, hypothesis, expecttest" >/dev/null 2>&1 ||
      [[ $("$RA_PY" -c "import torch; print(torch.__version__.split('+')[0])") != "${RA_TORCH#torch==}" ]]; then
     echo "== installing $RA_TORCH and test tools into $RA_VENV"
-    "$RA_PY" -m pip install --quiet "$RA_TORCH" pytest numpy setuptools wheel expecttest 2>&1 |
+    "$RA_PY" -m pip install --quiet "$RA_TORCH" pytest numpy setuptools wheel expecttest hypothesis 2>&1 |
       grep -v "^WARNING: Location" || true
   fi
 }

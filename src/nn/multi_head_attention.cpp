@@ -105,8 +105,8 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
   torch::Tensor q = whisper_linear(query, x_norm);
   torch::Tensor k, v;
   bool keys_rotated = false; // absolute mode caches keys already rotated
-  int64_t offset = 0; // self-attention: absolute position of x's first token
-  int64_t q_offset = 0; // cross-attention with absolute positions: the same, for queries only
+  int64_t q_position = 0; // absolute_positions: position of x's first token
+  int64_t causal_offset = 0; // ... for self-attention over cached keys (mask alignment)
   if (kv_cache == nullptr) {
     const torch::Tensor& source = cross ? xa : x_norm;
     k = whisper_linear(key, source);
@@ -123,13 +123,13 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
     keys_rotated = absolute;
     if (absolute) {
       // Queries continue from where this layer's previous queries stopped.
-      q_offset = kv_cache->advance_queries(this, x.size(1));
+      q_position = kv_cache->advance_queries(this, x.size(1));
     }
   } else {
     torch::Tensor new_k = whisper_linear(key, x_norm);
     if (absolute) {
-      offset = kv_cache->length(this);
-      new_k = rotate(new_k, offset);
+      q_position = causal_offset = kv_cache->length(this);
+      new_k = rotate(new_k, q_position);
     }
     const KVCache::Entry& entry = kv_cache->append(this, new_k, whisper_linear(value, x_norm));
     k = entry.key;
@@ -137,12 +137,12 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
     keys_rotated = absolute;
   }
 
-  q = rotate(q, cross ? q_offset : offset);
+  q = rotate(q, q_position);
   if (!keys_rotated) {
     k = rotate(k, 0);
   }
 
-  auto [wv, qk] = qkv_attention(q, k, v, mask, offset);
+  auto [wv, qk] = qkv_attention(q, k, v, mask, causal_offset);
   return {whisper_linear(out, wv) + x, qk};
 }
 

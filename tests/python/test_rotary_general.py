@@ -167,3 +167,20 @@ def test_every_pair_of_input_and_frequency_dtypes(x_dtype, f_dtype):
     want = table_reference(x, angle_f, None, 100)
     t = max(tol(x_dtype), 2e-5)
     torch.testing.assert_close(got.double(), want, rtol=t, atol=t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["seed", "interleaved", "half"])
+def test_16_bit_fast_path_equals_fp32_math_rounded_once(dtype, layout):
+    """Contiguous 16-bit rows are converted in registers; strided ones go
+    through fp32 row buffers. Both must equal the fp32 result rounded once."""
+    torch.manual_seed(2)
+    x = torch.randn(3, 50, 4, 64).to(dtype)
+    strided = torch.empty(3, 50, 4, 128, dtype=dtype)[..., ::2]
+    strided.copy_(x)
+    f = inv_freq(64)
+    want = rotary(x.float(), f, layout=layout).to(dtype)
+    assert torch.equal(rotary(x, f, layout=layout), want)
+    assert torch.equal(rotary(strided, f, layout=layout), want)
+    back = torch.ops.rotary_attention.rotary_backward
+    assert torch.equal(back(x, f, layout=layout), back(strided, f, layout=layout))

@@ -117,6 +117,52 @@ inline void store_row(const math_t* src, scalar_t* dst, int64_t n) {
   }
 }
 
+// One contiguous fp16/bf16 row straight from x to out, converting in
+// registers: 2V pairs per step (V fp32 lanes), so each load and store is a
+// whole 16-bit vector. Needs half % (2V) == 0; same roundings as the
+// buffered path (exact widening, one round-to-nearest-even narrowing).
+template <typename scalar_t, PairLayout In, PairLayout Out, bool Inverse>
+inline void rotate_row_16bit(
+    const scalar_t* in, scalar_t* out, const float* cos, const float* sin, int64_t half) {
+  using VecF = Vectorized<float>;
+  using VecS = Vectorized<scalar_t>;
+  constexpr int64_t V = VecF::size();
+  static_assert(VecS::size() == 2 * V, "a 16-bit vector holds two fp32 vectors");
+  auto rotate = [](const VecF& x1, const VecF& x2, const VecF& c, const VecF& s, VecF& o1, VecF& o2) {
+    if constexpr (Inverse) {
+      o1 = x1 * c + x2 * s;
+      o2 = x2 * c - x1 * s;
+    } else {
+      o1 = x1 * c - x2 * s;
+      o2 = x1 * s + x2 * c;
+    }
+  };
+  for (int64_t j = 0; j < half; j += 2 * V) {
+    VecF x1a, x2a, x1b, x2b;
+    if constexpr (In == PairLayout::Interleaved) {
+      auto [a0, a1] = at::vec::convert_to_float<scalar_t>(VecS::loadu(in + 2 * j));
+      auto [b0, b1] = at::vec::convert_to_float<scalar_t>(VecS::loadu(in + 2 * j + 2 * V));
+      std::tie(x1a, x2a) = at::vec::deinterleave2(a0, a1);
+      std::tie(x1b, x2b) = at::vec::deinterleave2(b0, b1);
+    } else {
+      std::tie(x1a, x1b) = at::vec::convert_to_float<scalar_t>(VecS::loadu(in + j));
+      std::tie(x2a, x2b) = at::vec::convert_to_float<scalar_t>(VecS::loadu(in + half + j));
+    }
+    VecF o1a, o2a, o1b, o2b;
+    rotate(x1a, x2a, VecF::loadu(cos + j), VecF::loadu(sin + j), o1a, o2a);
+    rotate(x1b, x2b, VecF::loadu(cos + j + V), VecF::loadu(sin + j + V), o1b, o2b);
+    if constexpr (Out == PairLayout::Interleaved) {
+      auto [p0, p1] = at::vec::interleave2(o1a, o2a);
+      auto [q0, q1] = at::vec::interleave2(o1b, o2b);
+      at::vec::convert_from_float<scalar_t>(p0, p1).store(out + 2 * j);
+      at::vec::convert_from_float<scalar_t>(q0, q1).store(out + 2 * j + 2 * V);
+    } else {
+      at::vec::convert_from_float<scalar_t>(o1a, o1b).store(out + j);
+      at::vec::convert_from_float<scalar_t>(o2a, o2b).store(out + half + j);
+    }
+  }
+}
+
 template <typename scalar_t, typename math_t, PairLayout In, PairLayout Out, bool Inverse>
 void rotate_all(const RotateArgs& a) {
   const at::Tensor& x = a.x;
@@ -135,6 +181,10 @@ void rotate_all(const RotateArgs& a) {
   // Rows are written in place unless the output aliases the input (in-place
   // variant: a row's pairs are read and written at different places) or is strided.
   const bool direct_out = same_type && od == 1 && !a.in_place;
+  // 16-bit rows that are contiguous on both sides skip the fp32 row buffers.
+  constexpr bool reduced = at::vec::is_reduced_floating_point_v<scalar_t> && std::is_same_v<math_t, float>;
+  const bool fused_16bit = reduced && sd == 1 && od == 1 && !a.in_place && rd == D &&
+      half % (2 * Vectorized<float>::size()) == 0;
 
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(H * D, 1));
   at::parallel_for(0, B * T, grain, [&](int64_t begin, int64_t end) {
@@ -148,6 +198,12 @@ void rotate_all(const RotateArgs& a) {
       for (int64_t h = 0; h < H; ++h) {
         const scalar_t* src = x_data + b * sb + t * st + h * sh;
         scalar_t* dst = out_data + b * ob + t * ot + h * oh;
+        if constexpr (reduced) {
+          if (fused_16bit) {
+            rotate_row_16bit<scalar_t, In, Out, Inverse>(src, dst, cos_row, sin_row, half);
+            continue;
+          }
+        }
         const math_t* in;
         if (direct_in) {
           in = reinterpret_cast<const math_t*>(src);

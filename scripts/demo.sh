@@ -10,7 +10,7 @@ source scripts/env.sh
 ra_install_debian_packages
 ra_make_venv
 ra_configure_and_build >/dev/null
-"$RA_PY" -m pip install --quiet --no-build-isolation --no-deps "$ROOT" 2>&1 | grep -v "^WARNING: Location" || true
+ra_pip --no-build-isolation --no-deps "$ROOT"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

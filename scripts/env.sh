@@ -29,9 +29,21 @@ ra_make_venv() {
   if ! "$RA_PY" -c "import torch, pytest, numpy, setuptools, wheel, hypothesis, expecttest" >/dev/null 2>&1 ||
      [[ $("$RA_PY" -c "import torch; print(torch.__version__.split('+')[0])") != "${RA_TORCH#torch==}" ]]; then
     echo "== installing $RA_TORCH and test tools into $RA_VENV"
-    "$RA_PY" -m pip install --quiet "$RA_TORCH" pytest numpy setuptools wheel expecttest hypothesis 2>&1 |
-      grep -v "^WARNING: Location" || true
+    ra_pip "$RA_TORCH" pytest numpy setuptools wheel expecttest hypothesis
   fi
+}
+
+# pip, quiet unless it fails (then its whole log is shown and the script stops).
+ra_pip() {
+  local log
+  log=$(mktemp)
+  if ! "$RA_PY" -m pip install --quiet "$@" >"$log" 2>&1; then
+    cat "$log"
+    rm -f "$log"
+    echo "pip install $* failed" >&2
+    return 1
+  fi
+  rm -f "$log"
 }
 
 ra_configure_and_build() {

@@ -17,7 +17,7 @@ cpp_status=0
 ctest --test-dir "$RA_BUILD_DIR" --output-on-failure -j2 || cpp_status=$?
 
 echo "== Python package (pip install --no-build-isolation .)"
-"$RA_PY" -m pip install --quiet --no-build-isolation --no-deps "$ROOT" 2>&1 | grep -v "^WARNING: Location" || true
+ra_pip --no-build-isolation --no-deps "$ROOT"
 
 export RA_BUILD_DIR
 echo "== Python tests (pytest)"

@@ -67,7 +67,11 @@ class _CppModule:
         return self
 
     def cuda(self, device=None):
-        return self.to(torch.device("cuda") if device is None else torch.device("cuda", device) if isinstance(device, int) else device)
+        if device is None:
+            device = "cuda"
+        elif isinstance(device, int):
+            device = f"cuda:{device}"
+        return self.to(torch.device(device))
 
     def cpu(self):
         return self.to(torch.device("cpu"))

@@ -1,8 +1,9 @@
 #pragma once
-// cos/sin tables shared by the CPU and CUDA kernels: one row per distinct
-// position, one column per frequency, computed once per call with ATen's own
-// elementwise ops, so that with default arguments the values are the ones the
-// original's `sinusoid_inp.sin()` / `.cos()` produce on the same device.
+// Dtype rules shared by the CPU and CUDA kernels, and the CPU kernel's cos/sin
+// tables: one row per distinct position, one column per frequency, computed
+// once per call with ATen's own cos/sin, so that with default arguments the
+// values are the ones the original's `sinusoid_inp.sin()` / `.cos()` produce.
+// (The CUDA kernel computes sin/cos in the kernel.)
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -33,8 +34,8 @@ inline c10::ScalarType rotary_angle_dtype(const at::Tensor& inv_freq) {
 }
 
 // angles[p, j] = float(position p) * inv_freq[j], one rounding, as the
-// original's einsum of arange and inv_freq. On the CPU a plain loop (no
-// arange/mul launches, which dominate at decode sizes); elsewhere ATen ops.
+// original's einsum of arange and inv_freq; a plain loop, since arange/mul
+// launches would dominate at decode sizes. CPU tensors only.
 inline at::Tensor rotary_angles(
     const at::Tensor& x,
     const at::Tensor& inv_freq,
@@ -45,12 +46,6 @@ inline at::Tensor rotary_angles(
   at::Tensor pos;
   if (positions.has_value()) {
     pos = positions->reshape({-1}).to(at::kLong).contiguous();
-  }
-  if (!x.device().is_cpu()) {
-    at::Tensor p = pos.defined()
-        ? (offset != 0 ? pos + offset : pos).to(angle_dtype)
-        : at::arange(offset, offset + x.size(1), x.options().dtype(angle_dtype));
-    return p.unsqueeze(1) * freq.unsqueeze(0);
   }
   const int64_t P = pos.defined() ? pos.numel() : x.size(1);
   const int64_t half = freq.numel();

@@ -147,7 +147,8 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
 }
 
 torch::Tensor MultiHeadAttentionImpl::rotate(const torch::Tensor& t, int64_t offset) {
-  auto heads = t.view({t.size(0), t.size(1), options.n_head(), -1});
+  // Explicit sizes (not -1) so that empty batches and sequences reshape too.
+  auto heads = t.view({t.size(0), t.size(1), options.n_head(), head_dim()});
   heads = offset == 0 ? rotary_emb->rotate_queries_or_keys(heads)
                       : rotary(heads, rotary_emb->inv_freq, std::nullopt, offset);
   const auto& R = rotation_layer->rotation_matrix;
@@ -159,7 +160,7 @@ torch::Tensor MultiHeadAttentionImpl::rotate(const torch::Tensor& t, int64_t off
   } else {
     heads = rotation_layer(heads);
   }
-  return heads.view({t.size(0), t.size(1), -1});
+  return heads.view(t.sizes());
 }
 
 std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::qkv_attention(

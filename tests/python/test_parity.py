@@ -218,3 +218,12 @@ def test_module_conveniences():
     assert port.sdpa is True
     with pytest.raises(RuntimeError, match="divisible"):
         rotary_attention.MultiHeadAttention(30, 4)
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+def test_empty_batch_and_sequence(sdpa):
+    port = rotary_attention.MultiHeadAttention(32, 4, sdpa=sdpa).eval()
+    for shape in [(0, 5, 32), (2, 0, 32)]:
+        out, qk = port(torch.randn(*shape), mask=causal_mask(8))
+        assert out.shape == shape
+        assert (qk is None) == sdpa

@@ -7,6 +7,8 @@
 
 #include "rotary_attention/rotary_attention.h"
 
+#include <sstream>
+
 namespace py = pybind11;
 namespace ra = rotary_attention;
 
@@ -128,6 +130,14 @@ computed on the first call and reused.)doc")
           [](const ra::MultiHeadAttentionImpl& s) { return s.options.gradient_checkpointing(); })
       .def_property_readonly("temperature", [](const ra::MultiHeadAttentionImpl& s) { return s.temperature; });
 
+  m.def(
+      "_repr",
+      [](const torch::nn::Module& mod) {
+        std::ostringstream s;
+        s << mod; // pretty_print, recursively
+        return s.str();
+      },
+      py::arg("module"));
   m.def("_load_state_dict", &load_into, py::arg("module"), py::arg("state"), py::arg("strict"));
   m.def(
       "_load_state_dict_file",

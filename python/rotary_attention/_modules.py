@@ -21,6 +21,11 @@ class _CppModule:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    def __repr__(self):
+        return _C._repr(self)
+
+    __str__ = __repr__
+
     def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[Tuple[str, torch.Tensor]]:
         for name, p in super().named_parameters(recurse).items():
             yield prefix + name, p

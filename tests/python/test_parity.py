@@ -183,6 +183,13 @@ def test_state_dict_keys_and_round_trips(tmp_path):
     other.load(path2)
     for k, v in other.state_dict().items():
         assert torch.equal(v, ref.state_dict()[k]), k
+    # ...and with pickle protocol 4 (FRAME, SHORT_BINUNICODE, MEMOIZE opcodes).
+    path4 = os.fspath(tmp_path / "from_python_p4.pt")
+    torch.save(ref.state_dict(), path4, pickle_protocol=4)
+    third = rotary_attention.MultiHeadAttention(64, 4)
+    third.load(path4)
+    for k, v in third.state_dict().items():
+        assert torch.equal(v, ref.state_dict()[k]), k
 
 
 def test_load_state_dict_is_strict_and_atomic():

@@ -29,6 +29,12 @@ TORCH_LIBRARY(rotary_attention, m) {
 }
 
 namespace {
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
 std::tuple<at::Tensor, at::Tensor> rotary_qk_composite(
     const at::Tensor& q,
     const at::Tensor& k,
@@ -58,9 +64,7 @@ at::Tensor rotary(
     int64_t offset,
     c10::string_view layout,
     int64_t rotary_dim) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("rotary_attention::rotary", "")
-                       .typed<decltype(rotary)>();
+  static const auto op = typed_op<decltype(rotary)>("rotary_attention::rotary");
   return op.call(x, inv_freq, positions, offset, layout, rotary_dim);
 }
 
@@ -71,9 +75,7 @@ at::Tensor rotary_backward(
     int64_t offset,
     c10::string_view layout,
     int64_t rotary_dim) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("rotary_attention::rotary_backward", "")
-                       .typed<decltype(rotary_backward)>();
+  static const auto op = typed_op<decltype(rotary_backward)>("rotary_attention::rotary_backward");
   return op.call(grad, inv_freq, positions, offset, layout, rotary_dim);
 }
 
@@ -84,10 +86,8 @@ at::Tensor& rotary_(
     int64_t offset,
     c10::string_view layout,
     int64_t rotary_dim) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("rotary_attention::rotary_", "")
-                       .typed<void(at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                   int64_t, c10::string_view, int64_t)>();
+  static const auto op = typed_op<void(at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                   int64_t, c10::string_view, int64_t)>("rotary_attention::rotary_");
   op.call(x, inv_freq, positions, offset, layout, rotary_dim);
   return x;
 }
@@ -100,9 +100,7 @@ std::tuple<at::Tensor, at::Tensor> rotary_qk(
     int64_t offset,
     c10::string_view layout,
     int64_t rotary_dim) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("rotary_attention::rotary_qk", "")
-                       .typed<decltype(rotary_qk)>();
+  static const auto op = typed_op<decltype(rotary_qk)>("rotary_attention::rotary_qk");
   return op.call(q, k, inv_freq, positions, offset, layout, rotary_dim);
 }
 

@@ -78,7 +78,6 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
     const torch::Tensor& mask,
     KVCache* kv_cache) {
   const int64_t n_state = options.n_state();
-  const int64_t n_head = options.n_head();
   check_input("x", x, n_state);
   const bool cross = xa.defined();
   if (cross) {

@@ -1,14 +1,19 @@
-"""pip install --no-build-isolation .
+"""The one place that drives the CMake build (CMakeLists.txt).
 
-Drives the project's one CMake build (CMakeLists.txt) into ./build (or
-$ROTARY_ATTENTION_BUILD_DIR), then packages python/rotary_attention with the
-compiled _C module and librotary_attention next to it. Build isolation would
-download a fresh torch: pass --no-build-isolation so the build uses the torch
-already installed, which is also the one the extension is linked against.
+    pip install --no-build-isolation .
+
+builds the library and the Python extension `_C` (no tests, no examples) and
+packages them with python/rotary_attention. Build isolation would download a
+fresh torch: --no-build-isolation builds against the torch already installed,
+which is also the one the extension links against.
+
+scripts/test.sh and scripts/gpu-check.sh build through here too, with extra
+CMake options (tests, examples) in $RA_CMAKE_ARGS; $RA_BUILD_DIR names the
+build folder (default: build/ in the source tree, reused between builds).
 """
 
-import glob
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,40 +33,41 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext):
         import torch
 
-        build_dir = os.environ.get("ROTARY_ATTENTION_BUILD_DIR", os.path.join(ROOT, "build"))
+        build_dir = os.path.abspath(os.environ.get("RA_BUILD_DIR") or os.path.join(ROOT, "build"))
         configure = [
-            "cmake", "-S", ROOT, "-B", build_dir, "-G", "Ninja",
+            "cmake",
+            "-S",
+            ROOT,
+            "-B",
+            build_dir,
+            "-G",
+            "Ninja",
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-DPython3_EXECUTABLE={sys.executable}",
+            # A package needs the library and the extension only (no Catch2);
+            # RA_CMAKE_ARGS, appended below, can turn tests and examples on.
             "-DRA_BUILD_PYTHON=ON",
+            "-DRA_BUILD_TESTS=OFF",
+            "-DRA_BUILD_EXAMPLES=OFF",
         ]
         if shutil.which("ccache"):
             configure += ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache", "-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"]
+        configure += shlex.split(os.environ.get("RA_CMAKE_ARGS", ""))
         subprocess.check_call(configure)
-        subprocess.check_call(["cmake", "--build", build_dir, "--target", "rotary_attention_python"])
+        subprocess.check_call(["cmake", "--build", build_dir])
 
+        # CMake writes the paths of what the package holds: the _C module and
+        # the library under its soname (the name _C's RPATH $ORIGIN finds).
+        with open(os.path.join(build_dir, "python_package_files.txt")) as f:
+            files = [line.strip() for line in f if line.strip()]
         package_dir = os.path.dirname(self.get_ext_fullpath(ext.name))
         os.makedirs(package_dir, exist_ok=True)
-        built = glob.glob(os.path.join(build_dir, "python", "rotary_attention", "_C*.so"))
-        if len(built) != 1:
-            raise RuntimeError(f"expected one _C module in {build_dir}, found {built}")
-        shutil.copy2(built[0], self.get_ext_fullpath(ext.name))
-        # _C finds the library through RPATH $ORIGIN (the soname file).
-        for lib in glob.glob(os.path.join(build_dir, "librotary_attention.so.*")):
-            if not os.path.islink(lib) and lib.count(".so.") == 1:
-                soname = "librotary_attention.so." + lib.split(".so.")[1].split(".")[0]
-                shutil.copy2(lib, os.path.join(package_dir, soname))
+        extension, library = files
+        shutil.copyfile(extension, self.get_ext_fullpath(ext.name))
+        shutil.copyfile(library, os.path.join(package_dir, os.path.basename(library)))
 
 
 setup(
-    name="rotary_attention",
-    version="0.1.0",
-    description="LibTorch rotary attention layers with a CPU/CUDA rotary operator",
-    packages=["rotary_attention"],
-    package_dir={"": "python"},
     ext_modules=[CMakeExtension("rotary_attention._C")],
     cmdclass={"build_ext": CMakeBuild},
-    python_requires=">=3.10",
-    install_requires=["torch>=2.11"],
-    zip_safe=False,
 )

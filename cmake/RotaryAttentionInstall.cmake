@@ -20,4 +20,5 @@ write_basic_package_version_file(
 install(FILES
   ${CMAKE_CURRENT_BINARY_DIR}/RotaryAttentionConfig.cmake
   ${CMAKE_CURRENT_BINARY_DIR}/RotaryAttentionConfigVersion.cmake
+  cmake/RotaryAttentionCudaToolkit.cmake
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/RotaryAttention)

@@ -13,3 +13,7 @@ set_target_properties(rotary_attention_python PROPERTIES
 target_include_directories(rotary_attention_python BEFORE PRIVATE ${TORCH_INCLUDE_DIRS})
 target_link_libraries(rotary_attention_python PRIVATE rotary_attention ${TORCH_PYTHON_LIBRARY})
 target_compile_definitions(rotary_attention_python PRIVATE TORCH_EXTENSION_NAME=_C)
+
+# What setup.py packages: the module, and the library under its soname.
+file(GENERATE OUTPUT ${CMAKE_BINARY_DIR}/python_package_files.txt CONTENT
+  "$<TARGET_FILE:rotary_attention_python>\n$<TARGET_SONAME_FILE:rotary_attention>\n")

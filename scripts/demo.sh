@@ -9,8 +9,7 @@ ROOT=$PWD
 source scripts/env.sh
 ra_install_debian_packages
 ra_make_venv
-ra_configure_and_build >/dev/null
-ra_pip --no-build-isolation --no-deps "$ROOT"
+ra_build_and_install -DRA_BUILD_EXAMPLES=ON
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

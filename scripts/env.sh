@@ -1,5 +1,6 @@
 # Shared set-up for scripts/*.sh: sourced, not run.
 # RA_BUILD_DIR, RA_VENV and RA_TORCH can be overridden from the environment.
+export RA_BUILD_DIR
 RA_BUILD_DIR=${RA_BUILD_DIR:-$ROOT/build}
 RA_VENV=${RA_VENV:-$ROOT/.venv}
 # 2.14.1 (CUDA 13.0 build) lies on this machine's disk: the CUDA kernel is
@@ -46,13 +47,10 @@ ra_pip() {
   rm -f "$log"
 }
 
-ra_configure_and_build() {
-  local prefix
-  prefix=$("$RA_PY" -c "import torch; print(torch.utils.cmake_prefix_path)")
-  local args=(-S "$ROOT" -B "$RA_BUILD_DIR" -G Ninja -DCMAKE_PREFIX_PATH="$prefix"
-              -DPython3_EXECUTABLE="$RA_PY" -DRA_BUILD_TESTS=ON -DRA_BUILD_EXAMPLES=ON -DRA_BUILD_PYTHON=ON)
-  command -v ccache >/dev/null && args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
-  echo "== configuring and building in $RA_BUILD_DIR"
-  cmake "${args[@]}" "$@" >/dev/null
-  cmake --build "$RA_BUILD_DIR"
+# Configures and builds through setup.py, the one place that drives CMake
+# (the same path as a user's `pip install --no-build-isolation .`), and
+# installs the package into the venv. Arguments are extra CMake options.
+ra_build_and_install() {
+  echo "== building in $RA_BUILD_DIR and installing the package (pip install --no-build-isolation .)"
+  RA_BUILD_DIR="$RA_BUILD_DIR" RA_CMAKE_ARGS="$*" ra_pip --no-build-isolation --no-deps "$ROOT"
 }

@@ -10,16 +10,21 @@ source scripts/env.sh
 
 ra_install_debian_packages
 ra_make_venv
-ra_configure_and_build
+ra_build_and_install -DRA_BUILD_TESTS=ON -DRA_BUILD_EXAMPLES=ON
 
 echo "== C++ tests (ctest)"
 cpp_status=0
 ctest --test-dir "$RA_BUILD_DIR" --output-on-failure -j2 || cpp_status=$?
 
-echo "== Python package (pip install --no-build-isolation .)"
-ra_pip --no-build-isolation --no-deps "$ROOT"
+echo "== the installed package, outside the source tree"
+(cd / && "$RA_PY" -c "
+import torch, rotary_attention, rotary_attention.reference
+x = torch.randn(1, 3, 2, 8)
+f = rotary_attention.RotaryEmbedding(8).inv_freq
+assert torch.equal(rotary_attention.rotary(x, f), rotary_attention.reference.RotaryEmbedding(8).rotate_queries_or_keys(x))
+print('imported from', rotary_attention.__file__, '- CPU loop', rotary_attention.cpu_kernel_capability())
+")
 
-export RA_BUILD_DIR
 echo "== Python tests (pytest)"
 py_status=0
 (cd "$ROOT/tests/python" && "$RA_PY" -m pytest -q -p no:cacheprovider "$@") || py_status=$?

@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "rotary_attention/detail/keep_linked.h"
+
 namespace rotary_attention {
 
 /// Parameters and buffers of `module` under their dotted names, the keys

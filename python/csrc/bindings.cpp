@@ -150,4 +150,5 @@ computed on the first call and reused.)doc")
       py::arg("module"),
       py::arg("path"));
   m.def("built_with_cuda", &ra::built_with_cuda);
+  m.def("cpu_kernel_capability", &ra::cpu_kernel_capability);
 }

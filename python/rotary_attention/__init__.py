@@ -17,9 +17,10 @@ rotary = torch.ops.rotary_attention.rotary
 rotary_backward = torch.ops.rotary_attention.rotary_backward
 rotary_qk = torch.ops.rotary_attention.rotary_qk
 built_with_cuda = _C.built_with_cuda
+cpu_kernel_capability = _C.cpu_kernel_capability
 
 
-def rotary_(x, inv_freq, positions=None, offset=0, layout="seed", rotary_dim=-1):
+def rotary_(x, inv_freq, positions=None, offset=0, layout="interleaved_to_half", rotary_dim=-1):
     """`rotary` in place, for inference; returns x. (The operator itself,
     torch.ops.rotary_attention.rotary_, returns nothing so that torch.compile
     can functionalize it.)"""
@@ -33,6 +34,7 @@ __all__ = [
     "RotaryEmbedding",
     "RotationLayer",
     "built_with_cuda",
+    "cpu_kernel_capability",
     "rotary",
     "rotary_",
     "rotary_backward",

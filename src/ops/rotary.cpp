@@ -12,20 +12,20 @@ namespace rotary_attention {
 TORCH_LIBRARY(rotary_attention, m) {
   m.def(
       "rotary(Tensor x, Tensor inv_freq, Tensor? positions=None, int offset=0, "
-      "str layout=\"seed\", int rotary_dim=-1) -> Tensor");
+      "str layout=\"interleaved_to_half\", int rotary_dim=-1) -> Tensor");
   m.def(
       "rotary_backward(Tensor grad, Tensor inv_freq, Tensor? positions=None, "
-      "int offset=0, str layout=\"seed\", int rotary_dim=-1) -> Tensor");
+      "int offset=0, str layout=\"interleaved_to_half\", int rotary_dim=-1) -> Tensor");
   // In place, for inference: no autograd (an error when x requires grad).
   // Returns nothing, so torch.compile can functionalize it.
   m.def(
       "rotary_(Tensor(a!) x, Tensor inv_freq, Tensor? positions=None, int offset=0, "
-      "str layout=\"seed\", int rotary_dim=-1) -> ()");
+      "str layout=\"interleaved_to_half\", int rotary_dim=-1) -> ()");
   // Queries and keys at the same positions in one call; composite, so its
   // autograd, Meta and device support are rotary's.
   m.def(
       "rotary_qk(Tensor q, Tensor k, Tensor inv_freq, Tensor? positions=None, int offset=0, "
-      "str layout=\"seed\", int rotary_dim=-1) -> (Tensor, Tensor)");
+      "str layout=\"interleaved_to_half\", int rotary_dim=-1) -> (Tensor, Tensor)");
 }
 
 namespace {

@@ -106,7 +106,7 @@ TEST_CASE("rotary positions, offset, layouts and partial rotary", "[op]") {
   auto got = ra::rotary(x, f, pos2);
   REQUIRE(torch::equal(got.select(0, 1), ra::rotary(x, f).select(0, 1)));
   // Every layout is undone by rotary_backward.
-  for (const char* layout : {"seed", "interleaved", "half"}) {
+  for (const char* layout : {"interleaved_to_half", "interleaved", "half"}) {
     auto y = ra::rotary(x, f, pos2, 0, layout);
     REQUIRE(torch::allclose(ra::rotary_backward(y, f, pos2, 0, layout), x, 1e-5, 1e-5));
   }
@@ -133,7 +133,7 @@ TEST_CASE("rotary rejects bad input with clear errors", "[op][errors]") {
 TEST_CASE("rotary_ rotates in place and rotary_qk rotates q and k together", "[op]") {
   torch::manual_seed(4);
   auto f = inv_freq_for(8);
-  for (const char* layout : {"seed", "interleaved", "half"}) {
+  for (const char* layout : {"interleaved_to_half", "interleaved", "half"}) {
     auto x = torch::randn({2, 3, 5, 8}).transpose(1, 2); // strided
     const auto want = ra::rotary(x, f, std::nullopt, 2, layout);
     auto& same = ra::rotary_(x, f, std::nullopt, 2, layout);

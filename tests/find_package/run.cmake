@@ -1,5 +1,7 @@
 # ctest driver: install the build, configure/build the outside project against
-# the installed package, run it.
+# the installed package, run it. The outside project gets CMAKE_PREFIX_PATH
+# (the install and torch's cmake_prefix_path) and nothing else: no CUDA flags,
+# even on a machine whose nvcc on PATH is a wrapper script.
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)
@@ -9,12 +11,12 @@ endfunction()
 
 file(REMOVE_RECURSE "${WORK_DIR}")
 run(${CMAKE_COMMAND} --install "${BUILD_DIR}" --prefix "${WORK_DIR}/prefix")
-set(extra)
-if(CUDA_ROOT)
-  list(APPEND extra "-DCUDA_TOOLKIT_ROOT_DIR=${CUDA_ROOT}")
-endif()
-run(${CMAKE_COMMAND} -S "${SOURCE_DIR}/tests/find_package" -B "${WORK_DIR}/build" -G "${GENERATOR}"
-    "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix" "-DTorch_DIR=${TORCH_DIR}" "-DTORCH_CUDA_ARCH_LIST=9.0" ${extra})
+# (The environment form of CMAKE_PREFIX_PATH: a list survives it unsplit.)
+set(ENV{CMAKE_PREFIX_PATH} "${WORK_DIR}/prefix:${TORCH_PREFIX}")
+run(${CMAKE_COMMAND} -S "${SOURCE_DIR}/tests/find_package" -B "${WORK_DIR}/build" -G "${GENERATOR}")
 run(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
 run("${WORK_DIR}/build/consumer")
-run("${WORK_DIR}/build/header_only")
+file(STRINGS "${WORK_DIR}/build/header_programs.txt" programs)
+foreach(program IN LISTS programs)
+  run("${program}")
+endforeach()

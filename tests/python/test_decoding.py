@@ -6,7 +6,7 @@ import torch
 
 import rotary_attention
 from rotary_attention import reference
-from conftest import causal_mask, make_pair, original_sdpa
+from conftest import DEVICES, causal_mask, make_pair, original_sdpa
 
 N_STATE, N_HEAD = 64, 4
 
@@ -113,3 +113,18 @@ def test_16_bit_input_runs_end_to_end(dtype, sdpa):
     tol = 3e-2 if dtype == torch.float16 else 1.5e-1
     torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
     torch.testing.assert_close(steps.float(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_absolute_positions_decoding_on_device(device):
+    ref, _ = make_pair(64, 4, sdpa=True, seed=9)
+    model = rotary_attention.MultiHeadAttention(64, 4, absolute_positions=True)
+    model.load_state_dict(ref.state_dict())
+    model.to(device).eval()
+    x = torch.randn(1, 6, 64, device=device)
+    mask = causal_mask(8).to(device)
+    with torch.no_grad():
+        full, _ = model(x, mask=mask)
+        cache = rotary_attention.KVCache()
+        steps = torch.cat([model(x[:, i : i + 1], mask=mask, kv_cache=cache)[0] for i in range(6)], 1)
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-4)

@@ -8,7 +8,12 @@ import torch
 
 import rotary_attention
 from rotary_attention import reference
-from conftest import causal_mask, grad_tolerances, make_pair, original_sdpa, tolerances
+from conftest import DEVICES, causal_mask, grad_tolerances, make_pair, original_sdpa
+
+# Forward outputs on the CPU are compared bitwise: the port runs the original's
+# ATen ops in the original's order and its rotary kernel reproduces the
+# original's floats, in fp32 and fp64, on both attention paths.
+BITWISE = dict(rtol=0, atol=0)
 
 GRID = [  # (n_state, n_head, B, T, S)
     (64, 4, 2, 5, 7),
@@ -26,7 +31,6 @@ def test_forward_parity(n_state, n_head, B, T, S, sdpa, dtype):
     ref, port = make_pair(n_state, n_head, sdpa=sdpa, dtype=dtype, seed=n_state + T)
     x = torch.randn(B, T, n_state, dtype=dtype)
     xa = torch.randn(B, S, n_state, dtype=dtype)
-    rtol, atol = tolerances(dtype, sdpa)
     cases = [(None, None), (None, causal_mask(T + 3)), (xa, None)]
     if sdpa or T == 1 or S == T:  # where the original's explicit path runs with a mask
         cases.append((xa, causal_mask(max(T, S) + 2)))
@@ -35,7 +39,7 @@ def test_forward_parity(n_state, n_head, B, T, S, sdpa, dtype):
             want_out, want_qk = ref(x, xa=xa_i, mask=mask)
             got_out, got_qk = port(x, xa=xa_i, mask=mask)
             assert got_out.dtype == want_out.dtype
-            torch.testing.assert_close(got_out, want_out, rtol=rtol, atol=atol)
+            torch.testing.assert_close(got_out, want_out, **BITWISE)
             if sdpa:
                 assert got_qk is None and want_qk is None
             else:
@@ -116,14 +120,13 @@ def test_decoding_with_cache_matches_whisper_hooks(sdpa, dtype):
     mask = causal_mask(n_text_ctx, dtype)
     cache, hooks = reference.install_kv_cache_hooks(ref_dec, n_text_ctx=n_text_ctx)
     port_cache = rotary_attention.KVCache()
-    rtol, atol = tolerances(dtype, sdpa)
     steps = [torch.randn(2, 3, n_state, dtype=dtype)] + [torch.randn(2, 1, n_state, dtype=dtype) for _ in range(7)]
     with original_sdpa(sdpa), torch.no_grad():
         for i, tokens in enumerate(steps):
             want = ref_dec(tokens, xa, mask, cache)
             mid = port_self(tokens, mask=mask, kv_cache=port_cache)[0]
             got = port_cross(mid, xa=xa, kv_cache=port_cache)[0]
-            torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=f"step {i}")
+            torch.testing.assert_close(got, want, **BITWISE, msg=f"step {i}")
             assert port_cache.length(port_self) == cache[ref_self.key].shape[1]
             assert port_cache.length(port_cross) == xa.shape[1]
             key, value = port_cache.get(port_self)
@@ -138,11 +141,10 @@ def test_decoding_with_cache_matches_whisper_hooks(sdpa, dtype):
 def test_group_norm_parity_where_the_original_runs(sdpa):
     ref, port = make_pair(16, 2, sdpa=sdpa, group_norm=True, dtype=torch.float64, seed=5)
     x = torch.randn(3, 16, 16, dtype=torch.float64)  # T == n_state
-    rtol, atol = tolerances(torch.float64, sdpa)
     with original_sdpa(sdpa), torch.no_grad():
         want, _ = ref(x, mask=causal_mask(16, torch.float64))
         got, _ = port(x, mask=causal_mask(16, torch.float64))
-    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+    torch.testing.assert_close(got, want, **BITWISE)
     with pytest.raises(RuntimeError, match="T == n_state"):
         port(torch.randn(1, 5, 16, dtype=torch.float64))
 
@@ -234,3 +236,25 @@ def test_empty_batch_and_sequence(sdpa):
         out, qk = port(torch.randn(*shape), mask=causal_mask(8))
         assert out.shape == shape
         assert (qk is None) == sdpa
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_multi_head_attention_on_device(device, sdpa):
+    """The module moved to the device (mask and cache follow) against the
+    original moved there; tolerances allow the device's own matmul rounding."""
+    ref, port = make_pair(64, 4, sdpa=sdpa, seed=4)
+    ref.to(device)
+    port.to(device)
+    x = torch.randn(2, 9, 64, device=device)
+    mask = causal_mask(12).to(device)
+    with original_sdpa(sdpa), torch.no_grad():
+        want, want_qk = ref(x, mask=mask)
+        got, got_qk = port(x, mask=mask)
+        cache = rotary_attention.KVCache()
+        steps = [port(x[:, i : i + 1], mask=mask, kv_cache=cache)[0] for i in range(3)]
+    assert got.device.type == device
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if not sdpa:
+        torch.testing.assert_close(got_qk, want_qk, rtol=1e-5, atol=1e-5)
+    assert cache.length(port) == 3 and all(s.device.type == device for s in steps)

@@ -1,5 +1,6 @@
-"""torch.ops.rotary_attention.rotary: against the original, opcheck, gradcheck,
-torch.compile, torch.export and bad input."""
+"""torch.ops.rotary_attention.rotary with its defaults (the original's
+rotation): against the original on every device, opcheck, gradcheck,
+torch.compile, torch.export, the CUDA kernel against the CPU one, and bad input."""
 
 import random
 
@@ -7,21 +8,9 @@ import pytest
 import torch
 
 import rotary_attention
-from rotary_attention import reference
+from conftest import DEVICES, DTYPES, LAYOUTS, NEEDS_CUDA, inv_freq, original_rotate as original
 
 rotary = torch.ops.rotary_attention.rotary
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-def original(x, inv_freq):
-    """The original rotate_queries_or_keys, with a given inv_freq."""
-    emb = reference.RotaryEmbedding(2 * inv_freq.numel())
-    emb.inv_freq = inv_freq
-    return emb.rotate_queries_or_keys(x)
-
-
-def inv_freq(dim, dtype=torch.float32):
-    return reference.RotaryEmbedding(dim).inv_freq.to(dtype)
 
 
 def random_view(shape, dtype, rng):
@@ -73,41 +62,119 @@ def test_fp32_defaults_are_bitwise_the_original():
     assert torch.equal(rotary(x, f), original(x, f))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_the_original_on_device(device):
+    x = torch.randn(2, 300, 8, 64, device=device)
+    f = inv_freq(64, device=device)
+    torch.testing.assert_close(rotary(x, f), original(x, f), rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"offset": 5},
+        {"positions": "bt"},
+        {"positions": "t"},
+        {"layout": "half"},
+        {"layout": "interleaved", "rotary_dim": 8},
+    ],
+    ids=["default", "offset", "positions_bt", "positions_t", "half", "interleaved_partial"],
+)
+@pytest.mark.parametrize("view", ["contiguous", "permuted", "sliced"])
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=NEEDS_CUDA)])
+def test_cuda_kernel_matches_the_cpu_kernel(device, dtype, kwargs, view):
+    torch.manual_seed(0)
+    B, T, H, D = 3, 37, 4, 16
+    if view == "permuted":
+        x = torch.randn(B, H, T, D, dtype=dtype).transpose(1, 2)
+    elif view == "sliced":
+        x = torch.randn(B, T, H, 2 * D, dtype=dtype)[..., 1::2]
+    else:
+        x = torch.randn(B, T, H, D, dtype=dtype)
+    kw = dict(kwargs)
+    if kw.get("positions") == "bt":
+        kw["positions"] = torch.randint(0, 1000, (B, T))
+    elif kw.get("positions") == "t":
+        kw["positions"] = torch.randint(0, 1000, (T,))
+    f = inv_freq(kw.get("rotary_dim", D), torch.float64 if dtype == torch.float64 else torch.float32)
+    want = rotary(x, f, **kw)
+    kw_cuda = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    got = rotary(x.to(device), f.to(device), **kw_cuda)
+    assert got.dtype == dtype and got.device.type == device
+    tol = {torch.float32: 2e-6, torch.float64: 1e-12, torch.float16: 1e-3, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(got.cpu(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=NEEDS_CUDA)])
+def test_runs_on_the_current_stream(device):
+    x = torch.randn(4, 512, 8, 64, device=device)
+    f = inv_freq(64, device=device)
+    want = rotary(x, f)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got = rotary(x, f)
+        got2 = rotary(got, f, layout="half")
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got2, rotary(want, f, layout="half"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=NEEDS_CUDA)])
+def test_mismatched_devices_are_a_clear_error(device):
+    with pytest.raises(RuntimeError, match="device"):
+        rotary(torch.randn(1, 2, 1, 8, device=device), inv_freq(8))
+
+
 def test_module_and_operator_agree():
     emb = rotary_attention.RotaryEmbedding(16)
     x = torch.randn(2, 5, 3, 16)
     assert torch.equal(emb.rotate_queries_or_keys(x), rotary(x, emb.inv_freq))
 
 
-def _samples():
-    f = inv_freq(8)
-    fd = inv_freq(8, torch.float64)
+def _samples(device):
+    f = inv_freq(8, device=device)
+    fd = inv_freq(8, torch.float64, device)
+    t = dict(device=device)
     return [
-        ((torch.randn(2, 5, 3, 8), f), {}),
-        ((torch.randn(2, 3, 5, 8).transpose(1, 2), f), {}),
-        ((torch.randn(2, 5, 3, 8, requires_grad=True), f), {}),
-        ((torch.randn(1, 4, 2, 8, dtype=torch.float64, requires_grad=True), fd), {}),
-        ((torch.randn(2, 4, 2, 8, requires_grad=True), f), {"positions": torch.randint(0, 50, (2, 4)), "offset": 3}),
-        ((torch.randn(2, 4, 2, 12, requires_grad=True), f), {"layout": "half", "rotary_dim": 8}),
-        ((torch.randn(1, 4, 2, 8, dtype=torch.bfloat16), f), {"layout": "interleaved"}),
+        ((torch.randn(2, 5, 3, 8, **t), f), {}),
+        ((torch.randn(2, 3, 5, 8, **t).transpose(1, 2), f), {}),
+        ((torch.randn(2, 5, 3, 8, **t, requires_grad=True), f), {}),
+        ((torch.randn(1, 4, 2, 8, **t, dtype=torch.float64, requires_grad=True), fd), {}),
+        (
+            (torch.randn(2, 4, 2, 8, **t, requires_grad=True), f),
+            {"positions": torch.randint(0, 50, (2, 4), **t), "offset": 3},
+        ),
+        ((torch.randn(2, 4, 2, 12, **t, requires_grad=True), f), {"layout": "half", "rotary_dim": 8}),
+        ((torch.randn(1, 4, 2, 8, **t, dtype=torch.bfloat16), f), {"layout": "interleaved"}),
     ]
 
 
-@pytest.mark.parametrize("i", range(len(_samples())))
-def test_opcheck(i):
-    args, kwargs = _samples()[i]
+@pytest.mark.parametrize("i", range(7))
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device, i):
+    args, kwargs = _samples(device)[i]
     torch.library.opcheck(rotary, args, kwargs)
 
 
-def test_opcheck_backward_op():
-    g = torch.randn(2, 5, 3, 8, requires_grad=True)
-    torch.library.opcheck(torch.ops.rotary_attention.rotary_backward, (g, inv_freq(8)))
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_backward_op(device):
+    g = torch.randn(2, 5, 3, 8, requires_grad=True, device=device)
+    torch.library.opcheck(torch.ops.rotary_attention.rotary_backward, (g, inv_freq(8, device=device)))
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"positions": torch.tensor([[3, 1, 4], [1, 5, 9]])}, {"layout": "half", "rotary_dim": 4, "offset": 7}])
-def test_gradcheck_and_gradgradcheck(kwargs):
-    x = torch.randn(2, 3, 2, 6, dtype=torch.float64, requires_grad=True)
-    f = inv_freq(kwargs.get("rotary_dim", 6), torch.float64)
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"positions": [[3, 1, 4], [1, 5, 9]]}, {"layout": "half", "rotary_dim": 4, "offset": 7}],
+    ids=["default", "positions", "half_partial_offset"],
+)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_and_gradgradcheck(device, kwargs):
+    kwargs = {k: torch.tensor(v, device=device) if k == "positions" else v for k, v in kwargs.items()}
+    x = torch.randn(2, 3, 2, 6, dtype=torch.float64, requires_grad=True, device=device)
+    f = inv_freq(kwargs.get("rotary_dim", 6), torch.float64, device)
     fn = lambda t: rotary(t, f, **kwargs)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x,))
     assert torch.autograd.gradgradcheck(fn, (x,))

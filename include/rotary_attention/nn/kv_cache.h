@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <unordered_map>
 
+#include "rotary_attention/detail/keep_linked.h"
+
 namespace rotary_attention {
 
 /// Key/value cache for incremental decoding, shared by all attention layers

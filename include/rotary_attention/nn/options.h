@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "rotary_attention/detail/keep_linked.h"
+
 namespace rotary_attention {
 
 /// Options for `RotationLayer`: a learned `embed_dim x embed_dim` matrix.

@@ -7,7 +7,8 @@
 
 namespace rotary_attention {
 
-/// Rotary position embedding with the original's `seed` pair layout, backed
+/// Rotary position embedding in the original's pair layout ("interleaved_to_half":
+/// pairs read interleaved, written half-split), backed
 /// by the `rotary_attention::rotary` operator. Buffer: `inv_freq` (dim / 2).
 class RotaryEmbeddingImpl : public torch::nn::Cloneable<RotaryEmbeddingImpl> {
  public:

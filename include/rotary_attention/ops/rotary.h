@@ -5,7 +5,10 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <tuple>
+
+#include "rotary_attention/detail/keep_linked.h"
 
 namespace rotary_attention {
 
@@ -19,8 +22,12 @@ namespace rotary_attention {
 ///
 /// - `positions`: integer (T,) or (B, T) positions; default 0..T-1.
 /// - `offset`: added to every position.
-/// - `layout`: "seed" (interleaved in, half-split out: the original),
-///   "interleaved" (GPT-J) or "half" (NeoX).
+/// - `layout`: where rotation pair j = (x1, x2) is read from and written to,
+///   for j = 0..rotary_dim/2-1, h = rotary_dim/2:
+///   "interleaved_to_half" (the original's): read (x[2j], x[2j+1]), write
+///     (out[j], out[j+h]);
+///   "interleaved" (GPT-J): read and write (2j, 2j+1);
+///   "half" (GPT-NeoX, HF rotate_half): read and write (j, j+h).
 /// - `rotary_dim`: rotate only the first `rotary_dim` features (-1: all D);
 ///   the rest are copied. `inv_freq` has `rotary_dim / 2` entries.
 ///
@@ -33,7 +40,7 @@ at::Tensor rotary(
     const at::Tensor& inv_freq,
     const std::optional<at::Tensor>& positions = std::nullopt,
     int64_t offset = 0,
-    c10::string_view layout = "seed",
+    c10::string_view layout = "interleaved_to_half",
     int64_t rotary_dim = -1);
 
 /// The transpose (= inverse) of `rotary` with the same arguments, applied to
@@ -44,7 +51,7 @@ at::Tensor rotary_backward(
     const at::Tensor& inv_freq,
     const std::optional<at::Tensor>& positions = std::nullopt,
     int64_t offset = 0,
-    c10::string_view layout = "seed",
+    c10::string_view layout = "interleaved_to_half",
     int64_t rotary_dim = -1);
 
 /// `rotary` in place, for inference (x must not require grad, or grad mode
@@ -54,7 +61,7 @@ at::Tensor& rotary_(
     const at::Tensor& inv_freq,
     const std::optional<at::Tensor>& positions = std::nullopt,
     int64_t offset = 0,
-    c10::string_view layout = "seed",
+    c10::string_view layout = "interleaved_to_half",
     int64_t rotary_dim = -1);
 
 /// Queries and keys (same B, T, D; H may differ) at the same positions in
@@ -65,18 +72,18 @@ std::tuple<at::Tensor, at::Tensor> rotary_qk(
     const at::Tensor& inv_freq,
     const std::optional<at::Tensor>& positions = std::nullopt,
     int64_t offset = 0,
-    c10::string_view layout = "seed",
+    c10::string_view layout = "interleaved_to_half",
     int64_t rotary_dim = -1);
 
 /// True when the CUDA kernel was compiled into this library.
 bool built_with_cuda();
 
-namespace detail {
-// Defined next to the TORCH_LIBRARY block. Every program that includes this
-// header references it, so a linker using --as-needed keeps the library (and
-// with it the operator registration) even when nothing else is called.
-int64_t operators_registered();
-inline const int64_t keep_operators_linked = operators_registered();
-} // namespace detail
+/// The instruction set of the CPU rotation loop this process runs: "DEFAULT",
+/// "AVX2", "AVX512" or "AVX512_BF16" (AVX-512 with hardware bf16 rounding).
+/// It follows ATen's choice (ATEN_CPU_CAPABILITY) and can be capped with the
+/// environment variable ROTARY_ATTENTION_CPU_CAPABILITY (default, avx2, avx512,
+/// avx512_bf16), read once; every choice gives bitwise the same results.
+std::string cpu_kernel_capability();
+
 
 } // namespace rotary_attention

@@ -1,5 +1,5 @@
-// CUDA kernels of rotary_attention::rotary and ::rotary_backward: the CPU
-// kernel's semantics (rotary_args.h), one launch on the current stream.
+// CUDA kernels of rotary_attention::rotary, ::rotary_backward and ::rotary_:
+// the shared front end (rotary_frontend.h), then one launch on the current stream.
 //
 // Each thread owns rotation pair j of one token (b, t): it computes the angle
 // float(position) * inv_freq[j] and its sin/cos once, then rotates that pair
@@ -16,8 +16,7 @@
 
 #include <cstdint>
 
-#include "../rotary_args.h"
-#include "../rotary_tables.h"
+#include "../rotary_frontend.h"
 
 namespace rotary_attention::ops::cuda {
 namespace {
@@ -130,44 +129,31 @@ void launch_layout(Layouts l, bool inverse, const at::Tensor& x, at::Tensor& out
     return inverse ? launch<scalar_t, math_t, angle_t, P::IN, P::OUT, true>(x, out, freq, pos, s)   \
                    : launch<scalar_t, math_t, angle_t, P::IN, P::OUT, false>(x, out, freq, pos, s); \
   }
-  RA_CASE(Interleaved, Split)
-  RA_CASE(Split, Interleaved)
+  RA_CASE(Interleaved, Half)
+  RA_CASE(Half, Interleaved)
   RA_CASE(Interleaved, Interleaved)
-  RA_CASE(Split, Split)
+  RA_CASE(Half, Half)
 #undef RA_CASE
 }
 
-at::Tensor rotary_cuda_impl(
-    const char* op,
-    const at::Tensor& x,
-    const at::Tensor& inv_freq,
-    const std::optional<at::Tensor>& positions,
-    int64_t offset,
-    c10::string_view layout,
-    int64_t rotary_dim,
-    bool inverse,
-    bool in_place = false) {
-  const int64_t rd = check_rotary_args(op, x, inv_freq, positions, layout, rotary_dim)
-                         .guard_int(__FILE__, __LINE__);
-  TORCH_CHECK(x.is_cuda(), op, ": the CUDA kernel got x on ", x.device());
-  Layouts layouts = parse_layout(layout);
-  if (inverse) {
-    std::swap(layouts.in, layouts.out);
-  }
+struct Cuda {
+  static constexpr c10::DeviceType type = c10::DeviceType::CUDA;
+  // A pair is written where other threads' pairs are read when the layouts
+  // differ: the front end goes through a copy then.
+  static constexpr bool in_place_across_layouts = false;
+  static void rotate(const RotaryCall& c);
+};
+
+void Cuda::rotate(const RotaryCall& c) {
+  const at::Tensor& x = c.x;
+  at::Tensor& out = c.out;
+  const at::Tensor& inv_freq = c.inv_freq;
   const c10::cuda::CUDAGuard guard(x.device());
-  if (in_place && layouts.in != layouts.out) {
-    // A pair is written where other threads' pairs are read: go through a copy.
-    return x.copy_(rotary_cuda_impl(op, x, inv_freq, positions, offset, layout, rotary_dim, inverse));
-  }
-  at::Tensor out = in_place ? x : at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  if (x.numel() == 0) {
-    return out;
-  }
   // Angles in inv_freq's dtype (fp32 for 16-bit frequencies), math as on the CPU.
   const bool double_math = rotary_math_dtype(x, inv_freq) == at::kDouble;
   const bool double_angles = rotary_angle_dtype(inv_freq) == at::kDouble;
   const at::Tensor freq = inv_freq.to(rotary_angle_dtype(inv_freq)).contiguous();
-  const at::Tensor pos = positions.has_value() ? positions->to(at::kLong).contiguous() : at::Tensor();
+  const at::Tensor pos = c.positions.has_value() ? c.positions->to(at::kLong).contiguous() : at::Tensor();
 
   auto pairs_aligned = [](const at::Tensor& t) {
     return t.stride(3) == 1 && t.stride(2) % 2 == 0 && t.stride(1) % 2 == 0 && t.stride(0) % 2 == 0 &&
@@ -176,55 +162,34 @@ at::Tensor rotary_cuda_impl(
   const Shape s{x.size(0) * x.size(1), x.size(1), x.size(2), x.size(3),
                 x.stride(0), x.stride(1), x.stride(2), x.stride(3),
                 out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-                rd / 2, rd, offset, pos.defined() && pos.dim() == 2,
+                c.rotary_dim / 2, c.rotary_dim, c.offset, pos.defined() && pos.dim() == 2,
                 pairs_aligned(x), pairs_aligned(out)};
   switch (x.scalar_type()) {
     case at::kFloat:  // fp64 math exactly when the frequencies are fp64
-      double_math ? launch_layout<float, double, double>(layouts, inverse, x, out, freq, pos, s)
-                  : launch_layout<float, float, float>(layouts, inverse, x, out, freq, pos, s);
+      double_math ? launch_layout<float, double, double>(c.layouts, c.inverse, x, out, freq, pos, s)
+                  : launch_layout<float, float, float>(c.layouts, c.inverse, x, out, freq, pos, s);
       break;
     case at::kDouble:
-      double_angles ? launch_layout<double, double, double>(layouts, inverse, x, out, freq, pos, s)
-                    : launch_layout<double, double, float>(layouts, inverse, x, out, freq, pos, s);
+      double_angles ? launch_layout<double, double, double>(c.layouts, c.inverse, x, out, freq, pos, s)
+                    : launch_layout<double, double, float>(c.layouts, c.inverse, x, out, freq, pos, s);
       break;
     case at::kHalf:
-      double_angles ? launch_layout<at::Half, float, double>(layouts, inverse, x, out, freq, pos, s)
-                    : launch_layout<at::Half, float, float>(layouts, inverse, x, out, freq, pos, s);
+      double_angles ? launch_layout<at::Half, float, double>(c.layouts, c.inverse, x, out, freq, pos, s)
+                    : launch_layout<at::Half, float, float>(c.layouts, c.inverse, x, out, freq, pos, s);
       break;
     case at::kBFloat16:
-      double_angles ? launch_layout<at::BFloat16, float, double>(layouts, inverse, x, out, freq, pos, s)
-                    : launch_layout<at::BFloat16, float, float>(layouts, inverse, x, out, freq, pos, s);
+      double_angles ? launch_layout<at::BFloat16, float, double>(c.layouts, c.inverse, x, out, freq, pos, s)
+                    : launch_layout<at::BFloat16, float, float>(c.layouts, c.inverse, x, out, freq, pos, s);
       break;
     default:
-      TORCH_CHECK(false, op, ": unsupported dtype ", x.scalar_type());
+      TORCH_CHECK(false, "rotary: unsupported dtype ", x.scalar_type());
   }
-  return out;
-}
-
-at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& inv_freq, const std::optional<at::Tensor>& positions,
-                       int64_t offset, c10::string_view layout, int64_t rotary_dim) {
-  return rotary_cuda_impl("rotary", x, inv_freq, positions, offset, layout, rotary_dim, false);
-}
-
-at::Tensor rotary_backward_cuda(const at::Tensor& grad, const at::Tensor& inv_freq,
-                                const std::optional<at::Tensor>& positions, int64_t offset,
-                                c10::string_view layout, int64_t rotary_dim) {
-  return rotary_cuda_impl("rotary_backward", grad, inv_freq, positions, offset, layout, rotary_dim, true);
-}
-
-void rotary_inplace_cuda(at::Tensor& x, const at::Tensor& inv_freq,
-                                const std::optional<at::Tensor>& positions, int64_t offset,
-                                c10::string_view layout, int64_t rotary_dim) {
-  check_in_place_target(x);
-  rotary_cuda_impl("rotary_", x, inv_freq, positions, offset, layout, rotary_dim, false, true);
 }
 
 } // namespace
 
 TORCH_LIBRARY_IMPL(rotary_attention, CUDA, m) {
-  m.impl("rotary", &rotary_cuda);
-  m.impl("rotary_backward", &rotary_backward_cuda);
-  m.impl("rotary_", &rotary_inplace_cuda);
+  RotaryKernels<Cuda>::register_in(m);
 }
 
 } // namespace rotary_attention::ops::cuda

@@ -4,7 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "../rotary_args.h"
+#include "../rotary_frontend.h"
 
 namespace rotary_attention::ops {
 namespace {

@@ -1,6 +1,6 @@
-// The CPU rotation loop. Included by rotary_kernel_default.cpp and
-// rotary_kernel_avx2.cpp, each compiled with its own instruction set and
-// CPU_CAPABILITY (which selects at::vec's implementation and namespace).
+// The CPU rotation loop, compiled once per instruction set: CMake sets the
+// flags, CPU_CAPABILITY (the namespace of this copy, and of the at::vec code
+// it instantiates) and CPU_CAPABILITY_<impl> (which at::vec implementation).
 // -ffp-contract=off keeps x1 * c - x2 * s as two roundings, as in the original.
 //
 // One pass over x: each (b, t) token's H rows of D features are read once
@@ -13,19 +13,40 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <vector>
 
-#include "rotary_kernel.h"
+#include "rotary_loop.h"
 
-#ifndef RA_KERNEL_ENTRY
-#error "define RA_KERNEL_ENTRY before including rotary_kernel_impl.h"
+#ifndef CPU_CAPABILITY
+#error "CMake compiles this file with CPU_CAPABILITY set"
 #endif
 
-namespace rotary_attention::ops::cpu {
+namespace rotary_attention::ops::cpu::CPU_CAPABILITY {
 namespace {
 
 using at::vec::Vectorized;
+
+// Two fp32 vectors rounded (to nearest even) into one 16-bit vector.
+template <typename scalar_t>
+inline Vectorized<scalar_t> narrow(const Vectorized<float>& lo, const Vectorized<float>& hi) {
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    // One instruction instead of ATen's integer rounding. It flushes
+    // denormals to zero and quiets NaNs its own way, so vectors holding
+    // either (rare) take ATen's path: results are bitwise the same on every CPU.
+    constexpr int nan_or_denormal = 0x01 | 0x20 | 0x80; // QNaN, denormal, SNaN
+    if ((_mm512_fpclass_ps_mask(lo, nan_or_denormal) | _mm512_fpclass_ps_mask(hi, nan_or_denormal)) == 0) {
+      return Vectorized<scalar_t>((__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+  }
+#endif
+  return at::vec::convert_from_float<scalar_t>(lo, hi);
+}
 
 // One row of `half` pairs. The expression order matches the original's
 // `x1 * cos - x2 * sin`, `x1 * sin + x2 * cos`, so fp32 results are its floats.
@@ -106,8 +127,7 @@ inline void store_row(const math_t* src, scalar_t* dst, int64_t n) {
     constexpr int64_t VS = Vectorized<scalar_t>::size();
     int64_t i = 0;
     for (; i + VS <= n; i += VS) {
-      at::vec::convert_from_float<scalar_t>(VecF::loadu(src + i), VecF::loadu(src + i + VecF::size()))
-          .store(dst + i);
+      narrow<scalar_t>(VecF::loadu(src + i), VecF::loadu(src + i + VecF::size())).store(dst + i);
     }
     for (; i < n; ++i) {
       dst[i] = static_cast<scalar_t>(src[i]);
@@ -154,11 +174,11 @@ inline void rotate_row_16bit(
     if constexpr (Out == PairLayout::Interleaved) {
       auto [p0, p1] = at::vec::interleave2(o1a, o2a);
       auto [q0, q1] = at::vec::interleave2(o1b, o2b);
-      at::vec::convert_from_float<scalar_t>(p0, p1).store(out + 2 * j);
-      at::vec::convert_from_float<scalar_t>(q0, q1).store(out + 2 * j + 2 * V);
+      narrow<scalar_t>(p0, p1).store(out + 2 * j);
+      narrow<scalar_t>(q0, q1).store(out + 2 * j + 2 * V);
     } else {
-      at::vec::convert_from_float<scalar_t>(o1a, o1b).store(out + j);
-      at::vec::convert_from_float<scalar_t>(o2a, o2b).store(out + half + j);
+      narrow<scalar_t>(o1a, o1b).store(out + j);
+      narrow<scalar_t>(o2a, o2b).store(out + half + j);
     }
   }
 }
@@ -244,16 +264,16 @@ void rotate_typed(const RotateArgs& a) {
     return inv ? rotate_all<scalar_t, math_t, P::IN, P::OUT, true>(a)      \
                : rotate_all<scalar_t, math_t, P::IN, P::OUT, false>(a);    \
   }
-  RA_CASE(Interleaved, Split)
-  RA_CASE(Split, Interleaved)
+  RA_CASE(Interleaved, Half)
+  RA_CASE(Half, Interleaved)
   RA_CASE(Interleaved, Interleaved)
-  RA_CASE(Split, Split)
+  RA_CASE(Half, Half)
 #undef RA_CASE
 }
 
 } // namespace
 
-void RA_KERNEL_ENTRY(const RotateArgs& a) {
+void rotate(const RotateArgs& a) {
   const bool double_math = a.cos.scalar_type() == at::kDouble;
   switch (a.x.scalar_type()) {
     case at::kFloat:
@@ -269,4 +289,4 @@ void RA_KERNEL_ENTRY(const RotateArgs& a) {
   }
 }
 
-} // namespace rotary_attention::ops::cpu
+} // namespace rotary_attention::ops::cpu::CPU_CAPABILITY

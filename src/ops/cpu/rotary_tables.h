@@ -1,37 +1,24 @@
 #pragma once
-// Dtype rules shared by the CPU and CUDA kernels, and the CPU kernel's cos/sin
-// tables: one row per distinct position, one column per frequency, computed
-// once per call with ATen's own cos/sin, so that with default arguments the
-// values are the ones the original's `sinusoid_inp.sin()` / `.cos()` produce.
-// (The CUDA kernel computes sin/cos in the kernel.)
+// The CPU kernel's cos/sin tables: one row per distinct position, one column
+// per frequency, computed once per call with ATen's own cos/sin, so that with
+// default arguments the values are the ones the original's
+// `sinusoid_inp.sin()` / `.cos()` produce. (The CUDA kernel computes sin/cos
+// in the kernel.)
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
 #include <optional>
 
-namespace rotary_attention::ops {
+#include "../rotary_frontend.h"
+
+namespace rotary_attention::ops::cpu {
 
 struct RotaryTables {
   at::Tensor cos; // (P, rotary_dim / 2), contiguous, math dtype
   at::Tensor sin;
   bool per_batch; // row of token (b, t) is b * T + t, else t
 };
-
-// The dtype the rotation is computed in: fp64 for fp64 x, and for fp32 x
-// with fp64 frequencies (the original promotes there); else fp32, which
-// includes fp16/bf16 x whatever the frequencies.
-inline c10::ScalarType rotary_math_dtype(const at::Tensor& x, const at::Tensor& inv_freq) {
-  const auto t = x.scalar_type();
-  return (t == at::kDouble || (t == at::kFloat && inv_freq.scalar_type() == at::kDouble))
-      ? at::kDouble
-      : at::kFloat;
-}
-
-// The dtype angles are computed in: the frequencies' (fp32 for 16-bit ones).
-inline c10::ScalarType rotary_angle_dtype(const at::Tensor& inv_freq) {
-  return inv_freq.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 // angles[p, j] = float(position p) * inv_freq[j], one rounding, as the
 // original's einsum of arange and inv_freq; a plain loop, since arange/mul
@@ -78,4 +65,4 @@ inline RotaryTables make_rotary_tables(
           positions.has_value() && positions->dim() == 2};
 }
 
-} // namespace rotary_attention::ops
+} // namespace rotary_attention::ops::cpu

@@ -1,64 +1,36 @@
-"""The general operator: position ids, offsets, layouts, partial rotary, the
-in-place variant and rotary_qk, against independent formulations, plus
-property tests over random shapes, strides, dtypes and positions."""
+"""The operator's options beyond the original: position ids, offsets, the three
+pair layouts, partial rotary, the in-place variant and rotary_qk, against
+independent formulations (a gathered cos/sin table) on every device, plus
+property tests over random shapes, strides, dtypes and positions, and the CPU
+loop's instruction-set builds against each other."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
 import rotary_attention
-from rotary_attention import reference
+from conftest import DEVICES, DTYPES, LAYOUTS, inv_freq, table_reference
 
 rotary = torch.ops.rotary_attention.rotary
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-def inv_freq(rotary_dim, dtype=torch.float32):
-    return reference.RotaryEmbedding(rotary_dim).inv_freq.to(dtype)
-
-
-def table_reference(x, f, positions=None, offset=0, layout="seed", rotary_dim=-1):
-    """Gathers cos/sin rows from a table indexed by position, then applies the
-    layout's formula; written independently of the kernels. Angles are rounded
-    to f's dtype, as the operator (and the original) computes them; everything
-    else is fp64."""
-    B, T, H, D = x.shape
-    rd = D if rotary_dim < 0 else rotary_dim
-    half = rd // 2
-    max_pos = 20000
-    table = (torch.arange(max_pos).to(f.dtype)[:, None] * f[None]).double()  # (P, half)
-    cos_t, sin_t = table.cos(), table.sin()
-    if positions is None:
-        idx = torch.arange(T).expand(B, T) + offset
-    else:
-        idx = (positions if positions.dim() == 2 else positions.expand(B, T)) + offset
-    cos = cos_t[idx][:, :, None, :]  # (B, T, 1, half)
-    sin = sin_t[idx][:, :, None, :]
-    xd = x.double()
-    rot, tail = xd[..., :rd], xd[..., rd:]
-    if layout in ("seed", "interleaved"):
-        x1, x2 = rot[..., 0::2], rot[..., 1::2]
-    else:
-        x1, x2 = rot[..., :half], rot[..., half:]
-    o1, o2 = x1 * cos - x2 * sin, x1 * sin + x2 * cos
-    if layout == "interleaved":
-        out = torch.stack([o1, o2], -1).flatten(-2)
-    else:
-        out = torch.cat([o1, o2], -1)
-    return torch.cat([out, tail], -1)
 
 
 def tol(dtype):
     return {torch.float32: 2e-5, torch.float64: 1e-9, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
 
 
-@pytest.mark.parametrize("layout", ["seed", "interleaved", "half"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("positions", [None, "t", "bt"])
-def test_position_ids_against_gathering_from_a_table(layout, positions):
+@pytest.mark.parametrize("device", DEVICES)
+def test_position_ids_against_gathering_from_a_table(device, layout, positions):
     torch.manual_seed(0)
-    x = torch.randn(3, 7, 2, 12, dtype=torch.float64)
-    f = inv_freq(8, torch.float64)
+    x = torch.randn(3, 7, 2, 12, dtype=torch.float64, device=device)
+    f = inv_freq(8, torch.float64, device)
     pos = {None: None, "t": torch.randint(0, 5000, (7,)), "bt": torch.randint(0, 5000, (3, 7))}[positions]
+    pos = None if pos is None else pos.to(device)
     got = rotary(x, f, positions=pos, offset=11, layout=layout, rotary_dim=8)
     want = table_reference(x, f, pos, 11, layout, 8)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
@@ -72,7 +44,7 @@ def cases(draw):
     D = 2 * draw(st.integers(1, 24))
     rd = 2 * draw(st.integers(1, D // 2))
     dtype = draw(st.sampled_from(DTYPES))
-    layout = draw(st.sampled_from(["seed", "interleaved", "half"]))
+    layout = draw(st.sampled_from(LAYOUTS))
     view = draw(st.sampled_from(["contiguous", "permuted", "sliced", "transposed_bt"]))
     positions = draw(st.sampled_from([None, "t", "bt"]))
     offset = draw(st.integers(0, 3000))
@@ -148,6 +120,22 @@ def test_rotary_qk_rotates_both_at_the_same_positions():
     torch.library.opcheck(torch.ops.rotary_attention.rotary_qk, (q, k, f), {"offset": 3})
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_in_place_and_qk_on_device(device, layout):
+    x = torch.randn(2, 3, 7, 16, device=device).transpose(1, 2)
+    f = inv_freq(16, device=device)
+    want = rotary(x, f, offset=4, layout=layout)
+    torch.testing.assert_close(want.double(), table_reference(x, f, offset=4, layout=layout), rtol=2e-6, atol=2e-6)
+    y = x.clone()
+    rotary_attention.rotary_(y, f, offset=4, layout=layout)
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    q, k = torch.randn(2, 7, 4, 16, device=device), torch.randn(2, 7, 1, 16, device=device)
+    rq, rk = rotary_attention.rotary_qk(q, k, f, layout=layout)
+    torch.testing.assert_close(rq, rotary(q, f, layout=layout), rtol=0, atol=0)
+    torch.testing.assert_close(rk, rotary(k, f, layout=layout), rtol=0, atol=0)
+
+
 def test_opcheck_in_place():
     f = inv_freq(8)
     torch.library.opcheck(torch.ops.rotary_attention.rotary_, (torch.randn(2, 5, 3, 8), f), {"layout": "interleaved"})
@@ -170,7 +158,7 @@ def test_every_pair_of_input_and_frequency_dtypes(x_dtype, f_dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("layout", ["seed", "interleaved", "half"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_16_bit_fast_path_equals_fp32_math_rounded_once(dtype, layout):
     """Contiguous 16-bit rows are converted in registers; strided ones go
     through fp32 row buffers. Both must equal the fp32 result rounded once."""
@@ -184,3 +172,66 @@ def test_16_bit_fast_path_equals_fp32_math_rounded_once(dtype, layout):
     assert torch.equal(rotary(strided, f, layout=layout), want)
     back = torch.ops.rotary_attention.rotary_backward
     assert torch.equal(back(x, f, layout=layout), back(strided, f, layout=layout))
+
+
+BUILDS_SCRIPT = r"""
+import sys
+import torch
+import rotary_attention
+from conftest import DTYPES, LAYOUTS, inv_freq
+
+
+def with_special_values(dtype):
+    # randn plus NaN, infinities, denormals of the dtype, and tiny normals whose
+    # rotated values become fp32 denormals (hardware bf16 rounding flushes those).
+    x = torch.randn(3, 50, 4, 64, generator=torch.Generator().manual_seed(0)).to(dtype)
+    tiny = torch.finfo(dtype).tiny
+    flat = x.view(-1)
+    flat[::97] = float("nan")
+    flat[5::101] = float("inf")
+    flat[7::103] = -float("inf")
+    flat[11::13] = tiny * 0.25
+    flat[3::17] = -tiny * 3
+    flat[1::19] = 1e-39 if dtype != torch.float16 else 1e-6
+    return x
+
+
+outs = {}
+for dtype in DTYPES:
+    x = with_special_values(dtype)
+    strided = torch.empty(3, 50, 4, 128, dtype=dtype)[..., ::2].copy_(x)
+    f = inv_freq(64, torch.float64 if dtype == torch.float64 else torch.float32)
+    for layout in LAYOUTS:
+        for view, t in (("contiguous", x), ("strided", strided)):
+            outs[(str(dtype), layout, view, "forward")] = torch.ops.rotary_attention.rotary(t, f, layout=layout)
+            outs[(str(dtype), layout, view, "backward")] = torch.ops.rotary_attention.rotary_backward(
+                t, f, layout=layout
+            )
+torch.save(outs, sys.argv[1])
+print(rotary_attention.cpu_kernel_capability())
+"""
+
+
+def test_every_cpu_build_of_the_loop_gives_the_same_results(tmp_path):
+    """The loop is compiled per instruction set; each build, forced with
+    ROTARY_ATTENTION_CPU_CAPABILITY in its own process, must give the same
+    values (NaN where NaN, denormals kept) as every other."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    results = {}
+    for cap in ["default", "avx2", "avx512", "avx512_bf16"]:
+        path = tmp_path / f"{cap}.pt"
+        env = dict(os.environ, ROTARY_ATTENTION_CPU_CAPABILITY=cap, PYTHONPATH=here)
+        run = subprocess.run([sys.executable, "-c", BUILDS_SCRIPT, str(path)], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        results[run.stdout.strip()] = torch.load(path)
+    assert "DEFAULT" in results
+    assert rotary_attention.cpu_kernel_capability() in results
+    with open("/proc/cpuinfo") as f:
+        has_bf16 = "avx512_bf16" in f.read()
+    if torch.backends.cpu.get_cpu_capability() == "AVX512" and has_bf16:
+        assert rotary_attention.cpu_kernel_capability() == "AVX512_BF16"
+        assert set(results) == {"DEFAULT", "AVX2", "AVX512", "AVX512_BF16"}
+    want = results["DEFAULT"]
+    for name, got in results.items():
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, equal_nan=True, msg=f"{name} {key}")

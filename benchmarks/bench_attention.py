@@ -18,9 +18,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine_line, median_seconds_interleaved  # noqa: E402
-
 import rotary_attention  # noqa: E402
+from common import machine_line, median_seconds_interleaved  # noqa: E402
 from rotary_attention import reference  # noqa: E402
 
 N_STATE, N_HEAD, N_TEXT_CTX = 512, 8, 448

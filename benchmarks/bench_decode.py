@@ -17,9 +17,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine_line  # noqa: E402
-
 import rotary_attention  # noqa: E402
+from common import machine_line  # noqa: E402
 from rotary_attention import reference  # noqa: E402
 
 N_STATE, N_HEAD = 512, 8
@@ -71,8 +70,10 @@ def main():
                 times[name].append(time.perf_counter() - start)
 
     print(machine_line())
-    print(f"{args.steps} decode steps, n_state {N_STATE}, {N_HEAD} heads, {'sdpa' if sdpa else 'explicit'} path, "
-          f"median of {args.reps}")
+    print(
+        f"{args.steps} decode steps, n_state {N_STATE}, {N_HEAD} heads, {'sdpa' if sdpa else 'explicit'} path, "
+        f"median of {args.reps}"
+    )
     base = statistics.median(times["original + Whisper hooks"])
     print(f"{'contender':28} {'total ms':>10} {'ms/step':>9} {'vs original':>12}")
     for name, t in times.items():

@@ -19,9 +19,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine_line, median_seconds_interleaved  # noqa: E402
-
 import rotary_attention  # noqa: E402,F401  (registers the operator)
+from common import machine_line, median_seconds_interleaved  # noqa: E402
 from rotary_attention import reference  # noqa: E402
 
 LAYOUTS = ["interleaved_to_half", "interleaved", "half"]
@@ -63,7 +62,10 @@ def run(shape, dtype, device, reps, layouts):
     xg = x.clone().requires_grad_()
     y_eager = original_rotate(xg, inv_freq)
     y_compiled = compiled(xg, inv_freq)
-    g = torch.randn_like(y_eager)
+    # The original returns fp32 for 16-bit x (its angles are fp32); the
+    # operator returns x's dtype: each gets a gradient of its own output's dtype.
+    g = torch.randn_like(x)
+    g_original = g.to(y_eager.dtype)
     contenders = {("forward", "copy_ (limit)"): lambda: dst.copy_(x)}
     for layout in layouts:
         contenders[("forward", f"operator {layout}")] = lambda layout=layout: op_rotate(x, inv_freq, layout=layout)
@@ -75,9 +77,9 @@ def run(shape, dtype, device, reps, layouts):
         contenders[("backward", f"rotary_backward {layout}")] = lambda layout=layout: op_backward(
             g, inv_freq, layout=layout
         )
-    contenders[("backward", "original eager")] = lambda: torch.autograd.grad(y_eager, xg, g, retain_graph=True)
+    contenders[("backward", "original eager")] = lambda: torch.autograd.grad(y_eager, xg, g_original, retain_graph=True)
     contenders[("backward", "torch.compile(original)")] = lambda: torch.autograd.grad(
-        y_compiled, xg, g, retain_graph=True
+        y_compiled, xg, g_original, retain_graph=True
     )
 
     timed = {}
@@ -88,7 +90,7 @@ def run(shape, dtype, device, reps, layouts):
         keys = list(group)
         with torch.set_grad_enabled(grad):
             medians = median_seconds_interleaved([group[k][0] for k in keys], device, reps)
-        for k, m in zip(keys, medians):
+        for k, m in zip(keys, medians, strict=True):
             timed[k] = m / group[k][1]
 
     copy = timed[("forward", "copy_ (limit)")]

@@ -36,7 +36,8 @@ def machine_line(device="cpu"):
     import os
     import platform
 
-    line = f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    cpu = platform.processor() or platform.machine()
+    line = f"torch {torch.__version__}, {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     if torch.device(device).type == "cuda":
         line += f", {torch.cuda.get_device_name()}"
     return line

@@ -27,7 +27,9 @@ double median_ms(const std::function<void()>& fn, int reps) {
   for (int i = 0; i < reps; ++i) {
     const auto start = std::chrono::steady_clock::now();
     fn();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+            .count());
   }
   std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
   return ms[ms.size() / 2];
@@ -64,7 +66,8 @@ int main(int argc, char** argv) {
     ra::KVCache cache;
     for (int64_t i = 0; i < tokens.size(1); ++i) {
       auto step = std::get<0>(mha->forward(tokens.narrow(1, i, 1), {}, mask, &cache));
-      if (outputs) outputs->push_back(step);
+      if (outputs)
+        outputs->push_back(step);
     }
   };
   std::vector<torch::Tensor> steps;
@@ -76,14 +79,28 @@ int main(int argc, char** argv) {
   const double py_forward = io.at("python_forward_ms").item<double>();
   const double py_decode = io.at("python_decode_ms").item<double>();
 
-  std::printf("MultiHeadAttention(n_state=%lld, n_head=%lld, sdpa=%s), x of shape (%lld, %lld, %lld)\n",
-              (long long)n_state, (long long)n_head, sdpa ? "true" : "false", (long long)x.size(0),
-              (long long)x.size(1), (long long)x.size(2));
-  std::printf("largest |C++ - Python| difference: forward %.3g, decode of %lld tokens %.3g\n", forward_diff,
-              (long long)tokens.size(1), decode_diff);
+  std::printf(
+      "MultiHeadAttention(n_state=%lld, n_head=%lld, sdpa=%s), x of shape (%lld, %lld, %lld)\n",
+      (long long)n_state,
+      (long long)n_head,
+      sdpa ? "true" : "false",
+      (long long)x.size(0),
+      (long long)x.size(1),
+      (long long)x.size(2));
+  std::printf(
+      "largest |C++ - Python| difference: forward %.3g, decode of %lld tokens %.3g\n",
+      forward_diff,
+      (long long)tokens.size(1),
+      decode_diff);
   std::printf("%-28s %14s %14s %10s\n", "median time (ms)", "Python orig.", "C++ port", "speed-up");
-  std::printf("%-28s %14.3f %14.3f %9.2fx\n", "forward", py_forward, cpp_forward, py_forward / cpp_forward);
-  std::printf("%-28s %14.3f %14.3f %9.2fx\n", "decode (all tokens)", py_decode, cpp_decode, py_decode / cpp_decode);
+  std::printf(
+      "%-28s %14.3f %14.3f %9.2fx\n", "forward", py_forward, cpp_forward, py_forward / cpp_forward);
+  std::printf(
+      "%-28s %14.3f %14.3f %9.2fx\n",
+      "decode (all tokens)",
+      py_decode,
+      cpp_decode,
+      py_decode / cpp_decode);
   const double tolerance = x.scalar_type() == torch::kDouble ? 1e-9 : 1e-4;
   if (forward_diff > tolerance || decode_diff > tolerance) {
     std::fprintf(stderr, "difference above %.g: the port disagrees with the original\n", tolerance);

@@ -30,15 +30,18 @@ int main(int argc, char** argv) {
   };
   const torch::Tensor x = get("x"), xa = get("xa"), mask = get("mask");
 
-  ra::MultiHeadAttention mha(ra::MultiHeadAttentionOptions(
-                                 scripted.attr("n_state").toInt(), scripted.attr("n_head").toInt())
-                                 .sdpa(scripted.attr("sdpa").toBool())
-                                 .group_norm(scripted.attr("group_norm").toBool()));
+  ra::MultiHeadAttention mha(
+      ra::MultiHeadAttentionOptions(
+          scripted.attr("n_state").toInt(), scripted.attr("n_head").toInt())
+          .sdpa(scripted.attr("sdpa").toBool())
+          .group_norm(scripted.attr("group_norm").toBool()));
   ra::load_state_dict(*mha, argv[2]);
   mha->eval();
 
   torch::NoGradGuard no_grad;
-  auto opt = [](const torch::Tensor& t) { return t.defined() ? torch::IValue(t) : torch::IValue(); };
+  auto opt = [](const torch::Tensor& t) {
+    return t.defined() ? torch::IValue(t) : torch::IValue();
+  };
   const auto result = scripted.forward({x, opt(xa), opt(mask)}).toTuple();
   const auto [cpp_out, cpp_qk] = mha->forward(x, xa, mask);
 
@@ -49,7 +52,8 @@ int main(int argc, char** argv) {
     outputs.emplace_back("cpp_qk", cpp_qk);
   }
   ra::save_tensors(outputs, argv[4]);
-  std::printf("TorchScript vs C++ MultiHeadAttention: largest difference %.3g\n",
-              (outputs[0].second - outputs[1].second).abs().max().item<double>());
+  std::printf(
+      "TorchScript vs C++ MultiHeadAttention: largest difference %.3g\n",
+      (outputs[0].second - outputs[1].second).abs().max().item<double>());
   return 0;
 }

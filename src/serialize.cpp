@@ -7,8 +7,8 @@
 
 #include <algorithm>
 #include <fstream>
-#include <string>
 #include <sstream>
+#include <string>
 
 namespace rotary_attention {
 namespace {
@@ -51,9 +51,8 @@ LoadResult load_state_dict(
         it->second.defined(), "load_state_dict: the value of \"", name, "\" is not a tensor");
     if (it->second.sizes() != target.sizes()) {
       std::ostringstream s;
-      s << "size mismatch for \"" << name << "\": copying a tensor of shape "
-        << it->second.sizes() << " from the state dict, the module's shape is "
-        << target.sizes();
+      s << "size mismatch for \"" << name << "\": copying a tensor of shape " << it->second.sizes()
+        << " from the state dict, the module's shape is " << target.sizes();
       mismatches.push_back(s.str());
     }
   }
@@ -74,8 +73,11 @@ LoadResult load_state_dict(
   }
   TORCH_CHECK(
       !strict || (result.missing_keys.empty() && result.unexpected_keys.empty()),
-      "load_state_dict: nothing was loaded: missing keys [", join(result.missing_keys),
-      "], unexpected keys [", join(result.unexpected_keys), "]");
+      "load_state_dict: nothing was loaded: missing keys [",
+      join(result.missing_keys),
+      "], unexpected keys [",
+      join(result.unexpected_keys),
+      "]");
 
   torch::NoGradGuard no_grad;
   for (const auto& [name, target] : own) {

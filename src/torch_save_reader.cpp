@@ -33,7 +33,19 @@ struct Storage {
 };
 
 struct Value {
-  std::variant<std::monostate, bool, int64_t, double, std::string, Global, Mark, Tuple, List, Dict, Storage, at::Tensor>
+  std::variant<
+      std::monostate,
+      bool,
+      int64_t,
+      double,
+      std::string,
+      Global,
+      Mark,
+      Tuple,
+      List,
+      Dict,
+      Storage,
+      at::Tensor>
       v;
 };
 
@@ -52,8 +64,19 @@ const T& as(const ValuePtr& p, const char* what) {
 }
 
 c10::ScalarType storage_dtype(const std::string& name) {
-  for (auto t : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16, at::kLong, at::kInt, at::kShort,
-                 at::kChar, at::kByte, at::kBool, at::kComplexFloat, at::kComplexDouble}) {
+  for (auto t :
+       {at::kFloat,
+        at::kDouble,
+        at::kHalf,
+        at::kBFloat16,
+        at::kLong,
+        at::kInt,
+        at::kShort,
+        at::kChar,
+        at::kByte,
+        at::kBool,
+        at::kComplexFloat,
+        at::kComplexDouble}) {
     if (name == std::string(c10::toString(t)) + "Storage") {
       return t;
     }
@@ -70,10 +93,15 @@ class Reader {
     while (true) {
       const uint8_t op = u8();
       switch (op) {
-        case 0x80: u8(); break; // PROTO
-        case 0x95: read(8); break; // FRAME
-        case '.': return pop(); // STOP
-        case 'c': { // GLOBAL
+        case 0x80:
+          u8();
+          break; // PROTO
+        case 0x95:
+          read(8);
+          break; // FRAME
+        case '.':
+          return pop(); // STOP
+        case 'c': {     // GLOBAL
           std::string module = line();
           push(make(Global{module, line()}));
           break;
@@ -83,29 +111,75 @@ class Reader {
           push(make(Global{as<std::string>(pop(), "a module"), name}));
           break;
         }
-        case 'q': memo_[u8()] = top(); break; // BINPUT
-        case 'r': memo_[u32()] = top(); break; // LONG_BINPUT
-        case 0x94: memo_[memo_.size()] = top(); break; // MEMOIZE
-        case 'h': push(memo(u8())); break; // BINGET
-        case 'j': push(memo(u32())); break; // LONG_BINGET
-        case '(': push(make(Mark{})); break;
-        case '}': push(make(Dict{})); break;
-        case ']': push(make(List{})); break;
-        case ')': push(make(Tuple{})); break;
-        case 'N': push(make(std::monostate{})); break;
-        case 0x88: push(make(true)); break;
-        case 0x89: push(make(false)); break;
-        case 'K': push(make(static_cast<int64_t>(u8()))); break;
-        case 'M': push(make(static_cast<int64_t>(u16()))); break;
-        case 'J': push(make(static_cast<int64_t>(static_cast<int32_t>(u32())))); break;
-        case 0x8a: push(make(long1())); break; // LONG1
-        case 'G': push(make(binfloat())); break;
-        case 'X': push(make(read(u32()))); break; // BINUNICODE
-        case 0x8c: push(make(read(u8()))); break; // SHORT_BINUNICODE
-        case 't': push(make(Tuple{pop_to_mark()})); break;
-        case 0x85: push(make(Tuple{pop_n(1)})); break;
-        case 0x86: push(make(Tuple{pop_n(2)})); break;
-        case 0x87: push(make(Tuple{pop_n(3)})); break;
+        case 'q':
+          memo_[u8()] = top();
+          break; // BINPUT
+        case 'r':
+          memo_[u32()] = top();
+          break; // LONG_BINPUT
+        case 0x94:
+          memo_[memo_.size()] = top();
+          break; // MEMOIZE
+        case 'h':
+          push(memo(u8()));
+          break; // BINGET
+        case 'j':
+          push(memo(u32()));
+          break; // LONG_BINGET
+        case '(':
+          push(make(Mark{}));
+          break;
+        case '}':
+          push(make(Dict{}));
+          break;
+        case ']':
+          push(make(List{}));
+          break;
+        case ')':
+          push(make(Tuple{}));
+          break;
+        case 'N':
+          push(make(std::monostate{}));
+          break;
+        case 0x88:
+          push(make(true));
+          break;
+        case 0x89:
+          push(make(false));
+          break;
+        case 'K':
+          push(make(static_cast<int64_t>(u8())));
+          break;
+        case 'M':
+          push(make(static_cast<int64_t>(u16())));
+          break;
+        case 'J':
+          push(make(static_cast<int64_t>(static_cast<int32_t>(u32()))));
+          break;
+        case 0x8a:
+          push(make(long1()));
+          break; // LONG1
+        case 'G':
+          push(make(binfloat()));
+          break;
+        case 'X':
+          push(make(read(u32())));
+          break; // BINUNICODE
+        case 0x8c:
+          push(make(read(u8())));
+          break; // SHORT_BINUNICODE
+        case 't':
+          push(make(Tuple{pop_to_mark()}));
+          break;
+        case 0x85:
+          push(make(Tuple{pop_n(1)}));
+          break;
+        case 0x86:
+          push(make(Tuple{pop_n(2)}));
+          break;
+        case 0x87:
+          push(make(Tuple{pop_n(3)}));
+          break;
         case 'a': { // APPEND
           auto item = pop();
           list_of(top()).push_back(item);
@@ -132,8 +206,12 @@ class Reader {
           }
           break;
         }
-        case 'b': pop(); break; // BUILD: an OrderedDict's state (_metadata) is not needed
-        case 'Q': push(persistent_load(pop())); break; // BINPERSID
+        case 'b':
+          pop();
+          break; // BUILD: an OrderedDict's state (_metadata) is not needed
+        case 'Q':
+          push(persistent_load(pop()));
+          break;    // BINPERSID
         case 'R': { // REDUCE
           auto args = pop();
           auto callable = pop();
@@ -141,8 +219,12 @@ class Reader {
           break;
         }
         default:
-          TORCH_CHECK(false, "load_tensors: unsupported pickle opcode 0x", std::hex, int(op),
-                      " (the file should hold a dict of tensors saved with torch.save)");
+          TORCH_CHECK(
+              false,
+              "load_tensors: unsupported pickle opcode 0x",
+              std::hex,
+              int(op),
+              " (the file should hold a dict of tensors saved with torch.save)");
       }
     }
   }
@@ -157,22 +239,30 @@ class Reader {
       const at::Tensor& flat = as<Storage>(args[0], "a storage").flat;
       const int64_t offset = as<int64_t>(args[1], "an offset");
       std::vector<int64_t> sizes, strides;
-      for (const auto& s : as<Tuple>(args[2], "sizes").items) sizes.push_back(as<int64_t>(s, "a size"));
-      for (const auto& s : as<Tuple>(args[3], "strides").items) strides.push_back(as<int64_t>(s, "a stride"));
+      for (const auto& s : as<Tuple>(args[2], "sizes").items)
+        sizes.push_back(as<int64_t>(s, "a size"));
+      for (const auto& s : as<Tuple>(args[3], "strides").items)
+        strides.push_back(as<int64_t>(s, "a stride"));
       return make(flat.as_strided(sizes, strides, offset));
     }
     if (g.module == "torch._utils" && g.name == "_rebuild_parameter") {
       return make(as<at::Tensor>(args.at(0), "a tensor"));
     }
     // Tensor backward hooks are pickled as an empty OrderedDict; anything else is unsupported.
-    TORCH_CHECK(false, "load_tensors: unsupported object ", g.module, ".", g.name,
-                " (the file should hold a dict of tensors saved with torch.save)");
+    TORCH_CHECK(
+        false,
+        "load_tensors: unsupported object ",
+        g.module,
+        ".",
+        g.name,
+        " (the file should hold a dict of tensors saved with torch.save)");
   }
 
   ValuePtr persistent_load(const ValuePtr& id) {
     const auto& t = as<Tuple>(id, "a storage id").items;
-    TORCH_CHECK(t.size() == 5 && as<std::string>(t[0], "'storage'") == "storage",
-                "load_tensors: malformed storage id");
+    TORCH_CHECK(
+        t.size() == 5 && as<std::string>(t[0], "'storage'") == "storage",
+        "load_tensors: malformed storage id");
     const auto dtype = storage_dtype(as<Global>(t[1], "a storage type").name);
     const std::string key = as<std::string>(t[2], "a storage key");
     const int64_t numel = as<int64_t>(t[4], "a storage size");
@@ -180,8 +270,14 @@ class Reader {
     if (it == storages_.end()) {
       auto [data, nbytes] = zip_.getRecord("data/" + key);
       at::Tensor flat = at::empty({numel}, at::TensorOptions().dtype(dtype));
-      TORCH_CHECK(nbytes == static_cast<size_t>(flat.nbytes()),
-                  "load_tensors: storage ", key, " has ", nbytes, " bytes, expected ", flat.nbytes());
+      TORCH_CHECK(
+          nbytes == static_cast<size_t>(flat.nbytes()),
+          "load_tensors: storage ",
+          key,
+          " has ",
+          nbytes,
+          " bytes, expected ",
+          flat.nbytes());
       std::memcpy(flat.data_ptr(), data.get(), nbytes);
       it = storages_.emplace(key, flat).first;
     }
@@ -199,7 +295,9 @@ class Reader {
     return *d;
   }
 
-  void push(ValuePtr v) { stack_.push_back(std::move(v)); }
+  void push(ValuePtr v) {
+    stack_.push_back(std::move(v));
+  }
   ValuePtr top() {
     TORCH_CHECK(!stack_.empty(), "load_tensors: malformed pickle (empty stack)");
     return stack_.back();
@@ -240,24 +338,34 @@ class Reader {
   uint64_t little_endian(size_t n) {
     const std::string b = read(n);
     uint64_t v = 0;
-    for (size_t i = 0; i < n; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(b[i])) << (8 * i);
+    for (size_t i = 0; i < n; ++i)
+      v |= static_cast<uint64_t>(static_cast<uint8_t>(b[i])) << (8 * i);
     return v;
   }
-  uint8_t u8() { return static_cast<uint8_t>(little_endian(1)); }
-  uint16_t u16() { return static_cast<uint16_t>(little_endian(2)); }
-  uint32_t u32() { return static_cast<uint32_t>(little_endian(4)); }
+  uint8_t u8() {
+    return static_cast<uint8_t>(little_endian(1));
+  }
+  uint16_t u16() {
+    return static_cast<uint16_t>(little_endian(2));
+  }
+  uint32_t u32() {
+    return static_cast<uint32_t>(little_endian(4));
+  }
   int64_t long1() {
     const size_t n = u8();
     TORCH_CHECK(n <= 8, "load_tensors: integer too large");
-    if (n == 0) return 0;
+    if (n == 0)
+      return 0;
     uint64_t v = little_endian(n);
-    if (n < 8 && (v >> (8 * n - 1)) & 1) v |= ~uint64_t(0) << (8 * n); // sign-extend
+    if (n < 8 && (v >> (8 * n - 1)) & 1)
+      v |= ~uint64_t(0) << (8 * n); // sign-extend
     return static_cast<int64_t>(v);
   }
   double binfloat() { // big-endian IEEE double
     const std::string b = read(8);
     uint64_t bits = 0;
-    for (char c : b) bits = (bits << 8) | static_cast<uint8_t>(c);
+    for (char c : b)
+      bits = (bits << 8) | static_cast<uint8_t>(c);
     double d;
     std::memcpy(&d, &bits, sizeof d);
     return d;
@@ -286,8 +394,13 @@ std::vector<std::pair<std::string, at::Tensor>> read_torch_save_dict(const std::
   try {
     zip = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
   } catch (const c10::Error& e) {
-    TORCH_CHECK(false, "load_tensors: '", path, "' is not a torch.save zip file (",
-                e.what_without_backtrace(), ")");
+    TORCH_CHECK(
+        false,
+        "load_tensors: '",
+        path,
+        "' is not a torch.save zip file (",
+        e.what_without_backtrace(),
+        ")");
   }
   auto [pkl, size] = zip->getRecord("data.pkl");
   Reader reader(*zip, std::string(static_cast<const char*>(pkl.get()), size));
@@ -299,8 +412,13 @@ std::vector<std::pair<std::string, at::Tensor>> read_torch_save_dict(const std::
     const auto* key = std::get_if<std::string>(&k->v);
     TORCH_CHECK(key != nullptr, "load_tensors: '", path, "' has a non-string key");
     const auto* tensor = std::get_if<at::Tensor>(&v->v);
-    TORCH_CHECK(tensor != nullptr, "load_tensors: the value of \"", *key, "\" in '", path,
-                "' is not a tensor");
+    TORCH_CHECK(
+        tensor != nullptr,
+        "load_tensors: the value of \"",
+        *key,
+        "\" in '",
+        path,
+        "' is not a tensor");
     out.emplace_back(*key, *tensor);
   }
   return out;

@@ -2,8 +2,8 @@
 // conveniences (state_dict, keyword calls, returning self) live in
 // python/rotary_attention/_modules.py.
 
-#include <torch/python.h>
 #include <torch/extension.h>
+#include <torch/python.h>
 
 #include "rotary_attention/rotary_attention.h"
 
@@ -75,9 +75,11 @@ computed on the first call and reused.)doc")
           py::arg("base") = 10000.0)
       .def("forward", &ra::RotaryEmbeddingImpl::forward, py::arg("x"))
       .def("rotate_queries_or_keys", &ra::RotaryEmbeddingImpl::rotate_queries_or_keys, py::arg("x"))
-      .def_property_readonly("inv_freq", [](const ra::RotaryEmbeddingImpl& r) { return r.inv_freq; });
+      .def_property_readonly(
+          "inv_freq", [](const ra::RotaryEmbeddingImpl& r) { return r.inv_freq; });
 
-  torch::python::bind_module<ra::MultiHeadAttentionImpl, /*force_enable=*/true>(m, "MultiHeadAttention")
+  torch::python::bind_module<ra::MultiHeadAttentionImpl, /*force_enable=*/true>(
+      m, "MultiHeadAttention")
       .def(
           py::init([](int64_t n_state,
                       int64_t n_head,
@@ -121,14 +123,18 @@ computed on the first call and reused.)doc")
       .def_property_readonly(
           "absolute_positions",
           [](const ra::MultiHeadAttentionImpl& self) { return self.options.absolute_positions(); })
-      .def_property_readonly("n_state", [](const ra::MultiHeadAttentionImpl& s) { return s.options.n_state(); })
-      .def_property_readonly("n_head", [](const ra::MultiHeadAttentionImpl& s) { return s.options.n_head(); })
+      .def_property_readonly(
+          "n_state", [](const ra::MultiHeadAttentionImpl& s) { return s.options.n_state(); })
+      .def_property_readonly(
+          "n_head", [](const ra::MultiHeadAttentionImpl& s) { return s.options.n_head(); })
       .def_property_readonly("head_dim", &ra::MultiHeadAttentionImpl::head_dim)
-      .def_property_readonly("group_norm", [](const ra::MultiHeadAttentionImpl& s) { return s.options.group_norm(); })
+      .def_property_readonly(
+          "group_norm", [](const ra::MultiHeadAttentionImpl& s) { return s.options.group_norm(); })
       .def_property_readonly(
           "gradient_checkpointing",
           [](const ra::MultiHeadAttentionImpl& s) { return s.options.gradient_checkpointing(); })
-      .def_property_readonly("temperature", [](const ra::MultiHeadAttentionImpl& s) { return s.temperature; });
+      .def_property_readonly(
+          "temperature", [](const ra::MultiHeadAttentionImpl& s) { return s.temperature; });
 
   m.def(
       "_repr",

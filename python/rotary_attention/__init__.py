@@ -27,6 +27,7 @@ def rotary_(x, inv_freq, positions=None, offset=0, layout="interleaved_to_half",
     torch.ops.rotary_attention.rotary_(x, inv_freq, positions, offset, layout, rotary_dim)
     return x
 
+
 __all__ = [
     "IncompatibleKeys",
     "KVCache",

@@ -3,7 +3,8 @@ usual torch.nn.Module conveniences (state_dict, load_state_dict, to, train,
 eval returning self) on top of the pybind11 classes in `_C`."""
 
 from collections import OrderedDict
-from typing import NamedTuple, List, Iterator, Tuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 
@@ -11,8 +12,8 @@ from . import _C
 
 
 class IncompatibleKeys(NamedTuple):
-    missing_keys: List[str]
-    unexpected_keys: List[str]
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 
 class _CppModule:
@@ -26,7 +27,7 @@ class _CppModule:
 
     __str__ = __repr__
 
-    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[Tuple[str, torch.Tensor]]:
+    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
         for name, p in super().named_parameters(recurse).items():
             yield prefix + name, p
 
@@ -34,7 +35,7 @@ class _CppModule:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[Tuple[str, torch.Tensor]]:
+    def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
         for name, b in super().named_buffers(recurse).items():
             yield prefix + name, b
 

@@ -17,8 +17,6 @@ Differences from the original, both because TorchScript cannot express them:
   and `KVCache` instead.
 """
 
-from typing import Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -91,7 +89,7 @@ class MultiHeadAttention(nn.Module):
         self.attn_ln = nn.GroupNorm(num_groups=1, num_channels=n_state) if group_norm else nn.LayerNorm(n_state)
         self.gradient_checkpointing = gradient_checkpointing
 
-    def forward(self, x: Tensor, xa: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward(self, x: Tensor, xa: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         if self.group_norm and x.shape[1] != self.n_state:
             raise RuntimeError("group_norm=True treats dim 1 (T) as channels: it needs T == n_state")
         x_norm = self.attn_ln(x)
@@ -110,7 +108,9 @@ class MultiHeadAttention(nn.Module):
         wv, qk = self.qkv_attention(q, k, v, mask)
         return self.out(wv) + x, qk
 
-    def qkv_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    def qkv_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         n_batch, n_ctx, n_state = q.shape
         scale = self.temperature
         q = q.view(n_batch, n_ctx, self.n_head, self.head_dim).permute(0, 2, 1, 3)

@@ -18,8 +18,11 @@ const KVCache::Entry& KVCache::append(
   Entry& e = it->second;
   TORCH_CHECK(
       e.key.size(0) == key.size(0) && e.key.size(2) == key.size(2),
-      "KVCache: cannot append keys of shape ", key.sizes(), " to cached keys of shape ",
-      e.key.sizes(), " (batch and feature sizes must match; call clear() between sequences)");
+      "KVCache: cannot append keys of shape ",
+      key.sizes(),
+      " to cached keys of shape ",
+      e.key.sizes(),
+      " (batch and feature sizes must match; call clear() between sequences)");
   // Whisper's hook stores the detached concatenation.
   e.key = at::cat({e.key, key}, 1).detach();
   e.value = at::cat({e.value, value}, 1).detach();

@@ -15,18 +15,26 @@ namespace {
 torch::Tensor whisper_linear(const torch::nn::Linear& layer, const torch::Tensor& x) {
   const auto& bias = layer->bias;
   return at::linear(
-      x, layer->weight.to(x.dtype()),
+      x,
+      layer->weight.to(x.dtype()),
       bias.defined() ? std::optional<torch::Tensor>(bias.to(x.dtype())) : std::nullopt);
 }
 
 void check_input(const char* name, const torch::Tensor& t, int64_t n_state) {
   TORCH_CHECK(
       t.dim() == 3 && t.size(2) == n_state,
-      "MultiHeadAttention: expected ", name, " of shape (B, T, n_state=", n_state,
-      "), got shape ", t.sizes());
+      "MultiHeadAttention: expected ",
+      name,
+      " of shape (B, T, n_state=",
+      n_state,
+      "), got shape ",
+      t.sizes());
   TORCH_CHECK(
-      t.is_floating_point(), "MultiHeadAttention: ", name,
-      " must be a floating tensor, got ", t.scalar_type());
+      t.is_floating_point(),
+      "MultiHeadAttention: ",
+      name,
+      " must be a floating tensor, got ",
+      t.scalar_type());
 }
 
 } // namespace
@@ -41,18 +49,26 @@ void MultiHeadAttentionImpl::reset() {
   const int64_t n_head = options.n_head();
   TORCH_CHECK(
       n_state > 0 && n_head > 0,
-      "MultiHeadAttention: n_state and n_head must be positive, got n_state=", n_state,
-      ", n_head=", n_head);
+      "MultiHeadAttention: n_state and n_head must be positive, got n_state=",
+      n_state,
+      ", n_head=",
+      n_head);
   TORCH_CHECK(
       n_state % n_head == 0,
-      "MultiHeadAttention: n_state (", n_state, ") must be divisible by n_head (", n_head, ")");
+      "MultiHeadAttention: n_state (",
+      n_state,
+      ") must be divisible by n_head (",
+      n_head,
+      ")");
   TORCH_CHECK(
       head_dim() % 2 == 0,
-      "MultiHeadAttention: head_dim = n_state / n_head = ", head_dim(),
+      "MultiHeadAttention: head_dim = n_state / n_head = ",
+      head_dim(),
       " must be even (rotary embeddings rotate pairs of features)");
   TORCH_CHECK(
       options.dropout_rate() >= 0.0 && options.dropout_rate() <= 1.0,
-      "MultiHeadAttention: dropout_rate must be in [0, 1], got ", options.dropout_rate());
+      "MultiHeadAttention: dropout_rate must be in [0, 1], got ",
+      options.dropout_rate());
 
   query = register_module("query", torch::nn::Linear(n_state, n_state));
   key = register_module(
@@ -67,16 +83,13 @@ void MultiHeadAttentionImpl::reset() {
   if (options.group_norm()) {
     group_norm = register_module("attn_ln", torch::nn::GroupNorm(1, n_state));
   } else {
-    layer_norm = register_module(
-        "attn_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({n_state})));
+    layer_norm =
+        register_module("attn_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({n_state})));
   }
 }
 
 std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
-    const torch::Tensor& x,
-    const torch::Tensor& xa,
-    const torch::Tensor& mask,
-    KVCache* kv_cache) {
+    const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask, KVCache* kv_cache) {
   const int64_t n_state = options.n_state();
   check_input("x", x, n_state);
   const bool cross = xa.defined();
@@ -84,7 +97,9 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
     check_input("xa", xa, n_state);
     TORCH_CHECK(
         xa.size(0) == x.size(0),
-        "MultiHeadAttention: xa must have x's batch size ", x.size(0), ", got shape ",
+        "MultiHeadAttention: xa must have x's batch size ",
+        x.size(0),
+        ", got shape ",
         xa.sizes());
   }
 
@@ -94,7 +109,10 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
         x.size(1) == n_state,
         "MultiHeadAttention: group_norm=true applies GroupNorm(1, n_state) to x of shape "
         "(B, T, n_state), which treats dim 1 (T) as the channels; the original can only "
-        "run it when T == n_state (", n_state, "), got T=", x.size(1));
+        "run it when T == n_state (",
+        n_state,
+        "), got T=",
+        x.size(1));
     x_norm = group_norm(x);
   } else {
     x_norm = layer_norm(x);
@@ -104,7 +122,7 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
   torch::Tensor q = whisper_linear(query, x_norm);
   torch::Tensor k, v;
   bool keys_rotated = false; // absolute mode caches keys already rotated
-  int64_t q_position = 0; // absolute_positions: position of x's first token
+  int64_t q_position = 0;    // absolute_positions: position of x's first token
   int64_t causal_offset = 0; // ... for self-attention over cached keys (mask alignment)
   if (kv_cache == nullptr) {
     const torch::Tensor& source = cross ? xa : x_norm;
@@ -115,7 +133,8 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
     const KVCache::Entry* cached = kv_cache->find(this);
     if (cached == nullptr) {
       torch::Tensor new_k = whisper_linear(key, xa);
-      cached = &kv_cache->store(this, absolute ? rotate(new_k, 0) : new_k, whisper_linear(value, xa));
+      cached =
+          &kv_cache->store(this, absolute ? rotate(new_k, 0) : new_k, whisper_linear(value, xa));
     }
     k = cached->key;
     v = cached->value;
@@ -174,8 +193,12 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::qkv_attention(
   if (mask.defined()) {
     TORCH_CHECK(
         mask.dim() == 2,
-        "MultiHeadAttention: mask must be a 2-D additive mask of at least (T, T) = (", n_ctx,
-        ", ", n_ctx, "), got shape ", mask.sizes());
+        "MultiHeadAttention: mask must be a 2-D additive mask of at least (T, T) = (",
+        n_ctx,
+        ", ",
+        n_ctx,
+        "), got shape ",
+        mask.sizes());
   }
 
   const auto q = q_in.view({n_batch, n_ctx, n_head, head_dim()}).permute({0, 2, 1, 3});
@@ -206,14 +229,25 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::qkv_attention(
     TORCH_CHECK(
         causal_offset == 0 || (mask.size(0) >= causal_offset + n_ctx && mask.size(1) >= n_keys),
         "MultiHeadAttention: with absolute_positions the explicit path adds mask[",
-        causal_offset, ":", causal_offset + n_ctx, ", :", n_keys, "], but the mask has shape ",
-        mask.sizes(), "; pass a mask covering the whole sequence (e.g. (n_ctx, n_ctx))");
-    const auto m = causal_offset == 0 ? mask.slice(0, 0, n_ctx).slice(1, 0, n_ctx)
-                                      : mask.slice(0, causal_offset, causal_offset + n_ctx).slice(1, 0, n_keys);
+        causal_offset,
+        ":",
+        causal_offset + n_ctx,
+        ", :",
+        n_keys,
+        "], but the mask has shape ",
+        mask.sizes(),
+        "; pass a mask covering the whole sequence (e.g. (n_ctx, n_ctx))");
+    const auto m = causal_offset == 0
+                       ? mask.slice(0, 0, n_ctx).slice(1, 0, n_ctx)
+                       : mask.slice(0, causal_offset, causal_offset + n_ctx).slice(1, 0, n_keys);
     TORCH_CHECK(
         (m.size(0) == 1 || m.size(0) == n_ctx) && (m.size(1) == 1 || m.size(1) == n_keys),
         "MultiHeadAttention: the explicit path (sdpa=false) adds mask[:T, :T] (shape ",
-        m.sizes(), ") to logits of shape (B, H, T=", n_ctx, ", S=", n_keys,
+        m.sizes(),
+        ") to logits of shape (B, H, T=",
+        n_ctx,
+        ", S=",
+        n_keys,
         "); with S != T and T > 1 the original cannot run this either; use sdpa=true, or "
         "pass a mask of at least (T, T) with S == T");
     qk += m;

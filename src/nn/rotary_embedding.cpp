@@ -13,7 +13,8 @@ void RotaryEmbeddingImpl::reset() {
   const int64_t dim = options.dim();
   TORCH_CHECK(
       dim > 0 && dim % 2 == 0,
-      "RotaryEmbedding: dim (the head dim) must be positive and even, got ", dim);
+      "RotaryEmbedding: dim (the head dim) must be positive and even, got ",
+      dim);
   // As the original: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), where
   // Python's `1.0 / t` is `t.reciprocal() * 1.0`.
   auto exponent = torch::arange(0, dim, 2).to(torch::kFloat) / dim;
@@ -25,8 +26,8 @@ torch::Tensor RotaryEmbeddingImpl::rotate_queries_or_keys(const torch::Tensor& x
 }
 
 void RotaryEmbeddingImpl::pretty_print(std::ostream& stream) const {
-  stream << "rotary_attention::RotaryEmbedding(dim=" << options.dim()
-         << ", base=" << options.base() << ")";
+  stream << "rotary_attention::RotaryEmbedding(dim=" << options.dim() << ", base=" << options.base()
+         << ")";
 }
 
 } // namespace rotary_attention

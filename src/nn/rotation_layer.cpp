@@ -11,7 +11,8 @@ RotationLayerImpl::RotationLayerImpl(const RotationLayerOptions& options_) : opt
 void RotationLayerImpl::reset() {
   TORCH_CHECK(
       options.embed_dim() > 0,
-      "RotationLayer: embed_dim must be positive, got ", options.embed_dim());
+      "RotationLayer: embed_dim must be positive, got ",
+      options.embed_dim());
   rotation_matrix = register_parameter("rotation_matrix", torch::eye(options.embed_dim()));
 }
 
@@ -23,8 +24,10 @@ void RotationLayerImpl::reset_parameters() {
 torch::Tensor RotationLayerImpl::forward(const torch::Tensor& x) {
   TORCH_CHECK(
       x.dim() >= 1 && x.size(-1) == options.embed_dim(),
-      "RotationLayer: expected x with last dimension ", options.embed_dim(),
-      ", got shape ", x.sizes());
+      "RotationLayer: expected x with last dimension ",
+      options.embed_dim(),
+      ", got shape ",
+      x.sizes());
   return torch::matmul(x, rotation_matrix);
 }
 

@@ -47,9 +47,12 @@ std::tuple<at::Tensor, at::Tensor> rotary_qk_composite(
       q.dim() == 4 && k.dim() == 4 && q.sym_size(0) == k.sym_size(0) &&
           q.sym_size(1) == k.sym_size(1) && q.sym_size(3) == k.sym_size(3),
       "rotary_qk: q and k must be (B, T, H, D) with the same B, T and D (H may differ), got ",
-      q.sym_sizes(), " and ", k.sym_sizes());
-  return {rotary(q, inv_freq, positions, offset, layout, rotary_dim),
-          rotary(k, inv_freq, positions, offset, layout, rotary_dim)};
+      q.sym_sizes(),
+      " and ",
+      k.sym_sizes());
+  return {
+      rotary(q, inv_freq, positions, offset, layout, rotary_dim),
+      rotary(k, inv_freq, positions, offset, layout, rotary_dim)};
 }
 } // namespace
 
@@ -86,8 +89,13 @@ at::Tensor& rotary_(
     int64_t offset,
     c10::string_view layout,
     int64_t rotary_dim) {
-  static const auto op = typed_op<void(at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                   int64_t, c10::string_view, int64_t)>("rotary_attention::rotary_");
+  static const auto op = typed_op<void(
+      at::Tensor&,
+      const at::Tensor&,
+      const std::optional<at::Tensor>&,
+      int64_t,
+      c10::string_view,
+      int64_t)>("rotary_attention::rotary_");
   op.call(x, inv_freq, positions, offset, layout, rotary_dim);
   return x;
 }

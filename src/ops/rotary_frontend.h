@@ -20,7 +20,7 @@ namespace rotary_attention::ops {
 // Where the two members of rotation pair j live inside the rotated features.
 enum class PairLayout {
   Interleaved, // (2j, 2j + 1)
-  Half, // (j, j + rotary_dim / 2)
+  Half,        // (j, j + rotary_dim / 2)
 };
 
 struct Layouts {
@@ -40,14 +40,14 @@ inline Layouts parse_layout(c10::string_view layout) {
   }
   TORCH_CHECK(
       false,
-      "rotary: layout must be \"interleaved_to_half\" (the default), \"interleaved\" or \"half\", got \"",
+      "rotary: layout must be \"interleaved_to_half\" (the default), \"interleaved\" or \"half\", "
+      "got \"",
       std::string(layout),
       "\"");
 }
 
 inline bool is_rotary_float(c10::ScalarType t) {
-  return t == c10::kFloat || t == c10::kDouble || t == c10::kHalf ||
-      t == c10::kBFloat16;
+  return t == c10::kFloat || t == c10::kDouble || t == c10::kHalf || t == c10::kBFloat16;
 }
 
 // Validates every argument; returns the effective rotary_dim.
@@ -61,55 +61,84 @@ inline c10::SymInt check_rotary_args(
   parse_layout(layout);
   TORCH_CHECK(
       x.dim() == 4,
-      op, ": expected x of shape (B, T, H, D), got a tensor of rank ", x.dim(),
-      " and shape ", x.sym_sizes());
+      op,
+      ": expected x of shape (B, T, H, D), got a tensor of rank ",
+      x.dim(),
+      " and shape ",
+      x.sym_sizes());
   TORCH_CHECK(
       is_rotary_float(x.scalar_type()),
-      op, ": x must be float32, float64, float16 or bfloat16, got ",
+      op,
+      ": x must be float32, float64, float16 or bfloat16, got ",
       x.scalar_type());
   TORCH_CHECK(
       inv_freq.dim() == 1 && is_rotary_float(inv_freq.scalar_type()),
-      op, ": inv_freq must be a 1-D floating tensor, got rank ", inv_freq.dim(),
-      " and dtype ", inv_freq.scalar_type());
+      op,
+      ": inv_freq must be a 1-D floating tensor, got rank ",
+      inv_freq.dim(),
+      " and dtype ",
+      inv_freq.scalar_type());
   TORCH_CHECK(
       inv_freq.device() == x.device(),
-      op, ": inv_freq must be on x's device (", x.device(), "), got ",
+      op,
+      ": inv_freq must be on x's device (",
+      x.device(),
+      "), got ",
       inv_freq.device());
   TORCH_CHECK(
       !inv_freq.requires_grad(),
-      op, ": inv_freq must not require grad (the operator does not "
+      op,
+      ": inv_freq must not require grad (the operator does not "
       "differentiate with respect to the frequencies)");
   const c10::SymInt& D = x.sym_size(3);
   c10::SymInt rd = rotary_dim < 0 ? D : c10::SymInt(rotary_dim);
   TORCH_CHECK(
       rotary_dim >= -1,
-      op, ": rotary_dim must be -1 (all of D) or a positive even number, got ",
+      op,
+      ": rotary_dim must be -1 (all of D) or a positive even number, got ",
       rotary_dim);
   TORCH_CHECK(
       rd % 2 == 0 && rd <= D,
-      op, ": the rotated size must be even and at most D (head dim): got ",
-      "rotary_dim=", rd, " with x of shape ", x.sym_sizes(),
+      op,
+      ": the rotated size must be even and at most D (head dim): got ",
+      "rotary_dim=",
+      rd,
+      " with x of shape ",
+      x.sym_sizes(),
       " (x's last dimension must be even when rotary_dim is -1)");
   TORCH_CHECK(
       inv_freq.sym_numel() * 2 == rd,
-      op, ": inv_freq must have rotary_dim / 2 = ", rd / 2,
-      " entries (one per rotation pair), got ", inv_freq.sym_numel());
+      op,
+      ": inv_freq must have rotary_dim / 2 = ",
+      rd / 2,
+      " entries (one per rotation pair), got ",
+      inv_freq.sym_numel());
   if (positions.has_value()) {
     const at::Tensor& p = *positions;
     TORCH_CHECK(
         p.scalar_type() == c10::kLong || p.scalar_type() == c10::kInt,
-        op, ": positions must be int64 or int32, got ", p.scalar_type());
+        op,
+        ": positions must be int64 or int32, got ",
+        p.scalar_type());
     TORCH_CHECK(
         p.device() == x.device(),
-        op, ": positions must be on x's device (", x.device(), "), got ",
+        op,
+        ": positions must be on x's device (",
+        x.device(),
+        "), got ",
         p.device());
     const bool per_token = p.dim() == 1 && p.sym_size(0) == x.sym_size(1);
-    const bool per_batch = p.dim() == 2 && p.sym_size(0) == x.sym_size(0) &&
-        p.sym_size(1) == x.sym_size(1);
+    const bool per_batch =
+        p.dim() == 2 && p.sym_size(0) == x.sym_size(0) && p.sym_size(1) == x.sym_size(1);
     TORCH_CHECK(
         per_token || per_batch,
-        op, ": positions must have shape (T,) or (B, T) = (", x.sym_size(0),
-        ", ", x.sym_size(1), "), got ", p.sym_sizes());
+        op,
+        ": positions must have shape (T,) or (B, T) = (",
+        x.sym_size(0),
+        ", ",
+        x.sym_size(1),
+        "), got ",
+        p.sym_sizes());
   }
   return rd;
 }
@@ -127,8 +156,8 @@ inline void check_in_place_target(const at::Tensor& x) {
 inline c10::ScalarType rotary_math_dtype(const at::Tensor& x, const at::Tensor& inv_freq) {
   const auto t = x.scalar_type();
   return (t == at::kDouble || (t == at::kFloat && inv_freq.scalar_type() == at::kDouble))
-      ? at::kDouble
-      : at::kFloat;
+             ? at::kDouble
+             : at::kFloat;
 }
 
 // The dtype angles are computed in: the frequencies' (fp32 for 16-bit ones).
@@ -139,12 +168,12 @@ inline c10::ScalarType rotary_angle_dtype(const at::Tensor& inv_freq) {
 // One checked call, as a device's rotation routine receives it.
 struct RotaryCall {
   const at::Tensor& x; // (B, T, H, D), any strides, not empty
-  at::Tensor& out; // x's shape and dtype: contiguous, or x itself (in_place)
+  at::Tensor& out;     // x's shape and dtype: contiguous, or x itself (in_place)
   const at::Tensor& inv_freq;
   const std::optional<at::Tensor>& positions;
   int64_t offset;
   Layouts layouts; // where pairs are read from and written to (swapped for the inverse)
-  bool inverse; // rotate by -angle (the backward)
+  bool inverse;    // rotate by -angle (the backward)
   bool in_place;
   int64_t rotary_dim;
 };
@@ -170,7 +199,11 @@ struct RotaryKernels {
                            .guard_int(__FILE__, __LINE__);
     TORCH_CHECK(
         x.device().type() == Device::type,
-        op, ": the ", c10::DeviceTypeName(Device::type), " kernel got x on ", x.device());
+        op,
+        ": the ",
+        c10::DeviceTypeName(Device::type),
+        " kernel got x on ",
+        x.device());
     Layouts layouts = parse_layout(layout);
     if (inverse) {
       std::swap(layouts.in, layouts.out);
@@ -178,9 +211,9 @@ struct RotaryKernels {
     if (in_place && layouts.in != layouts.out && !Device::in_place_across_layouts) {
       return x.copy_(run(op, x, inv_freq, positions, offset, layout, rotary_dim, inverse, false));
     }
-    at::Tensor out = in_place
-        ? x
-        : at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    at::Tensor out =
+        in_place ? x
+                 : at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
     if (x.numel() > 0) {
       Device::rotate({x, out, inv_freq, positions, offset, layouts, inverse, in_place, rd});
     }
@@ -204,7 +237,8 @@ struct RotaryKernels {
       int64_t offset,
       c10::string_view layout,
       int64_t rotary_dim) {
-    return run("rotary_backward", grad, inv_freq, positions, offset, layout, rotary_dim, true, false);
+    return run(
+        "rotary_backward", grad, inv_freq, positions, offset, layout, rotary_dim, true, false);
   }
 
   static void in_place(

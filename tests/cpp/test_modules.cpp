@@ -21,9 +21,18 @@ TEST_CASE("MultiHeadAttention options and state-dict keys are the original's", "
     keys.insert(k);
   }
   const std::set<std::string> want = {
-      "attn_ln.weight", "attn_ln.bias", "key.weight", "out.weight", "out.bias",
-      "query.weight", "query.bias", "rotary_emb.inv_freq", "rotation_layer.rotation_matrix",
-      "temperature", "value.weight", "value.bias"};
+      "attn_ln.weight",
+      "attn_ln.bias",
+      "key.weight",
+      "out.weight",
+      "out.bias",
+      "query.weight",
+      "query.bias",
+      "rotary_emb.inv_freq",
+      "rotation_layer.rotation_matrix",
+      "temperature",
+      "value.weight",
+      "value.bias"};
   REQUIRE(keys == want);
   REQUIRE(mha->temperature.item<float>() == Approx(1.0 / 4.0));
   REQUIRE(torch::equal(mha->rotation_layer->rotation_matrix, torch::eye(16)));
@@ -91,13 +100,17 @@ TEST_CASE("KVCache grows for self-attention and is reused for cross-attention", 
 }
 
 TEST_CASE("MultiHeadAttention rejects bad input with clear errors", "[mha][errors]") {
-  REQUIRE_THROWS_WITH(ra::MultiHeadAttention(ra::MultiHeadAttentionOptions(30, 4)), Catch::Contains("divisible"));
-  REQUIRE_THROWS_WITH(ra::MultiHeadAttention(ra::MultiHeadAttentionOptions(30, 2)), Catch::Contains("even"));
+  REQUIRE_THROWS_WITH(
+      ra::MultiHeadAttention(ra::MultiHeadAttentionOptions(30, 4)), Catch::Contains("divisible"));
+  REQUIRE_THROWS_WITH(
+      ra::MultiHeadAttention(ra::MultiHeadAttentionOptions(30, 2)), Catch::Contains("even"));
   ra::MultiHeadAttention mha(ra::MultiHeadAttentionOptions(32, 4).sdpa(false));
   REQUIRE_THROWS_WITH(mha(torch::randn({4, 32})), Catch::Contains("(B, T, n_state=32)"));
   REQUIRE_THROWS_WITH(mha(torch::randn({1, 4, 16})), Catch::Contains("(B, T, n_state=32)"));
-  REQUIRE_THROWS_WITH(mha(torch::randn({1, 4, 32}), torch::randn({1, 4, 8})), Catch::Contains("xa"));
-  REQUIRE_THROWS_WITH(mha->forward(torch::randn({1, 4, 32}), {}, torch::zeros({4})), Catch::Contains("2-D"));
+  REQUIRE_THROWS_WITH(
+      mha(torch::randn({1, 4, 32}), torch::randn({1, 4, 8})), Catch::Contains("xa"));
+  REQUIRE_THROWS_WITH(
+      mha->forward(torch::randn({1, 4, 32}), {}, torch::zeros({4})), Catch::Contains("2-D"));
   // Explicit path, cross-attention with a mask: the original cannot add mask[:T, :T] either.
   REQUIRE_THROWS_WITH(
       mha(torch::randn({1, 4, 32}), torch::randn({1, 6, 32}), torch::zeros({8, 8})),
@@ -108,7 +121,8 @@ TEST_CASE("MultiHeadAttention rejects bad input with clear errors", "[mha][error
   REQUIRE(out.sizes() == torch::IntArrayRef({1, 32, 32}));
 }
 
-TEST_CASE("RotationLayer: identity at construction, orthogonal after reset_parameters", "[rotation]") {
+TEST_CASE(
+    "RotationLayer: identity at construction, orthogonal after reset_parameters", "[rotation]") {
   ra::RotationLayer r(8);
   auto x = torch::randn({3, 8});
   REQUIRE(torch::equal(r(x), x));
@@ -139,7 +153,8 @@ TEST_CASE("absolute_positions: decoding with a cache equals one causal pass", "[
     auto full = std::get<0>(mha->forward(x, {}, mask));
     ra::KVCache cache;
     std::vector<torch::Tensor> parts;
-    for (auto [start, n] : std::vector<std::pair<int64_t, int64_t>>{{0, 3}, {3, 1}, {4, 2}, {6, 1}}) {
+    for (auto [start, n] :
+         std::vector<std::pair<int64_t, int64_t>>{{0, 3}, {3, 1}, {4, 2}, {6, 1}}) {
       parts.push_back(std::get<0>(mha->forward(x.narrow(1, start, n), {}, mask, &cache)));
     }
     CAPTURE(sdpa);

@@ -13,10 +13,16 @@ namespace {
 torch::Tensor original_rotate(const torch::Tensor& x, const torch::Tensor& inv_freq) {
   auto t = torch::arange(x.size(1), torch::TensorOptions().device(x.device()));
   auto sinusoid = torch::einsum("i , j -> i j", {t, inv_freq});
-  auto sin = sinusoid.sin().index({torch::indexing::None, torch::indexing::Slice(),
-                                   torch::indexing::None, torch::indexing::Slice()});
-  auto cos = sinusoid.cos().index({torch::indexing::None, torch::indexing::Slice(),
-                                   torch::indexing::None, torch::indexing::Slice()});
+  auto sin = sinusoid.sin().index(
+      {torch::indexing::None,
+       torch::indexing::Slice(),
+       torch::indexing::None,
+       torch::indexing::Slice()});
+  auto cos = sinusoid.cos().index(
+      {torch::indexing::None,
+       torch::indexing::Slice(),
+       torch::indexing::None,
+       torch::indexing::Slice()});
   using torch::indexing::Slice;
   auto x1 = x.index({"...", Slice(0, torch::indexing::None, 2)});
   auto x2 = x.index({"...", Slice(1, torch::indexing::None, 2)});
@@ -32,7 +38,8 @@ torch::Tensor inv_freq_for(int64_t dim) {
 TEST_CASE("the operator is registered by linking the library", "[op]") {
   auto schema = c10::Dispatcher::singleton().findSchema({"rotary_attention::rotary", ""});
   REQUIRE(schema.has_value());
-  auto backward = c10::Dispatcher::singleton().findSchema({"rotary_attention::rotary_backward", ""});
+  auto backward =
+      c10::Dispatcher::singleton().findSchema({"rotary_attention::rotary_backward", ""});
   REQUIRE(backward.has_value());
 }
 
@@ -72,7 +79,8 @@ TEST_CASE("rotary handles strided input, fp64 and half types", "[op]") {
   }
 }
 
-TEST_CASE("rotary autograd: backward is the inverse rotation, double backward works", "[op][autograd]") {
+TEST_CASE(
+    "rotary autograd: backward is the inverse rotation, double backward works", "[op][autograd]") {
   torch::manual_seed(2);
   auto x = torch::randn({2, 5, 3, 8}, torch::kDouble).requires_grad_();
   auto f = inv_freq_for(8).to(torch::kDouble);
@@ -84,7 +92,8 @@ TEST_CASE("rotary autograd: backward is the inverse rotation, double backward wo
   auto gx_ref = torch::autograd::grad({original_rotate(x_ref, f)}, {x_ref}, {g})[0];
   REQUIRE(torch::allclose(gx, gx_ref, 1e-12, 1e-12));
   // The rotation is orthogonal: backward(forward(x)) == x.
-  REQUIRE(torch::allclose(ra::rotary_backward(ra::rotary(x.detach(), f), f), x.detach(), 1e-12, 1e-12));
+  REQUIRE(
+      torch::allclose(ra::rotary_backward(ra::rotary(x.detach(), f), f), x.detach(), 1e-12, 1e-12));
 
   // Second order: d/dx <grad_x(g), h> = 0 (linear), d/dg <grad_x(g), h> = rotary(h).
   auto gg = g.clone().requires_grad_();
@@ -120,12 +129,19 @@ TEST_CASE("rotary rejects bad input with clear errors", "[op][errors]") {
   auto f = inv_freq_for(8);
   REQUIRE_THROWS_WITH(ra::rotary(torch::randn({2, 3, 8}), f), Catch::Contains("(B, T, H, D)"));
   REQUIRE_THROWS_WITH(ra::rotary(torch::randn({1, 2, 1, 7}), f), Catch::Contains("even"));
-  REQUIRE_THROWS_WITH(ra::rotary(torch::randn({1, 2, 1, 8}), inv_freq_for(4)), Catch::Contains("inv_freq must have"));
-  REQUIRE_THROWS_WITH(ra::rotary(torch::ones({1, 2, 1, 8}, torch::kLong), f), Catch::Contains("float32"));
-  REQUIRE_THROWS_WITH(ra::rotary(torch::randn({1, 2, 1, 8}), f, std::nullopt, 0, "gptj"), Catch::Contains("layout"));
-  REQUIRE_THROWS_WITH(ra::rotary(torch::randn({1, 2, 1, 8}), f, torch::arange(3)), Catch::Contains("positions"));
   REQUIRE_THROWS_WITH(
-      ra::rotary(torch::randn({1, 2, 1, 8}), f.clone().requires_grad_()), Catch::Contains("must not require grad"));
+      ra::rotary(torch::randn({1, 2, 1, 8}), inv_freq_for(4)),
+      Catch::Contains("inv_freq must have"));
+  REQUIRE_THROWS_WITH(
+      ra::rotary(torch::ones({1, 2, 1, 8}, torch::kLong), f), Catch::Contains("float32"));
+  REQUIRE_THROWS_WITH(
+      ra::rotary(torch::randn({1, 2, 1, 8}), f, std::nullopt, 0, "gptj"),
+      Catch::Contains("layout"));
+  REQUIRE_THROWS_WITH(
+      ra::rotary(torch::randn({1, 2, 1, 8}), f, torch::arange(3)), Catch::Contains("positions"));
+  REQUIRE_THROWS_WITH(
+      ra::rotary(torch::randn({1, 2, 1, 8}), f.clone().requires_grad_()),
+      Catch::Contains("must not require grad"));
   auto empty = ra::rotary(torch::randn({0, 4, 2, 8}), f);
   REQUIRE(empty.sizes() == torch::IntArrayRef({0, 4, 2, 8}));
 }

@@ -31,7 +31,8 @@ TEST_CASE("state dict round trip through a torch.save-format file", "[serialize]
   REQUIRE(torch::equal(std::get<0>(a(x)), std::get<0>(b(x))));
 }
 
-TEST_CASE("strict loading names the bad key and leaves the module unchanged", "[serialize][errors]") {
+TEST_CASE(
+    "strict loading names the bad key and leaves the module unchanged", "[serialize][errors]") {
   ra::MultiHeadAttention m(ra::MultiHeadAttentionOptions(32, 4));
   const auto before = m->query->weight.clone();
   auto good = ra::state_dict(*ra::MultiHeadAttention(ra::MultiHeadAttentionOptions(32, 4)));
@@ -56,5 +57,6 @@ TEST_CASE("strict loading names the bad key and leaves the module unchanged", "[
   REQUIRE(result.missing_keys == std::vector<std::string>{"key.weight"});
   REQUIRE(torch::equal(m->query->weight, good.at("query.weight")));
 
-  REQUIRE_THROWS_WITH(ra::load_state_dict(*m, temp_path("does-not-exist.pt")), Catch::Contains("cannot open"));
+  REQUIRE_THROWS_WITH(
+      ra::load_state_dict(*m, temp_path("does-not-exist.pt")), Catch::Contains("cannot open"));
 }

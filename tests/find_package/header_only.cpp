@@ -9,7 +9,8 @@
 
 int main() {
   if (!c10::Dispatcher::singleton().findSchema({"rotary_attention::rotary", ""}).has_value()) {
-    std::cerr << "rotary_attention::rotary is not registered when only " << RA_HEADER << " is included\n";
+    std::cerr << "rotary_attention::rotary is not registered when only " << RA_HEADER
+              << " is included\n";
     return 1;
   }
   std::cout << "operator registered with only " << RA_HEADER << " included\n";

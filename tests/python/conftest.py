@@ -10,7 +10,6 @@ import torch
 import rotary_attention
 from rotary_attention import reference
 
-
 randomize = reference.randomize_weights_
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["interleaved_to_half", "interleaved", "half"]

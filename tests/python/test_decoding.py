@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import rotary_attention
-from rotary_attention import reference
 from conftest import DEVICES, causal_mask, make_pair, original_sdpa
 
 N_STATE, N_HEAD = 64, 4

@@ -1,14 +1,13 @@
 """The C++-backed layers against the original layers, in the same process."""
 
-import itertools
 import os
 
 import pytest
 import torch
 
 import rotary_attention
-from rotary_attention import reference
 from conftest import DEVICES, causal_mask, grad_tolerances, make_pair, original_sdpa
+from rotary_attention import reference
 
 # Forward outputs on the CPU are compared bitwise: the port runs the original's
 # ATen ops in the original's order and its rotary kernel reproduces the
@@ -156,7 +155,9 @@ def test_rotary_embedding_and_rotation_layer_parity():
         assert torch.equal(port.inv_freq, ref.inv_freq)
         x = torch.randn(2, 9, 3, dim)
         torch.testing.assert_close(port.rotate_queries_or_keys(x), ref.rotate_queries_or_keys(x), rtol=0, atol=0)
-    assert torch.equal(rotary_attention.RotaryEmbedding(8, base=500).inv_freq, reference.RotaryEmbedding(8, base=500).inv_freq)
+    assert torch.equal(
+        rotary_attention.RotaryEmbedding(8, base=500).inv_freq, reference.RotaryEmbedding(8, base=500).inv_freq
+    )
     ref_r, port_r = reference.RotationLayer(8), rotary_attention.RotationLayer(8)
     ref_r.reset_parameters()
     port_r.load_state_dict(ref_r.state_dict())

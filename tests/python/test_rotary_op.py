@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import rotary_attention
-from conftest import DEVICES, DTYPES, LAYOUTS, NEEDS_CUDA, inv_freq, original_rotate as original
+from conftest import DEVICES, DTYPES, NEEDS_CUDA, inv_freq
+from conftest import original_rotate as original
 
 rotary = torch.ops.rotary_attention.rotary
 

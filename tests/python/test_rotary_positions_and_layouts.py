@@ -10,7 +10,8 @@ import sys
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rotary_attention
 from conftest import DEVICES, DTYPES, LAYOUTS, inv_freq, table_reference
@@ -69,13 +70,19 @@ def test_property_random_shapes_strides_dtypes_positions(case):
     g = torch.Generator().manual_seed(seed)
     x = make_view(B, T, H, D, dtype, view, g)
     f = inv_freq(rd, torch.float64 if dtype == torch.float64 else torch.float32)
-    pos = {None: None, "t": torch.randint(0, 5000, (T,), generator=g), "bt": torch.randint(0, 5000, (B, T), generator=g)}[positions]
+    pos = {
+        None: None,
+        "t": torch.randint(0, 5000, (T,), generator=g),
+        "bt": torch.randint(0, 5000, (B, T), generator=g),
+    }[positions]
     got = rotary(x, f, positions=pos, offset=offset, layout=layout, rotary_dim=rd)
     assert got.dtype == dtype and got.shape == x.shape and got.is_contiguous()
     want = table_reference(x, f, pos, offset, layout, rd)
     torch.testing.assert_close(got.double(), want, rtol=tol(dtype), atol=tol(dtype))
     # The backward op inverts it.
-    back = torch.ops.rotary_attention.rotary_backward(got, f, positions=pos, offset=offset, layout=layout, rotary_dim=rd)
+    back = torch.ops.rotary_attention.rotary_backward(
+        got, f, positions=pos, offset=offset, layout=layout, rotary_dim=rd
+    )
     torch.testing.assert_close(back.double(), x.double(), rtol=4 * tol(dtype), atol=4 * tol(dtype))
     # In place gives the same values and keeps x's strides.
     y = x.clone()

@@ -8,9 +8,8 @@ import warnings
 import pytest
 import torch
 
-import rotary_attention
-from rotary_attention import reference, scriptable
 from conftest import causal_mask, original_sdpa
+from rotary_attention import reference, scriptable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD_DIR = os.environ.get("RA_BUILD_DIR", os.path.join(ROOT, "build"))
@@ -70,7 +69,9 @@ def test_cpp_program_runs_the_scripted_model(tmp_path, sdpa):
     x, mask = torch.randn(2, 7, 64), causal_mask(10)
     torch.save({"x": x, "mask": mask}, tmp_path / "inputs.pt")
 
-    subprocess.run([exe] + [os.fspath(tmp_path / n) for n in ("model.pt", "weights.pt", "inputs.pt", "outputs.pt")], check=True)
+    subprocess.run(
+        [exe] + [os.fspath(tmp_path / n) for n in ("model.pt", "weights.pt", "inputs.pt", "outputs.pt")], check=True
+    )
 
     outputs = torch.load(tmp_path / "outputs.pt", weights_only=True)
     with original_sdpa(sdpa), torch.no_grad():

@@ -23,8 +23,7 @@ struct RotaryEmbeddingOptions {
 
 /// Options for `MultiHeadAttention`. Defaults are the original's.
 struct MultiHeadAttentionOptions {
-  MultiHeadAttentionOptions(int64_t n_state, int64_t n_head)
-      : n_state_(n_state), n_head_(n_head) {}
+  MultiHeadAttentionOptions(int64_t n_state, int64_t n_head) : n_state_(n_state), n_head_(n_head) {}
   TORCH_ARG(int64_t, n_state);
   TORCH_ARG(int64_t, n_head);
   /// Dropout on the attention weights, explicit path only, training only.

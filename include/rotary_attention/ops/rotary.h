@@ -85,5 +85,4 @@ bool built_with_cuda();
 /// avx512_bf16), read once; every choice gives bitwise the same results.
 std::string cpu_kernel_capability();
 
-
 } // namespace rotary_attention

@@ -43,9 +43,9 @@ class RotaryFunction : public torch::autograd::Function<RotaryFunction<Backward>
     const std::string layout = ctx->saved_data["layout"].toStringRef();
     const int64_t rotary_dim = ctx->saved_data["rotary_dim"].toInt();
     const at::Tensor& grad = grad_outputs[0];
-    at::Tensor grad_x = Backward
-        ? rotary(grad, saved[0], positions, offset, layout, rotary_dim)
-        : rotary_backward(grad, saved[0], positions, offset, layout, rotary_dim);
+    at::Tensor grad_x =
+        Backward ? rotary(grad, saved[0], positions, offset, layout, rotary_dim)
+                 : rotary_backward(grad, saved[0], positions, offset, layout, rotary_dim);
     return {grad_x, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

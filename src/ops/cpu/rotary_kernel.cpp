@@ -39,9 +39,17 @@ Capability usable_capability() {
   if (const char* cap = std::getenv("ROTARY_ATTENTION_CPU_CAPABILITY")) {
     const std::string v = cap;
     if (v == "default" || v == "avx2" || v == "avx512" || v == "avx512_bf16") {
-      best = std::min(best, v == "default" ? kDefault : v == "avx2" ? kAvx2 : v == "avx512" ? kAvx512 : kAvx512Bf16);
+      best = std::min(
+          best,
+          v == "default"  ? kDefault
+          : v == "avx2"   ? kAvx2
+          : v == "avx512" ? kAvx512
+                          : kAvx512Bf16);
     } else {
-      TORCH_WARN("ROTARY_ATTENTION_CPU_CAPABILITY=", v, " ignored: expected default, avx2, avx512 or avx512_bf16");
+      TORCH_WARN(
+          "ROTARY_ATTENTION_CPU_CAPABILITY=",
+          v,
+          " ignored: expected default, avx2, avx512 or avx512_bf16");
     }
   }
   return best;
@@ -84,8 +92,16 @@ struct Cpu {
 
   static void rotate(const RotaryCall& c) {
     const RotaryTables tables = make_rotary_tables(c.x, c.inv_freq, c.positions, c.offset);
-    loop().rotate({c.x, c.out, tables.cos, tables.sin, tables.per_batch, c.layouts, c.inverse,
-                 c.rotary_dim, c.in_place});
+    loop().rotate(
+        {c.x,
+         c.out,
+         tables.cos,
+         tables.sin,
+         tables.per_batch,
+         c.layouts,
+         c.inverse,
+         c.rotary_dim,
+         c.in_place});
   }
 };
 

@@ -21,6 +21,9 @@
 #include <vector>
 
 #include "rotary_loop.h"
+#if defined(CPU_CAPABILITY_AVX512)
+#include "rotary_row_bf16_avx512.h"
+#endif
 
 #ifndef CPU_CAPABILITY
 #error "CMake compiles this file with CPU_CAPABILITY set"
@@ -40,7 +43,8 @@ inline Vectorized<scalar_t> narrow(const Vectorized<float>& lo, const Vectorized
     // denormals to zero and quiets NaNs its own way, so vectors holding
     // either (rare) take ATen's path: results are bitwise the same on every CPU.
     constexpr int nan_or_denormal = 0x01 | 0x20 | 0x80; // QNaN, denormal, SNaN
-    if ((_mm512_fpclass_ps_mask(lo, nan_or_denormal) | _mm512_fpclass_ps_mask(hi, nan_or_denormal)) == 0) {
+    if ((_mm512_fpclass_ps_mask(lo, nan_or_denormal) |
+         _mm512_fpclass_ps_mask(hi, nan_or_denormal)) == 0) {
       return Vectorized<scalar_t>((__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
   }
@@ -148,15 +152,16 @@ inline void rotate_row_16bit(
   using VecS = Vectorized<scalar_t>;
   constexpr int64_t V = VecF::size();
   static_assert(VecS::size() == 2 * V, "a 16-bit vector holds two fp32 vectors");
-  auto rotate = [](const VecF& x1, const VecF& x2, const VecF& c, const VecF& s, VecF& o1, VecF& o2) {
-    if constexpr (Inverse) {
-      o1 = x1 * c + x2 * s;
-      o2 = x2 * c - x1 * s;
-    } else {
-      o1 = x1 * c - x2 * s;
-      o2 = x1 * s + x2 * c;
-    }
-  };
+  auto rotate =
+      [](const VecF& x1, const VecF& x2, const VecF& c, const VecF& s, VecF& o1, VecF& o2) {
+        if constexpr (Inverse) {
+          o1 = x1 * c + x2 * s;
+          o2 = x2 * c - x1 * s;
+        } else {
+          o1 = x1 * c - x2 * s;
+          o2 = x1 * s + x2 * c;
+        }
+      };
   for (int64_t j = 0; j < half; j += 2 * V) {
     VecF x1a, x2a, x1b, x2b;
     if constexpr (In == PairLayout::Interleaved) {
@@ -202,9 +207,14 @@ void rotate_all(const RotateArgs& a) {
   // variant: a row's pairs are read and written at different places) or is strided.
   const bool direct_out = same_type && od == 1 && !a.in_place;
   // 16-bit rows that are contiguous on both sides skip the fp32 row buffers.
-  constexpr bool reduced = at::vec::is_reduced_floating_point_v<scalar_t> && std::is_same_v<math_t, float>;
+  constexpr bool reduced =
+      at::vec::is_reduced_floating_point_v<scalar_t> && std::is_same_v<math_t, float>;
   const bool fused_16bit = reduced && sd == 1 && od == 1 && !a.in_place && rd == D &&
-      half % (2 * Vectorized<float>::size()) == 0;
+                           half % (2 * Vectorized<float>::size()) == 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  const bool bf16_rows = std::is_same_v<scalar_t, at::BFloat16> && sd == 1 && od == 1 &&
+                         !a.in_place && rd == D && half % 16 == 0;
+#endif
 
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(H * D, 1));
   at::parallel_for(0, B * T, grain, [&](int64_t begin, int64_t end) {
@@ -215,6 +225,22 @@ void rotate_all(const RotateArgs& a) {
       const int64_t p = per_batch ? token : t;
       const math_t* cos_row = cos_data + p * half;
       const math_t* sin_row = sin_data + p * half;
+#if defined(CPU_CAPABILITY_AVX512)
+      if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+        if (bf16_rows) {
+          bf16_avx512::rotate_token<In, Out, Inverse>(
+              x_data + b * sb + t * st,
+              out_data + b * ob + t * ot,
+              H,
+              sh,
+              oh,
+              cos_row,
+              sin_row,
+              half);
+          continue;
+        }
+      }
+#endif
       for (int64_t h = 0; h < H; ++h) {
         const scalar_t* src = x_data + b * sb + t * st + h * sh;
         scalar_t* dst = out_data + b * ob + t * ot + h * oh;
@@ -259,10 +285,10 @@ void rotate_typed(const RotateArgs& a) {
   using P = PairLayout;
   const auto in = a.layouts.in, out = a.layouts.out;
   const bool inv = a.inverse;
-#define RA_CASE(IN, OUT)                                                   \
-  if (in == P::IN && out == P::OUT) {                                      \
-    return inv ? rotate_all<scalar_t, math_t, P::IN, P::OUT, true>(a)      \
-               : rotate_all<scalar_t, math_t, P::IN, P::OUT, false>(a);    \
+#define RA_CASE(IN, OUT)                                                \
+  if (in == P::IN && out == P::OUT) {                                   \
+    return inv ? rotate_all<scalar_t, math_t, P::IN, P::OUT, true>(a)   \
+               : rotate_all<scalar_t, math_t, P::IN, P::OUT, false>(a); \
   }
   RA_CASE(Interleaved, Half)
   RA_CASE(Half, Interleaved)

@@ -61,8 +61,10 @@ inline RotaryTables make_rotary_tables(
   const auto angle_dtype = rotary_angle_dtype(inv_freq);
   const at::Tensor angles = rotary_angles(x, inv_freq, positions, offset, angle_dtype);
   const auto math = rotary_math_dtype(x, inv_freq);
-  return {angles.cos().to(math).contiguous(), angles.sin().to(math).contiguous(),
-          positions.has_value() && positions->dim() == 2};
+  return {
+      angles.cos().to(math).contiguous(),
+      angles.sin().to(math).contiguous(),
+      positions.has_value() && positions->dim() == 2};
 }
 
 } // namespace rotary_attention::ops::cpu

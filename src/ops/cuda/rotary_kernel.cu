@@ -25,12 +25,12 @@ struct Shape {
   int64_t tokens, T, H, D;
   int64_t sb, st, sh, sd; // x's strides, in elements
   int64_t ob, ot, oh, od; // out's strides (out is x for the in-place variant)
-  int64_t half; // rotary_dim / 2
+  int64_t half;           // rotary_dim / 2
   int64_t rotary_dim;
   int64_t offset;
-  bool per_batch; // positions are (B, T), else (T,)
+  bool per_batch;   // positions are (B, T), else (T,)
   bool pair_access; // interleaved pairs may be read as one aligned vector
-  bool pair_store; // ... and written as one
+  bool pair_store;  // ... and written as one
 };
 
 template <typename T>
@@ -38,16 +38,38 @@ struct alignas(2 * sizeof(T)) Pair {
   T a, b;
 };
 
-__device__ __forceinline__ void sin_cos(float a, float* s, float* c) { sincosf(a, s, c); }
-__device__ __forceinline__ void sin_cos(double a, double* s, double* c) { sincos(a, s, c); }
-__device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float sub(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double sub(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ void sin_cos(float a, float* s, float* c) {
+  sincosf(a, s, c);
+}
+__device__ __forceinline__ void sin_cos(double a, double* s, double* c) {
+  sincos(a, s, c);
+}
+__device__ __forceinline__ float mul(float a, float b) {
+  return __fmul_rn(a, b);
+}
+__device__ __forceinline__ double mul(double a, double b) {
+  return __dmul_rn(a, b);
+}
+__device__ __forceinline__ float add(float a, float b) {
+  return __fadd_rn(a, b);
+}
+__device__ __forceinline__ double add(double a, double b) {
+  return __dadd_rn(a, b);
+}
+__device__ __forceinline__ float sub(float a, float b) {
+  return __fsub_rn(a, b);
+}
+__device__ __forceinline__ double sub(double a, double b) {
+  return __dsub_rn(a, b);
+}
 
-template <typename scalar_t, typename math_t, typename angle_t, PairLayout In, PairLayout Out, bool Inverse>
+template <
+    typename scalar_t,
+    typename math_t,
+    typename angle_t,
+    PairLayout In,
+    PairLayout Out,
+    bool Inverse>
 __global__ void rotate_kernel(
     const scalar_t* x, // not __restrict__: out is x for the in-place variant
     scalar_t* out,
@@ -103,10 +125,22 @@ __global__ void rotate_kernel(
   }
 }
 
-template <typename scalar_t, typename math_t, typename angle_t, PairLayout In, PairLayout Out, bool Inverse>
-void launch(const at::Tensor& x, at::Tensor& out, const at::Tensor& freq, const at::Tensor& pos, const Shape& s) {
+template <
+    typename scalar_t,
+    typename math_t,
+    typename angle_t,
+    PairLayout In,
+    PairLayout Out,
+    bool Inverse>
+void launch(
+    const at::Tensor& x,
+    at::Tensor& out,
+    const at::Tensor& freq,
+    const at::Tensor& pos,
+    const Shape& s) {
   // x: pairs; y: tokens per block, so a block holds ~256 threads.
-  const int64_t bx = std::min<int64_t>(128, ((std::max<int64_t>(s.half, s.D - s.rotary_dim) + 31) / 32) * 32);
+  const int64_t bx =
+      std::min<int64_t>(128, ((std::max<int64_t>(s.half, s.D - s.rotary_dim) + 31) / 32) * 32);
   const int64_t by = std::max<int64_t>(1, 256 / bx);
   const dim3 block(static_cast<unsigned>(bx), static_cast<unsigned>(by));
   const dim3 grid(static_cast<unsigned>((s.tokens + by - 1) / by));
@@ -121,13 +155,20 @@ void launch(const at::Tensor& x, at::Tensor& out, const at::Tensor& freq, const 
 }
 
 template <typename scalar_t, typename math_t, typename angle_t>
-void launch_layout(Layouts l, bool inverse, const at::Tensor& x, at::Tensor& out, const at::Tensor& freq,
-                   const at::Tensor& pos, const Shape& s) {
+void launch_layout(
+    Layouts l,
+    bool inverse,
+    const at::Tensor& x,
+    at::Tensor& out,
+    const at::Tensor& freq,
+    const at::Tensor& pos,
+    const Shape& s) {
   using P = PairLayout;
-#define RA_CASE(IN, OUT)                                                                   \
-  if (l.in == P::IN && l.out == P::OUT) {                                                  \
-    return inverse ? launch<scalar_t, math_t, angle_t, P::IN, P::OUT, true>(x, out, freq, pos, s)   \
-                   : launch<scalar_t, math_t, angle_t, P::IN, P::OUT, false>(x, out, freq, pos, s); \
+#define RA_CASE(IN, OUT)                                                                        \
+  if (l.in == P::IN && l.out == P::OUT) {                                                       \
+    return inverse                                                                              \
+               ? launch<scalar_t, math_t, angle_t, P::IN, P::OUT, true>(x, out, freq, pos, s)   \
+               : launch<scalar_t, math_t, angle_t, P::IN, P::OUT, false>(x, out, freq, pos, s); \
   }
   RA_CASE(Interleaved, Half)
   RA_CASE(Half, Interleaved)
@@ -153,33 +194,52 @@ void Cuda::rotate(const RotaryCall& c) {
   const bool double_math = rotary_math_dtype(x, inv_freq) == at::kDouble;
   const bool double_angles = rotary_angle_dtype(inv_freq) == at::kDouble;
   const at::Tensor freq = inv_freq.to(rotary_angle_dtype(inv_freq)).contiguous();
-  const at::Tensor pos = c.positions.has_value() ? c.positions->to(at::kLong).contiguous() : at::Tensor();
+  const at::Tensor pos =
+      c.positions.has_value() ? c.positions->to(at::kLong).contiguous() : at::Tensor();
 
   auto pairs_aligned = [](const at::Tensor& t) {
-    return t.stride(3) == 1 && t.stride(2) % 2 == 0 && t.stride(1) % 2 == 0 && t.stride(0) % 2 == 0 &&
-        reinterpret_cast<uintptr_t>(t.const_data_ptr()) % (2 * t.element_size()) == 0;
+    return t.stride(3) == 1 && t.stride(2) % 2 == 0 && t.stride(1) % 2 == 0 &&
+           t.stride(0) % 2 == 0 &&
+           reinterpret_cast<uintptr_t>(t.const_data_ptr()) % (2 * t.element_size()) == 0;
   };
-  const Shape s{x.size(0) * x.size(1), x.size(1), x.size(2), x.size(3),
-                x.stride(0), x.stride(1), x.stride(2), x.stride(3),
-                out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-                c.rotary_dim / 2, c.rotary_dim, c.offset, pos.defined() && pos.dim() == 2,
-                pairs_aligned(x), pairs_aligned(out)};
+  const Shape s{
+      x.size(0) * x.size(1),
+      x.size(1),
+      x.size(2),
+      x.size(3),
+      x.stride(0),
+      x.stride(1),
+      x.stride(2),
+      x.stride(3),
+      out.stride(0),
+      out.stride(1),
+      out.stride(2),
+      out.stride(3),
+      c.rotary_dim / 2,
+      c.rotary_dim,
+      c.offset,
+      pos.defined() && pos.dim() == 2,
+      pairs_aligned(x),
+      pairs_aligned(out)};
   switch (x.scalar_type()) {
-    case at::kFloat:  // fp64 math exactly when the frequencies are fp64
+    case at::kFloat: // fp64 math exactly when the frequencies are fp64
       double_math ? launch_layout<float, double, double>(c.layouts, c.inverse, x, out, freq, pos, s)
                   : launch_layout<float, float, float>(c.layouts, c.inverse, x, out, freq, pos, s);
       break;
     case at::kDouble:
-      double_angles ? launch_layout<double, double, double>(c.layouts, c.inverse, x, out, freq, pos, s)
-                    : launch_layout<double, double, float>(c.layouts, c.inverse, x, out, freq, pos, s);
+      double_angles
+          ? launch_layout<double, double, double>(c.layouts, c.inverse, x, out, freq, pos, s)
+          : launch_layout<double, double, float>(c.layouts, c.inverse, x, out, freq, pos, s);
       break;
     case at::kHalf:
-      double_angles ? launch_layout<at::Half, float, double>(c.layouts, c.inverse, x, out, freq, pos, s)
-                    : launch_layout<at::Half, float, float>(c.layouts, c.inverse, x, out, freq, pos, s);
+      double_angles
+          ? launch_layout<at::Half, float, double>(c.layouts, c.inverse, x, out, freq, pos, s)
+          : launch_layout<at::Half, float, float>(c.layouts, c.inverse, x, out, freq, pos, s);
       break;
     case at::kBFloat16:
-      double_angles ? launch_layout<at::BFloat16, float, double>(c.layouts, c.inverse, x, out, freq, pos, s)
-                    : launch_layout<at::BFloat16, float, float>(c.layouts, c.inverse, x, out, freq, pos, s);
+      double_angles
+          ? launch_layout<at::BFloat16, float, double>(c.layouts, c.inverse, x, out, freq, pos, s)
+          : launch_layout<at::BFloat16, float, float>(c.layouts, c.inverse, x, out, freq, pos, s);
       break;
     default:
       TORCH_CHECK(false, "rotary: unsupported dtype ", x.scalar_type());

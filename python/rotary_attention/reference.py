@@ -139,14 +139,16 @@ class MultiHeadAttention(nn.Module):
 
 def randomize_weights_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random, non-trivial weights for parity checks: every parameter away from
-    its initial value, rotation matrices orthogonal but not the identity, and
-    temperatures away from head_dim**-0.5. Works on the original and the port."""
+    its initial value; rotation matrices neither the identity nor orthogonal
+    (an orthogonal R cancels in q @ k^T, so a dropped or transposed rotation
+    would go unseen; trained rotations are not orthogonal); temperatures away
+    from head_dim**-0.5. Works on the original and the port."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("rotation_matrix"):
-                q, _ = torch.linalg.qr(torch.randn(tuple(p.shape), generator=g, dtype=torch.float64))
-                p.copy_(q)
+                n = p.shape[0]
+                p.copy_(torch.eye(n) + torch.randn(n, n, generator=g) * (0.5 / n ** 0.5))
             elif name.endswith("temperature"):
                 p.fill_(0.8 + 0.4 * torch.rand(1, generator=g).item())
             else:

@@ -75,6 +75,56 @@ TEST_CASE("MultiHeadAttention gradients reach the input and every parameter", "[
   }
 }
 
+TEST_CASE("MultiHeadAttention gradients equal central finite differences (fp64)", "[mha]") {
+  // Independent of autograd: for a random direction v, <grad, v> must equal
+  // (L(w + eps v) - L(w - eps v)) / (2 eps). SDPA path (all fp64): eps 1e-6,
+  // truncation O(eps^2) and rounding 1e-16 / eps, so 1e-6 relative holds.
+  // Explicit path: its softmax runs in fp32 (as the original's qk.float()), so
+  // L carries fp32 noise (6e-8 |L|) that the quotient divides by eps: eps 1e-3
+  // keeps that near 1e-4 |L|; 2e-3 relative leaves room for the O(eps^2) term.
+  torch::manual_seed(11);
+  for (bool sdpa : {true, false}) {
+    ra::MultiHeadAttention mha(ra::MultiHeadAttentionOptions(16, 2).sdpa(sdpa).dropout_rate(0.0));
+    mha->to(torch::kDouble);
+    {
+      torch::NoGradGuard no_grad;
+      auto& R = mha->rotation_layer->rotation_matrix;
+      R.add_(torch::randn_like(R) * 0.3); // not orthogonal, so R does not cancel
+    }
+    auto x = torch::randn({2, 5, 16}, torch::kDouble).requires_grad_();
+    auto mask = torch::full({5, 5}, -INFINITY, torch::kDouble).triu(1);
+    auto weights = torch::randn({2, 5, 16}, torch::kDouble);
+    auto loss = [&] { return (std::get<0>(mha->forward(x, {}, mask)) * weights).sum(); };
+    loss().backward();
+    std::vector<std::pair<std::string, torch::Tensor>> tensors{{"x", x}};
+    for (const auto& p : mha->named_parameters()) {
+      tensors.emplace_back(p.key(), p.value());
+    }
+    for (auto& [name, t] : tensors) {
+      CAPTURE(sdpa, name);
+      if (sdpa && name == "temperature") {
+        REQUIRE_FALSE(t.grad().defined()); // the SDPA path ignores it, as the original does
+        continue;
+      }
+      auto v = torch::randn_like(t);
+      const double eps = sdpa ? 1e-6 : 1e-3;
+      const double tol = sdpa ? 1e-6 : 2e-3;
+      double up, down;
+      {
+        torch::NoGradGuard no_grad;
+        t.add_(v * eps);
+        up = loss().item<double>();
+        t.sub_(v * (2 * eps));
+        down = loss().item<double>();
+        t.add_(v * eps);
+      }
+      const double numeric = (up - down) / (2 * eps);
+      const double analytic = (t.grad() * v).sum().item<double>();
+      REQUIRE(std::abs(numeric - analytic) <= tol * std::max(1.0, std::abs(analytic)));
+    }
+  }
+}
+
 TEST_CASE("KVCache grows for self-attention and is reused for cross-attention", "[mha][cache]") {
   torch::manual_seed(2);
   ra::MultiHeadAttention self_attn(ra::MultiHeadAttentionOptions(32, 4));
@@ -160,5 +210,21 @@ TEST_CASE("absolute_positions: decoding with a cache equals one causal pass", "[
     CAPTURE(sdpa);
     REQUIRE(cache.length(mha.get()) == 7);
     REQUIRE(torch::allclose(torch::cat(parts, 1), full, sdpa ? 1e-10 : 2e-6, sdpa ? 1e-10 : 2e-6));
+
+    // The cache holds keys rotated at their absolute positions 0..6, then
+    // multiplied by R, written here without the module: a shift by one
+    // position (invisible in scores when R is orthogonal) shows here.
+    torch::NoGradGuard no_grad;
+    auto k = torch::nn::functional::linear(mha->layer_norm->forward(x), mha->key->weight)
+                 .view({2, 7, 4, 8});
+    auto f = mha->rotary_emb->inv_freq;
+    auto angle = torch::arange(7, torch::kDouble).unsqueeze(-1) * f.to(torch::kDouble);
+    auto cos = angle.cos().unsqueeze(1), sin = angle.sin().unsqueeze(1); // (7, 1, 4)
+    using torch::indexing::Slice;
+    auto x1 = k.index({"...", Slice(0, torch::indexing::None, 2)});
+    auto x2 = k.index({"...", Slice(1, torch::indexing::None, 2)});
+    auto rotated = torch::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
+    auto want = torch::matmul(rotated, mha->rotation_layer->rotation_matrix).view({2, 7, 32});
+    REQUIRE(torch::allclose(cache.find(mha.get())->key, want, 1e-10, 1e-10));
   }
 }

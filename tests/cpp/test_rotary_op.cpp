@@ -29,6 +29,39 @@ torch::Tensor original_rotate(const torch::Tensor& x, const torch::Tensor& inv_f
   return torch::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
 }
 
+// The rotation written independently of the kernels, in fp64: pair j of token
+// (b, t) turns by angle float(positions[b, t]) * inv_freq[j] (rounded in
+// inv_freq's dtype, as the operator documents); the layout says where pairs
+// are read from and written to; features past rotary_dim are copied.
+torch::Tensor formula_rotate(
+    const torch::Tensor& x,
+    const torch::Tensor& inv_freq,
+    const torch::Tensor& positions, // (B, T) int64, the offset included
+    const std::string& layout,
+    int64_t rotary_dim) {
+  using torch::indexing::Slice;
+  const int64_t half = rotary_dim / 2;
+  auto angle = positions.to(inv_freq.scalar_type()).unsqueeze(-1) * inv_freq; // (B, T, half)
+  auto cos = angle.to(torch::kDouble).cos().unsqueeze(2);
+  auto sin = angle.to(torch::kDouble).sin().unsqueeze(2);
+  auto xd = x.to(torch::kDouble);
+  auto rot = xd.narrow(3, 0, rotary_dim);
+  auto tail = xd.narrow(3, rotary_dim, x.size(3) - rotary_dim);
+  torch::Tensor x1, x2;
+  if (layout == "half") {
+    x1 = rot.narrow(3, 0, half);
+    x2 = rot.narrow(3, half, half);
+  } else {
+    x1 = rot.index({"...", Slice(0, torch::indexing::None, 2)});
+    x2 = rot.index({"...", Slice(1, torch::indexing::None, 2)});
+  }
+  auto o1 = x1 * cos - x2 * sin;
+  auto o2 = x1 * sin + x2 * cos;
+  auto out =
+      layout == "interleaved" ? torch::stack({o1, o2}, -1).flatten(-2) : torch::cat({o1, o2}, -1);
+  return torch::cat({out, tail}, -1);
+}
+
 torch::Tensor inv_freq_for(int64_t dim) {
   return ra::RotaryEmbedding(dim)->inv_freq.clone();
 }
@@ -107,22 +140,35 @@ TEST_CASE("rotary positions, offset, layouts and partial rotary", "[op]") {
   torch::manual_seed(3);
   auto x = torch::randn({2, 6, 2, 8});
   auto f = inv_freq_for(8);
-  // offset 3 == positions 3..8
+  // fp32 cos/sin and products against the fp64 formula: a few fp32 ulps of |x|.
+  const double tol = 1e-5;
+  // offset 3 == positions 3..8, and both are the formula at 3..8.
   auto pos = torch::arange(3, 9);
+  auto at_3 = formula_rotate(x, f, pos.expand({2, 6}), "interleaved_to_half", 8);
   REQUIRE(torch::equal(ra::rotary(x, f, std::nullopt, 3), ra::rotary(x, f, pos)));
+  REQUIRE(torch::allclose(ra::rotary(x, f, std::nullopt, 3).to(torch::kDouble), at_3, tol, tol));
+  REQUIRE_FALSE(torch::allclose(ra::rotary(x, f).to(torch::kDouble), at_3, tol, tol));
   // (B, T) positions: batch 1 at positions 0..5 equals the default.
   auto pos2 = torch::stack({torch::arange(10, 16), torch::arange(0, 6)});
   auto got = ra::rotary(x, f, pos2);
   REQUIRE(torch::equal(got.select(0, 1), ra::rotary(x, f).select(0, 1)));
-  // Every layout is undone by rotary_backward.
+  REQUIRE(
+      torch::allclose(
+          got.to(torch::kDouble), formula_rotate(x, f, pos2, "interleaved_to_half", 8), tol, tol));
+  // Every layout is the formula (offset on top of the positions), and is undone by rotary_backward.
   for (const char* layout : {"interleaved_to_half", "interleaved", "half"}) {
-    auto y = ra::rotary(x, f, pos2, 0, layout);
-    REQUIRE(torch::allclose(ra::rotary_backward(y, f, pos2, 0, layout), x, 1e-5, 1e-5));
+    CAPTURE(layout);
+    auto y = ra::rotary(x, f, pos2, 5, layout);
+    REQUIRE(
+        torch::allclose(y.to(torch::kDouble), formula_rotate(x, f, pos2 + 5, layout, 8), tol, tol));
+    REQUIRE(torch::allclose(ra::rotary_backward(y, f, pos2, 5, layout), x, 1e-5, 1e-5));
+    // Partial rotary: the first 4 features rotate, the tail is copied.
+    auto f4 = inv_freq_for(4);
+    auto part = ra::rotary(x, f4, pos2, 0, layout, 4);
+    REQUIRE(torch::equal(part.narrow(3, 4, 4), x.narrow(3, 4, 4)));
+    REQUIRE(
+        torch::allclose(part.to(torch::kDouble), formula_rotate(x, f4, pos2, layout, 4), tol, tol));
   }
-  // Partial rotary: the tail is copied.
-  auto f4 = inv_freq_for(4);
-  auto y = ra::rotary(x, f4, std::nullopt, 0, "half", 4);
-  REQUIRE(torch::equal(y.narrow(3, 4, 4), x.narrow(3, 4, 4)));
 }
 
 TEST_CASE("rotary rejects bad input with clear errors", "[op][errors]") {

@@ -79,13 +79,13 @@ def table_reference(x, f, positions=None, offset=0, layout="interleaved_to_half"
     B, T, H, D = x.shape
     rd = D if rotary_dim < 0 else rotary_dim
     half = rd // 2
-    max_pos = 20000
-    table = (torch.arange(max_pos, device=f.device).to(f.dtype)[:, None] * f[None]).double()  # (P, half)
-    cos_t, sin_t = table.cos(), table.sin()
     if positions is None:
         idx = torch.arange(T, device=x.device).expand(B, T) + offset
     else:
         idx = (positions if positions.dim() == 2 else positions.expand(B, T)).long() + offset
+    max_pos = int(idx.max()) + 1 if idx.numel() else 1
+    table = (torch.arange(max_pos, device=f.device).to(f.dtype)[:, None] * f[None]).double()  # (P, half)
+    cos_t, sin_t = table.cos(), table.sin()
     cos = cos_t[idx][:, :, None, :]  # (B, T, 1, half)
     sin = sin_t[idx][:, :, None, :]
     xd = x.double()
@@ -105,3 +105,36 @@ def table_reference(x, f, positions=None, offset=0, layout="interleaved_to_half"
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+def rotation_error_bound(want, x, f, dtype):
+    """How far a correct rotary result of dtype `dtype` may lie from the fp64
+    reference `want` (same shape as x), elementwise, for frequencies f. Where
+    the numbers come from: cos/sin are computed in f's dtype (fp32 for 16-bit
+    f), within 1 ulp; the math is fp32 (fp64 for fp64 x, or fp32 x with fp64
+    f): two products and a sum, each rounded once. So before the last rounding
+    the error is within 4 ulps of the coarser of the two dtypes times
+    |x1| + |x2| <= 2 max|x|, i.e. 8 ulps of max|x|; then the result is rounded
+    once to `dtype`: half an ulp of the result. A kernel doing its arithmetic in
+    16 bits, or computing angles in a narrower dtype, falls outside this bound
+    (tests check that such variants fail it)."""
+    math = (
+        torch.float64
+        if dtype == torch.float64 or (dtype == torch.float32 and f.dtype == torch.float64)
+        else torch.float32
+    )
+    trig = torch.float64 if f.dtype == torch.float64 else torch.float32
+    coarse_eps = max(torch.finfo(math).eps, torch.finfo(trig).eps)
+    w = want.double()
+    _, exponent = torch.frexp(w)  # |w| in [2^(e-1), 2^e)
+    eps, tiny = torch.finfo(dtype).eps, torch.finfo(dtype).tiny
+    half_ulp = 0.5 * eps * torch.ldexp(torch.ones_like(w), exponent - 1).clamp(min=tiny)
+    return half_ulp + 8 * coarse_eps * x.double().abs().max()
+
+
+def assert_rotation_close(got, want, x, f):
+    """got (any dtype) against the fp64 reference want, within rotation_error_bound."""
+    err = (got.double() - want.double()).abs()
+    bound = rotation_error_bound(want, x, f, got.dtype)
+    worst = (err / bound).max().item() if err.numel() else 0.0
+    assert worst <= 1.0, f"error {worst:.2f}x the bound for {got.dtype} (max error {err.max().item():.3g})"

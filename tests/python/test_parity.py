@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import rotary_attention
-from conftest import DEVICES, causal_mask, grad_tolerances, make_pair, original_sdpa
+from conftest import DEVICES, causal_mask, grad_tolerances, make_pair, original_sdpa, randomize
 from rotary_attention import reference
 
 # Forward outputs on the CPU are compared bitwise: the port runs the original's
@@ -259,3 +259,130 @@ def test_multi_head_attention_on_device(device, sdpa):
     if not sdpa:
         torch.testing.assert_close(got_qk, want_qk, rtol=1e-5, atol=1e-5)
     assert cache.length(port) == 3 and all(s.device.type == device for s in steps)
+
+
+def _shifted_by_one(rotate):
+    """rotate_queries_or_keys at positions 1..T instead of 0..T-1."""
+
+    def shifted(x):
+        padded = torch.cat([torch.zeros_like(x[:, :1]), x], 1)
+        return rotate(padded)[:, 1:]
+
+    return shifted
+
+
+def test_parity_set_up_makes_every_weight_visible():
+    """The parity tests see a bug only if the weights let it show. With
+    randomize_weights_, R is neither the identity nor orthogonal (an orthogonal
+    R cancels in q @ k^T), the temperature is moved, and a dropped or
+    transposed rotation, or positions shifted by one, change the original's
+    output far beyond rounding."""
+    ref = randomize(reference.MultiHeadAttention(64, 4), seed=0).double().eval()
+    R = ref.rotation_layer.rotation_matrix.detach().clone()
+    eye = torch.eye(16, dtype=torch.float64)
+    assert (R - eye).abs().max() > 0.1
+    assert (R @ R.T - eye).abs().max() > 0.1
+    assert abs(ref.temperature.item() - 16**-0.5) > 0.1
+    fresh = reference.MultiHeadAttention(64, 4).double().state_dict()
+    for name, value in ref.state_dict().items():
+        if name != "rotary_emb.inv_freq":
+            assert not torch.equal(value, fresh[name]), name
+    x = torch.randn(2, 7, 64, dtype=torch.float64)
+    mask = causal_mask(7, torch.float64)
+    for sdpa in (True, False):
+        with original_sdpa(sdpa), torch.no_grad():
+            base = ref(x, mask=mask)[0]
+            variants = {}
+            for name, matrix in {"dropped": eye, "transposed": R.T}.items():
+                ref.rotation_layer.rotation_matrix.copy_(matrix)
+                variants[name] = ref(x, mask=mask)[0]
+                ref.rotation_layer.rotation_matrix.copy_(R)
+            rotate = ref.rotary_emb.rotate_queries_or_keys
+            ref.rotary_emb.rotate_queries_or_keys = _shifted_by_one(rotate)
+            variants["positions + 1"] = ref(x, mask=mask)[0]
+            ref.rotary_emb.rotate_queries_or_keys = rotate
+        for name, out in variants.items():
+            assert (out - base).abs().max() > 1e-3, (sdpa, name)
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+def test_train_false_requires_grad_and_detached_state_dict(sdpa):
+    ref, port = make_pair(32, 4, sdpa=sdpa, dropout_rate=0.5, seed=6)
+    x = torch.randn(2, 5, 32)
+    port.train(False)
+    assert not port.training
+    with original_sdpa(sdpa), torch.no_grad():
+        want = ref(x)[0]  # ref is in eval mode: no dropout
+        assert torch.equal(port(x)[0], want) and torch.equal(port(x)[0], want)
+    assert port.requires_grad_(False) is port
+    assert not any(p.requires_grad for p in port.parameters())
+    assert port(x)[0].grad_fn is None
+    port.requires_grad_(True)
+    assert all(p.requires_grad for p in port.parameters())
+    state = port.state_dict()
+    assert not any(t.requires_grad for t in state.values())
+    params = dict(port.named_parameters())
+    kept = port.state_dict(keep_vars=True)
+    assert all(kept[n] is params[n] or kept[n].data_ptr() == params[n].data_ptr() for n in params)
+    assert all(kept[n].requires_grad for n in params)
+
+
+def test_sdpa_path_ignores_mask_values_and_has_no_dropout():
+    """The original's SDPA path only asks whether a mask is given (causal when
+    T > 1), and applies no dropout even in training; the port does the same."""
+    ref, port = make_pair(32, 4, sdpa=True, dropout_rate=0.5, seed=8)
+    ref.train()
+    port.train()
+    x = torch.randn(2, 6, 32)
+    causal = causal_mask(6)
+    random_values = torch.randn(6, 6)
+    with original_sdpa(True), torch.no_grad():
+        want = ref(x, mask=causal)[0]
+        assert torch.equal(port(x, mask=causal)[0], want)
+        assert torch.equal(port(x, mask=random_values)[0], want)
+        assert torch.equal(port(x, mask=causal)[0], port(x, mask=causal)[0])
+        # T == 1: no causal mask at all, whatever the mask (the original's n_ctx > 1).
+        x1 = torch.randn(2, 1, 32)
+        xa = torch.randn(2, 4, 32)
+        assert torch.equal(port(x1, xa=xa, mask=causal)[0], ref(x1, xa=xa, mask=None)[0])
+        assert not torch.equal(port(x1, xa=xa, mask=causal)[0], port(x1, xa=xa[:, :1], mask=causal)[0])
+
+
+def test_strict_loading_from_a_file_is_all_or_nothing(tmp_path):
+    ref, port = make_pair(32, 4, seed=2)
+    before = {k: v.clone() for k, v in port.state_dict().items()}
+    bad = dict(randomize(reference.MultiHeadAttention(32, 4), seed=9).state_dict())
+    bad["value.bias"] = torch.zeros(31)  # every key present, one shape wrong
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(RuntimeError, match="value.bias"):
+        port.load(str(tmp_path / "bad.pt"))
+    for k, v in port.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    good = randomize(reference.MultiHeadAttention(32, 4), seed=9).state_dict()
+    torch.save(good, tmp_path / "good.pt")
+    port.load(str(tmp_path / "good.pt"))
+    for k, v in port.state_dict().items():
+        assert torch.equal(v, good[k]), k
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+def test_scriptable_layer_matches_the_original(sdpa):
+    """The TorchScript-ready copy against the original, group_norm and T == 1 included."""
+    from rotary_attention import scriptable
+
+    for n_state, n_head, T, group_norm in [(32, 4, 5, False), (32, 4, 1, False), (16, 2, 16, True)]:
+        ref = randomize(reference.MultiHeadAttention(n_state, n_head, group_norm=group_norm), seed=T)
+        model = scriptable.MultiHeadAttention(n_state, n_head, group_norm=group_norm, sdpa=sdpa)
+        model.load_state_dict(ref.state_dict())
+        ref.double().eval()
+        model.double().eval()
+        x = torch.randn(2, T, n_state, dtype=torch.float64)
+        xa = torch.randn(2, 3, n_state, dtype=torch.float64)
+        mask = causal_mask(max(T, 3) + 1, torch.float64)
+        with original_sdpa(sdpa), torch.no_grad():
+            cases = [(None, mask), (xa, None)] + ([(xa, mask)] if sdpa or T == 1 else [])
+            for xa_i, mask_i in cases:
+                want, want_qk = ref(x, xa=xa_i, mask=mask_i)
+                got, got_qk = model(x, xa=xa_i, mask=mask_i)
+                torch.testing.assert_close(got, want, **BITWISE)
+                assert (got_qk is None) == (want_qk is None)

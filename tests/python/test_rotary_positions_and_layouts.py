@@ -14,13 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rotary_attention
-from conftest import DEVICES, DTYPES, LAYOUTS, inv_freq, table_reference
+from conftest import DEVICES, DTYPES, LAYOUTS, assert_rotation_close, inv_freq, table_reference
 
 rotary = torch.ops.rotary_attention.rotary
-
-
-def tol(dtype):
-    return {torch.float32: 2e-5, torch.float64: 1e-9, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -78,12 +74,15 @@ def test_property_random_shapes_strides_dtypes_positions(case):
     got = rotary(x, f, positions=pos, offset=offset, layout=layout, rotary_dim=rd)
     assert got.dtype == dtype and got.shape == x.shape and got.is_contiguous()
     want = table_reference(x, f, pos, offset, layout, rd)
-    torch.testing.assert_close(got.double(), want, rtol=tol(dtype), atol=tol(dtype))
-    # The backward op inverts it.
+    assert_rotation_close(got, want, x, f)
+    # The backward op inverts it: the forward's rounding (half an ulp of the
+    # largest |x|, turned by the inverse rotation) plus the backward's own.
     back = torch.ops.rotary_attention.rotary_backward(
         got, f, positions=pos, offset=offset, layout=layout, rotary_dim=rd
     )
-    torch.testing.assert_close(back.double(), x.double(), rtol=4 * tol(dtype), atol=4 * tol(dtype))
+    scale = x.double().abs().max().item() if x.numel() else 0.0
+    bound = 2 * torch.finfo(dtype).eps * scale + 16 * torch.finfo(torch.float32).eps * scale
+    torch.testing.assert_close(back.double(), x.double(), rtol=0, atol=bound)
     # In place gives the same values and keeps x's strides.
     y = x.clone()
     strides = y.stride()
@@ -152,16 +151,22 @@ def test_opcheck_in_place():
 @pytest.mark.parametrize("x_dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("f_dtype", DTYPES, ids=str)
 def test_every_pair_of_input_and_frequency_dtypes(x_dtype, f_dtype):
-    """Angles in the frequencies' dtype (fp32 for 16-bit ones); output in x's dtype."""
+    """Angles in the frequencies' dtype (fp32 for 16-bit ones); output in x's
+    dtype. Positions near 300000 make the angle dtype visible: there an fp32
+    angle is off from the fp64 one by up to 300000 * 2^-24 ~ 0.02 rad, far
+    outside the error bound of every output dtype."""
     torch.manual_seed(1)
     x = torch.randn(2, 50, 3, 8).to(x_dtype)
     f = inv_freq(8, f_dtype)
-    got = rotary(x, f, offset=100)
+    got = rotary(x, f, offset=300000)
     assert got.dtype == x_dtype
     angle_f = f.double() if f_dtype == torch.float64 else f.float()
-    want = table_reference(x, angle_f, None, 100)
-    t = max(tol(x_dtype), 2e-5)
-    torch.testing.assert_close(got.double(), want, rtol=t, atol=t)
+    assert_rotation_close(got, table_reference(x, angle_f, None, 300000), x, f)
+    if f_dtype == torch.float64 and x_dtype != torch.float64:
+        # The same frequencies with angles rounded to fp32 are measurably different.
+        wrong = table_reference(x, angle_f.float(), None, 300000)
+        with pytest.raises(AssertionError):
+            assert_rotation_close(got, wrong, x, f)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

@@ -3,8 +3,9 @@
 # there; no apt, no network): builds against that machine's torch through
 # setup.py (the same configure path as scripts/test.sh and pip), runs the CUDA
 # tests and the GPU rotary benchmark, and writes everything under $OUT.
-# On a machine without a GPU it still runs: the CUDA tests skip with a reason
-# and the benchmark says there is nothing to measure.
+# It fails when the CUDA kernel was not built, when a CUDA test fails, or when
+# one skipped on a machine that has a GPU. Without a GPU the CUDA tests skip
+# with a reason and the benchmark says there is nothing to measure.
 #   OUT=/tmp/out PYTHON=python3 scripts/gpu-check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +28,20 @@ RA_CMAKE_ARGS="-DRA_WITH_CUDA=ON -DRA_BUILD_EXAMPLES=ON -DTORCH_CUDA_ARCH_LIST=$
   "$PY" -m pip install --no-build-isolation --no-deps --target "$pkg" "$ROOT" || exit 1
 export PYTHONPATH="$pkg"
 
-echo "== CUDA tests (every test parametrised by device, CUDA cases)"
 status=0
-(cd tests/python && "$PY" -m pytest -q -p no:cacheprovider -rs -k cuda .) || status=$?
+if ! "$PY" -c "import rotary_attention, sys; sys.exit(0 if rotary_attention.built_with_cuda() else 1)"; then
+  echo "FAIL: the CUDA kernel was not built into the library"
+  status=1
+fi
+
+echo "== CUDA tests (every test parametrised by device, CUDA cases)"
+(cd tests/python && "$PY" -m pytest -q -p no:cacheprovider -rs -k cuda . | tee "$OUT/cuda-tests.txt") || status=1
+# On a machine with a GPU, a skipped CUDA test is a test that did not run.
+if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" &&
+   grep -Eq "[0-9]+ skipped" "$OUT/cuda-tests.txt"; then
+  echo "FAIL: CUDA tests were skipped on a machine that has a GPU"
+  status=1
+fi
 
 echo "== GPU rotary benchmark"
 "$PY" benchmarks/bench_rotary.py --device cuda | tee "$OUT/bench_rotary_cuda.txt" || status=$?

@@ -110,17 +110,24 @@ def test_cuda_kernel_matches_the_cpu_kernel(device, dtype, kwargs, view):
 
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=NEEDS_CUDA)])
 def test_runs_on_the_current_stream(device):
-    x = torch.randn(4, 512, 8, 64, device=device)
+    """A side stream sleeps, then overwrites x, then rotates it. A kernel
+    launched on any other stream than the current one would run at once and
+    read x before the overwrite (zeros), so this test can fail."""
     f = inv_freq(64, device=device)
-    want = rotary(x, f)
+    x = torch.zeros(4, 512, 8, 64, device=device)
+    new = torch.randn_like(x)
+    want = rotary(new, f)
+    want_half = rotary(want, f, layout="half")
+    torch.cuda.synchronize()
     stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
+        torch.cuda._sleep(100_000_000)  # tens of milliseconds of GPU time on this stream
+        x.copy_(new)
         got = rotary(x, f)
-        got2 = rotary(got, f, layout="half")
-    torch.cuda.current_stream().wait_stream(stream)
+        got_half = rotary(got, f, layout="half")
+    stream.synchronize()
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    torch.testing.assert_close(got2, rotary(want, f, layout="half"), rtol=0, atol=0)
+    torch.testing.assert_close(got_half, want_half, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=NEEDS_CUDA)])
@@ -200,8 +207,13 @@ def test_torch_compile_fullgraph_has_no_graph_break():
     compiled = torch.compile(fn, fullgraph=True)
     x = torch.randn(2, 5, 3, 16, requires_grad=True)
     torch.testing.assert_close(compiled(x), fn(x))
-    compiled(x).sum().backward()
+    w = torch.randn(2, 5, 3)
+    (compiled(x) * w).sum().backward()
     assert x.grad is not None
+    # The backward against autograd through the original's formula.
+    x_ref = x.detach().clone().requires_grad_()
+    (original(x_ref * 2, f).sum(-1) * w).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_torch_export_keeps_the_operator():
@@ -255,3 +267,10 @@ def test_layouts_against_independent_formulas():
     xe, xo = x[..., ::2], x[..., 1::2]
     gptj = torch.stack([xe * cos - xo * sin, xe * sin + xo * cos], -1).flatten(-2)
     torch.testing.assert_close(rotary(x, f, layout="interleaved"), gptj)
+
+
+def test_built_with_cuda_says_whether_a_cuda_kernel_is_registered():
+    has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key("rotary_attention::rotary", "CUDA")
+    assert rotary_attention.built_with_cuda() is has_kernel
+    if torch.version.cuda is None:
+        assert not rotary_attention.built_with_cuda()  # a CPU-only torch gets no CUDA kernel

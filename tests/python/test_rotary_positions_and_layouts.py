@@ -119,8 +119,20 @@ def test_rotary_qk_rotates_both_at_the_same_positions():
     rq, rk = rotary_attention.rotary_qk(q, k, f, positions=pos, layout="half")
     torch.testing.assert_close(rq, rotary(q, f, positions=pos, layout="half"), rtol=0, atol=0)
     torch.testing.assert_close(rk, rotary(k, f, positions=pos, layout="half"), rtol=0, atol=0)
-    (rq.sum() + rk.sum()).backward()
-    assert q.grad is not None and k.grad is not None
+    f64 = f.double()
+    assert_rotation_close(rq, table_reference(q, f, pos, layout="half"), q, f)
+    assert_rotation_close(rk, table_reference(k, f, pos, layout="half"), k, f)
+    wq, wk = torch.randn_like(rq), torch.randn_like(rk)
+    ((rq * wq).sum() + (rk * wk).sum()).backward()
+    # Gradients against autograd through the fp64 table formula.
+    q64 = q.detach().double().requires_grad_()
+    k64 = k.detach().double().requires_grad_()
+    want = (table_reference(q64, f64, pos, layout="half") * wq).sum() + (
+        table_reference(k64, f64, pos, layout="half") * wk
+    ).sum()
+    want.backward()
+    torch.testing.assert_close(q.grad.double(), q64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(k.grad.double(), k64.grad, rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match="same B, T and D"):
         rotary_attention.rotary_qk(q, torch.randn(2, 4, 2, 16), f)
     torch.library.opcheck(torch.ops.rotary_attention.rotary_qk, (q, k, f), {"offset": 3})
@@ -150,14 +162,15 @@ def test_opcheck_in_place():
 
 @pytest.mark.parametrize("x_dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("f_dtype", DTYPES, ids=str)
-def test_every_pair_of_input_and_frequency_dtypes(x_dtype, f_dtype):
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_pair_of_input_and_frequency_dtypes(device, x_dtype, f_dtype):
     """Angles in the frequencies' dtype (fp32 for 16-bit ones); output in x's
     dtype. Positions near 300000 make the angle dtype visible: there an fp32
     angle is off from the fp64 one by up to 300000 * 2^-24 ~ 0.02 rad, far
     outside the error bound of every output dtype."""
     torch.manual_seed(1)
-    x = torch.randn(2, 50, 3, 8).to(x_dtype)
-    f = inv_freq(8, f_dtype)
+    x = torch.randn(2, 50, 3, 8, device=device).to(x_dtype)
+    f = inv_freq(8, f_dtype, device)
     got = rotary(x, f, offset=300000)
     assert got.dtype == x_dtype
     angle_f = f.double() if f_dtype == torch.float64 else f.float()
@@ -247,3 +260,109 @@ def test_every_cpu_build_of_the_loop_gives_the_same_results(tmp_path):
     for name, got in results.items():
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, equal_nan=True, msg=f"{name} {key}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_int32_positions_equal_int64(device):
+    x = torch.randn(2, 9, 3, 16, device=device)
+    f = inv_freq(16, device=device)
+    pos = torch.randint(0, 40000, (2, 9), device=device)
+    got = rotary(x, f, positions=pos.int(), offset=3)
+    assert torch.equal(got, rotary(x, f, positions=pos, offset=3))
+    assert_rotation_close(got, table_reference(x, f, pos, 3), x, f)
+
+
+def test_in_place_under_torch_compile():
+    f = inv_freq(16)
+
+    def fn(x):
+        y = x * 2
+        rotary_attention.rotary_(y, f, offset=5, layout="interleaved")
+        return y + 1
+
+    x = torch.randn(2, 7, 3, 16)
+    with torch.no_grad():
+        got = torch.compile(fn, fullgraph=True)(x)
+    assert_rotation_close(got - 1, table_reference(x * 2, f, None, 5, "interleaved"), x * 2, f)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_the_error_bound_rejects_16_bit_arithmetic(dtype):
+    """The 16-bit tolerance is tight enough to matter: the same rotation with
+    every product and sum rounded to the 16-bit type falls outside it, while
+    the kernel (fp32 math, one rounding) is inside."""
+    torch.manual_seed(4)
+    x = torch.randn(3, 50, 4, 64).to(dtype)
+    f = inv_freq(64)
+    want = table_reference(x, f)
+    assert_rotation_close(rotary(x, f), want, x, f)
+    angle = (torch.arange(50).float()[:, None] * f[None])[None, :, None, :]
+    c, s = angle.cos().to(dtype), angle.sin().to(dtype)
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    in_16_bits = torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], -1)  # every op rounds to dtype
+    with pytest.raises(AssertionError):
+        assert_rotation_close(in_16_bits, want, x, f)
+
+
+def device_views(device, dtype, B, T, H, D):
+    """(name, view) pairs built on the device itself (moving a non-dense CPU
+    view to CUDA would give a contiguous copy), so each kernel takes its
+    strided, unaligned and vector paths: contiguous, permuted (B, H, T, D),
+    every other feature (stride 2), a storage offset of one element (pairs not
+    aligned to their size), and odd head strides."""
+    n = B * T * H * D
+    buf = torch.randn(2 * n + B * T * H + 3, device=device).to(dtype)
+    yield "contiguous", buf[:n].view(B, T, H, D)
+    yield "permuted", torch.randn(B, H, T, D, device=device).to(dtype).transpose(1, 2)
+    yield "every_other", buf[: 2 * n].view(B, T, H, 2 * D)[..., ::2]
+    yield "unaligned", buf[1 : 1 + n].view(B, T, H, D)
+    yield "odd_strides", buf.as_strided((B, T, H, D), (T * H * (D + 1), H * (D + 1), D + 1, 1), 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("D,rotary_dim", [(16, 12), (512, -1)], ids=["D16_partial", "D512"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_kernel_path_against_the_table(device, D, rotary_dim, layout, dtype):
+    """Every stride pattern and alignment, partial rotary in every layout,
+    D = 512 (more pairs than a CUDA block has threads), int32 (B, T) positions;
+    forward, in place and the gradient, against the fp64 table formula."""
+    torch.manual_seed(5)
+    B, T, H = 2, 5, 3
+    rd = D if rotary_dim < 0 else rotary_dim
+    f = inv_freq(rd, torch.float64 if dtype == torch.float64 else torch.float32, device)
+    pos = torch.randint(0, 30000, (B, T), device=device, dtype=torch.int32)
+    for name, x in device_views(device, dtype, B, T, H, D):
+        want = table_reference(x, f, pos, 7, layout, rotary_dim)
+        got = rotary(x, f, positions=pos, offset=7, layout=layout, rotary_dim=rotary_dim)
+        assert got.shape == x.shape and got.dtype == dtype and got.device == x.device, name
+        assert_rotation_close(got, want, x, f)
+        # The gradient: autograd through the fp64 formula, in x's dtype.
+        xg = x.detach().clone().requires_grad_()
+        w = torch.randn_like(want).to(dtype).double()  # the gradient arriving in x's dtype
+        (rotary(xg, f, positions=pos, offset=7, layout=layout, rotary_dim=rotary_dim).double() * w).sum().backward()
+        x64 = x.detach().double().requires_grad_()
+        (
+            table_reference(x64, f.double() if dtype == torch.float64 else f, pos, 7, layout, rotary_dim) * w
+        ).sum().backward()
+        assert_rotation_close(xg.grad, x64.grad, w, f)
+        # In place on the view itself: same values, same strides.
+        strides = x.stride()
+        with torch.no_grad():
+            rotary_attention.rotary_(x, f, positions=pos, offset=7, layout=layout, rotary_dim=rotary_dim)
+        assert x.stride() == strides
+        torch.testing.assert_close(x, got, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_tensors_and_no_rotated_features(device):
+    f = inv_freq(8, device=device)
+    for shape in [(0, 3, 2, 8), (2, 0, 2, 8), (2, 3, 0, 8)]:
+        x = torch.randn(shape, device=device)
+        assert rotary(x, f).shape == shape
+        assert torch.ops.rotary_attention.rotary_backward(x, f).shape == shape
+    # rotary_dim = 0: nothing rotates, every feature is copied.
+    x = torch.randn(2, 3, 2, 8, device=device)
+    none = torch.empty(0, device=device)
+    for layout in LAYOUTS:
+        assert torch.equal(rotary(x, none, layout=layout, rotary_dim=0), x)

@@ -1,6 +1,6 @@
-// The operator schema (the library's only TORCH_LIBRARY block) and the C++
-// entry points, which call through the dispatcher so that autograd, Meta,
-// CPU and CUDA kernels are all reached the same way as from Python.
+// The C++ entry points of the rotary operators, which call through the
+// dispatcher so that autograd, Meta, CPU and CUDA kernels are all reached the
+// same way as from Python; rotary_qk's composite implementation.
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -8,25 +8,6 @@
 #include "rotary_attention/ops/rotary.h"
 
 namespace rotary_attention {
-
-TORCH_LIBRARY(rotary_attention, m) {
-  m.def(
-      "rotary(Tensor x, Tensor inv_freq, Tensor? positions=None, int offset=0, "
-      "str layout=\"interleaved_to_half\", int rotary_dim=-1) -> Tensor");
-  m.def(
-      "rotary_backward(Tensor grad, Tensor inv_freq, Tensor? positions=None, "
-      "int offset=0, str layout=\"interleaved_to_half\", int rotary_dim=-1) -> Tensor");
-  // In place, for inference: no autograd (an error when x requires grad).
-  // Returns nothing, so torch.compile can functionalize it.
-  m.def(
-      "rotary_(Tensor(a!) x, Tensor inv_freq, Tensor? positions=None, int offset=0, "
-      "str layout=\"interleaved_to_half\", int rotary_dim=-1) -> ()");
-  // Queries and keys at the same positions in one call; composite, so its
-  // autograd, Meta and device support are rotary's.
-  m.def(
-      "rotary_qk(Tensor q, Tensor k, Tensor inv_freq, Tensor? positions=None, int offset=0, "
-      "str layout=\"interleaved_to_half\", int rotary_dim=-1) -> (Tensor, Tensor)");
-}
 
 namespace {
 
@@ -119,11 +100,5 @@ bool built_with_cuda() {
   return false;
 #endif
 }
-
-namespace detail {
-int64_t operators_registered() {
-  return 1;
-}
-} // namespace detail
 
 } // namespace rotary_attention

@@ -23,6 +23,11 @@ NEEDS_CUDA = [
 # Parametrize a test with `@pytest.mark.parametrize("device", DEVICES)`.
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=NEEDS_CUDA)]
 
+# The two faces of the layers: the torch.nn.Modules and the bound C++ modules
+# (`@pytest.mark.parametrize("impl", IMPLS)`); both run the same C++ math.
+IMPLEMENTATIONS = {"module": rotary_attention, "cpp": rotary_attention.cpp}
+IMPLS = list(IMPLEMENTATIONS)
+
 
 @contextlib.contextmanager
 def original_sdpa(enabled: bool):
@@ -35,11 +40,14 @@ def original_sdpa(enabled: bool):
         reference.MultiHeadAttention.sdpa = saved
 
 
-def make_pair(n_state, n_head, *, sdpa=True, group_norm=False, dtype=torch.float32, seed=0, dropout_rate=0.01):
-    """The original layer with random weights and the C++ port loaded from its state dict."""
+def make_pair(
+    n_state, n_head, *, sdpa=True, group_norm=False, dtype=torch.float32, seed=0, dropout_rate=0.01, impl="module"
+):
+    """The original layer with random weights and the port (`impl`: the
+    nn.Module or the C++ module) loaded from its state dict."""
     ref = reference.MultiHeadAttention(n_state, n_head, dropout_rate=dropout_rate, group_norm=group_norm)
     randomize(ref, seed)
-    port = rotary_attention.MultiHeadAttention(
+    port = IMPLEMENTATIONS[impl].MultiHeadAttention(
         n_state, n_head, dropout_rate=dropout_rate, group_norm=group_norm, sdpa=sdpa
     )
     port.load_state_dict(ref.state_dict())

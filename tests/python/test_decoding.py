@@ -5,7 +5,16 @@ import pytest
 import torch
 
 import rotary_attention
-from conftest import DEVICES, assert_rotation_close, causal_mask, make_pair, original_sdpa, table_reference
+from conftest import (
+    DEVICES,
+    IMPLEMENTATIONS,
+    IMPLS,
+    assert_rotation_close,
+    causal_mask,
+    make_pair,
+    original_sdpa,
+    table_reference,
+)
 
 N_STATE, N_HEAD = 64, 4
 
@@ -19,10 +28,10 @@ def chunks(x, sizes):
     return out
 
 
-def port_pair(sdpa, dtype=torch.float64, seed=0):
+def port_pair(sdpa, dtype=torch.float64, seed=0, impl="module"):
     """The original plus two ports with its weights: default and absolute_positions."""
-    ref, port = make_pair(N_STATE, N_HEAD, sdpa=sdpa, dtype=dtype, seed=seed)
-    absolute = rotary_attention.MultiHeadAttention(N_STATE, N_HEAD, sdpa=sdpa, absolute_positions=True)
+    ref, port = make_pair(N_STATE, N_HEAD, sdpa=sdpa, dtype=dtype, seed=seed, impl=impl)
+    absolute = IMPLEMENTATIONS[impl].MultiHeadAttention(N_STATE, N_HEAD, sdpa=sdpa, absolute_positions=True)
     absolute.load_state_dict(ref.state_dict())
     absolute.to(dtype).eval()
     return ref, port, absolute
@@ -32,16 +41,17 @@ def port_pair(sdpa, dtype=torch.float64, seed=0):
 TOL = {True: dict(rtol=1e-10, atol=1e-10), False: dict(rtol=2e-6, atol=2e-6)}
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
 @pytest.mark.parametrize("sizes", [[1] * 9, [3, 1, 1, 1, 1, 1, 1], [4, 3, 1, 2]], ids=["tokens", "prompt", "chunks"])
-def test_decoding_equals_one_causal_pass(sdpa, sizes):
-    ref, _, absolute = port_pair(sdpa, seed=len(sizes))
+def test_decoding_equals_one_causal_pass(impl, sdpa, sizes):
+    ref, _, absolute = port_pair(sdpa, seed=len(sizes), impl=impl)
     x = torch.randn(2, sum(sizes), N_STATE, dtype=torch.float64)
     mask = causal_mask(16, torch.float64)
     with original_sdpa(sdpa), torch.no_grad():
         full, _ = ref(x, mask=mask)  # the original's own full causal pass
         full_port, _ = absolute(x, mask=mask)
-        cache = rotary_attention.KVCache()
+        cache = IMPLEMENTATIONS[impl].KVCache()
         steps = [absolute(part, mask=mask, kv_cache=cache)[0] for part in chunks(x, sizes)]
     torch.testing.assert_close(full_port, full, rtol=0, atol=0)  # no cache: the original's pass
     torch.testing.assert_close(torch.cat(steps, 1), full, **TOL[sdpa])
@@ -90,9 +100,10 @@ def test_absolute_positions_mask_too_small_is_a_clear_error():
         absolute(x, mask=mask, kv_cache=cache)  # positions 3..5 are past the mask
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
-def test_16_bit_input_runs_end_to_end(dtype, sdpa):
+def test_16_bit_input_runs_end_to_end(impl, dtype, sdpa):
     """fp32 module, 16-bit input: the original fails on mixed dtypes; the port
     computes rotary and the rotation in fp32 and attention in the input dtype.
 
@@ -103,7 +114,7 @@ def test_16_bit_input_runs_end_to_end(dtype, sdpa):
     measured 0.005 and 0.0006). Query and key weights are scaled up so that
     attention is sharp and positions matter: decoding with the positions
     ignored (the original's semantics) is off by 0.04 or more, outside it."""
-    ref, port, absolute = port_pair(sdpa, dtype=torch.float32, seed=7)
+    ref, port, absolute = port_pair(sdpa, dtype=torch.float32, seed=7, impl=impl)
     with torch.no_grad():
         ref.query.weight.mul_(3)
         ref.key.weight.mul_(3)
@@ -118,9 +129,9 @@ def test_16_bit_input_runs_end_to_end(dtype, sdpa):
             with pytest.raises(RuntimeError):
                 ref(x.to(dtype), mask=mask)
         got, qk = port(x.to(dtype), mask=mask)
-        cache = rotary_attention.KVCache()
+        cache = IMPLEMENTATIONS[impl].KVCache()
         steps = torch.cat([absolute(x[:, i : i + 1].to(dtype), mask=mask, kv_cache=cache)[0] for i in range(T)], 1)
-        cache = rotary_attention.KVCache()
+        cache = IMPLEMENTATIONS[impl].KVCache()
         positions_ignored = torch.cat(
             [port(x[:, i : i + 1].to(dtype), mask=mask, kv_cache=cache)[0] for i in range(T)], 1
         )
@@ -137,13 +148,14 @@ def test_16_bit_input_runs_end_to_end(dtype, sdpa):
     assert error(positions_ignored) > tol
 
 
-def test_cached_keys_are_rotated_at_their_absolute_positions():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cached_keys_are_rotated_at_their_absolute_positions(impl):
     """Compared directly (a shift by one position is visible here even where
     attention scores would hide it): keys projected, rotated at 0..T-1 by the
     fp64 table formula, then multiplied by R."""
-    ref, _, absolute = port_pair(True, seed=5)
+    ref, _, absolute = port_pair(True, seed=5, impl=impl)
     x = torch.randn(2, 6, N_STATE, dtype=torch.float64)
-    cache = rotary_attention.KVCache()
+    cache = IMPLEMENTATIONS[impl].KVCache()
     with torch.no_grad():
         for part in chunks(x, [2, 1, 3]):
             absolute(part, mask=causal_mask(8, torch.float64), kv_cache=cache)
@@ -155,10 +167,11 @@ def test_cached_keys_are_rotated_at_their_absolute_positions():
     torch.testing.assert_close(value, ref.value(ref.attn_ln(x)), rtol=1e-12, atol=1e-12)
 
 
-def test_cache_stores_detached_tensors():
-    _, port, absolute = port_pair(True, seed=2)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cache_stores_detached_tensors(impl):
+    _, port, absolute = port_pair(True, seed=2, impl=impl)
     for model in (port, absolute):
-        cache = rotary_attention.KVCache()
+        cache = IMPLEMENTATIONS[impl].KVCache()
         x = torch.randn(1, 3, N_STATE, dtype=torch.float64, requires_grad=True)
         for i in range(3):
             model(x[:, i : i + 1], mask=causal_mask(4, torch.float64), kv_cache=cache)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import rotary_attention
-from conftest import DEVICES, causal_mask, grad_tolerances, make_pair, original_sdpa, randomize
+from conftest import DEVICES, IMPLEMENTATIONS, IMPLS, causal_mask, grad_tolerances, make_pair, original_sdpa, randomize
 from rotary_attention import reference
 
 # Forward outputs on the CPU are compared bitwise: the port runs the original's
@@ -23,11 +23,12 @@ GRID = [  # (n_state, n_head, B, T, S)
 ]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
 @pytest.mark.parametrize("n_state,n_head,B,T,S", GRID)
-def test_forward_parity(n_state, n_head, B, T, S, sdpa, dtype):
-    ref, port = make_pair(n_state, n_head, sdpa=sdpa, dtype=dtype, seed=n_state + T)
+def test_forward_parity(n_state, n_head, B, T, S, sdpa, dtype, impl):
+    ref, port = make_pair(n_state, n_head, sdpa=sdpa, dtype=dtype, seed=n_state + T, impl=impl)
     x = torch.randn(B, T, n_state, dtype=dtype)
     xa = torch.randn(B, S, n_state, dtype=dtype)
     cases = [(None, None), (None, causal_mask(T + 3)), (xa, None)]
@@ -46,11 +47,12 @@ def test_forward_parity(n_state, n_head, B, T, S, sdpa, dtype):
                 torch.testing.assert_close(got_qk, want_qk, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
 @pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
 @pytest.mark.parametrize("n_state,n_head,B,T", [(64, 4, 2, 6), (32, 2, 1, 3)])
-def test_backward_parity(n_state, n_head, B, T, cross, sdpa):
-    ref, port = make_pair(n_state, n_head, sdpa=sdpa, dtype=torch.float64, seed=7)
+def test_backward_parity(n_state, n_head, B, T, cross, sdpa, impl):
+    ref, port = make_pair(n_state, n_head, sdpa=sdpa, dtype=torch.float64, seed=7, impl=impl)
     x = torch.randn(B, T, n_state, dtype=torch.float64)
     xa = torch.randn(B, T + 2, n_state, dtype=torch.float64) if cross else None
     mask = None if cross else causal_mask(T)
@@ -78,8 +80,9 @@ def test_backward_parity(n_state, n_head, B, T, cross, sdpa):
         torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=atol, msg=name)
 
 
-def test_training_dropout_draws_the_same_mask():
-    ref, port = make_pair(32, 4, sdpa=False, dropout_rate=0.3, seed=3)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_training_dropout_draws_the_same_mask(impl):
+    ref, port = make_pair(32, 4, sdpa=False, dropout_rate=0.3, seed=3, impl=impl)
     ref.train()
     port.train()
     x = torch.randn(2, 6, 32)
@@ -108,17 +111,18 @@ class Decoder(torch.nn.Module):
         return self.cross_attn(x, xa=xa, kv_cache=kv_cache)[0]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
-def test_decoding_with_cache_matches_whisper_hooks(sdpa, dtype):
+def test_decoding_with_cache_matches_whisper_hooks(sdpa, dtype, impl):
     n_state, n_head, n_text_ctx = 64, 4, 32
-    ref_self, port_self = make_pair(n_state, n_head, sdpa=sdpa, dtype=dtype, seed=11)
-    ref_cross, port_cross = make_pair(n_state, n_head, sdpa=sdpa, dtype=dtype, seed=12)
+    ref_self, port_self = make_pair(n_state, n_head, sdpa=sdpa, dtype=dtype, seed=11, impl=impl)
+    ref_cross, port_cross = make_pair(n_state, n_head, sdpa=sdpa, dtype=dtype, seed=12, impl=impl)
     ref_dec = Decoder(ref_self, ref_cross)
     xa = torch.randn(2, 40, n_state, dtype=dtype)  # longer than n_text_ctx, as audio features are
     mask = causal_mask(n_text_ctx, dtype)
     cache, hooks = reference.install_kv_cache_hooks(ref_dec, n_text_ctx=n_text_ctx)
-    port_cache = rotary_attention.KVCache()
+    port_cache = IMPLEMENTATIONS[impl].KVCache()
     steps = [torch.randn(2, 3, n_state, dtype=dtype)] + [torch.randn(2, 1, n_state, dtype=dtype) for _ in range(7)]
     with original_sdpa(sdpa), torch.no_grad():
         for i, tokens in enumerate(steps):
@@ -136,9 +140,10 @@ def test_decoding_with_cache_matches_whisper_hooks(sdpa, dtype):
     assert port_cache.length(port_self) == 3 + 7
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
-def test_group_norm_parity_where_the_original_runs(sdpa):
-    ref, port = make_pair(16, 2, sdpa=sdpa, group_norm=True, dtype=torch.float64, seed=5)
+def test_group_norm_parity_where_the_original_runs(sdpa, impl):
+    ref, port = make_pair(16, 2, sdpa=sdpa, group_norm=True, dtype=torch.float64, seed=5, impl=impl)
     x = torch.randn(3, 16, 16, dtype=torch.float64)  # T == n_state
     with original_sdpa(sdpa), torch.no_grad():
         want, _ = ref(x, mask=causal_mask(16, torch.float64))
@@ -148,17 +153,18 @@ def test_group_norm_parity_where_the_original_runs(sdpa):
         port(torch.randn(1, 5, 16, dtype=torch.float64))
 
 
-def test_rotary_embedding_and_rotation_layer_parity():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_rotary_embedding_and_rotation_layer_parity(impl):
     for dim in (2, 6, 64):
         ref = reference.RotaryEmbedding(dim)
-        port = rotary_attention.RotaryEmbedding(dim)
+        port = IMPLEMENTATIONS[impl].RotaryEmbedding(dim)
         assert torch.equal(port.inv_freq, ref.inv_freq)
         x = torch.randn(2, 9, 3, dim)
         torch.testing.assert_close(port.rotate_queries_or_keys(x), ref.rotate_queries_or_keys(x), rtol=0, atol=0)
     assert torch.equal(
-        rotary_attention.RotaryEmbedding(8, base=500).inv_freq, reference.RotaryEmbedding(8, base=500).inv_freq
+        IMPLEMENTATIONS[impl].RotaryEmbedding(8, base=500).inv_freq, reference.RotaryEmbedding(8, base=500).inv_freq
     )
-    ref_r, port_r = reference.RotationLayer(8), rotary_attention.RotationLayer(8)
+    ref_r, port_r = reference.RotationLayer(8), IMPLEMENTATIONS[impl].RotationLayer(8)
     ref_r.reset_parameters()
     port_r.load_state_dict(ref_r.state_dict())
     x = torch.randn(4, 3, 8)
@@ -166,7 +172,7 @@ def test_rotary_embedding_and_rotation_layer_parity():
 
 
 def test_state_dict_keys_and_round_trips(tmp_path):
-    ref, port = make_pair(64, 4, seed=21)
+    ref, port = make_pair(64, 4, seed=21, impl="cpp")
     assert list(sorted(port.state_dict())) == list(sorted(ref.state_dict()))
     # Port -> original, in memory.
     fresh = reference.MultiHeadAttention(64, 4)
@@ -182,21 +188,21 @@ def test_state_dict_keys_and_round_trips(tmp_path):
     # Python torch.save (an OrderedDict with _metadata) -> C++ reader.
     path2 = os.fspath(tmp_path / "from_python.pt")
     torch.save(ref.state_dict(), path2)
-    other = rotary_attention.MultiHeadAttention(64, 4)
+    other = rotary_attention.cpp.MultiHeadAttention(64, 4)
     other.load(path2)
     for k, v in other.state_dict().items():
         assert torch.equal(v, ref.state_dict()[k]), k
     # ...and with pickle protocol 4 (FRAME, SHORT_BINUNICODE, MEMOIZE opcodes).
     path4 = os.fspath(tmp_path / "from_python_p4.pt")
     torch.save(ref.state_dict(), path4, pickle_protocol=4)
-    third = rotary_attention.MultiHeadAttention(64, 4)
+    third = rotary_attention.cpp.MultiHeadAttention(64, 4)
     third.load(path4)
     for k, v in third.state_dict().items():
         assert torch.equal(v, ref.state_dict()[k]), k
 
 
 def test_load_state_dict_is_strict_and_atomic():
-    _, port = make_pair(32, 4, seed=2)
+    _, port = make_pair(32, 4, seed=2, impl="cpp")
     before = {k: v.clone() for k, v in port.state_dict().items()}
     sd = reference.MultiHeadAttention(32, 4).state_dict()
     bad = dict(sd)
@@ -215,7 +221,7 @@ def test_load_state_dict_is_strict_and_atomic():
 
 
 def test_module_conveniences():
-    port = rotary_attention.MultiHeadAttention(32, 4, sdpa=False)
+    port = rotary_attention.cpp.MultiHeadAttention(32, 4, sdpa=False)
     assert port.train() is port and port.training
     assert port.eval() is port and not port.training
     assert port.to(torch.float64) is port
@@ -227,38 +233,49 @@ def test_module_conveniences():
     port.sdpa = True
     assert port.sdpa is True
     with pytest.raises(RuntimeError, match="divisible"):
-        rotary_attention.MultiHeadAttention(30, 4)
+        rotary_attention.cpp.MultiHeadAttention(30, 4)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
-def test_empty_batch_and_sequence(sdpa):
-    port = rotary_attention.MultiHeadAttention(32, 4, sdpa=sdpa).eval()
+def test_empty_batch_and_sequence(sdpa, impl):
+    port = IMPLEMENTATIONS[impl].MultiHeadAttention(32, 4, sdpa=sdpa).eval()
     for shape in [(0, 5, 32), (2, 0, 32)]:
         out, qk = port(torch.randn(*shape), mask=causal_mask(8))
         assert out.shape == shape
         assert (qk is None) == sdpa
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_multi_head_attention_on_device(device, sdpa):
+def test_multi_head_attention_on_device(device, sdpa, impl):
     """The module moved to the device (mask and cache follow) against the
     original moved there; tolerances allow the device's own matmul rounding."""
-    ref, port = make_pair(64, 4, sdpa=sdpa, seed=4)
+    ref, port = make_pair(64, 4, sdpa=sdpa, seed=4, impl=impl)
     ref.to(device)
     port.to(device)
     x = torch.randn(2, 9, 64, device=device)
-    mask = causal_mask(12).to(device)
+    cpu_mask = causal_mask(12)
+    mask = cpu_mask.to(device)
     with original_sdpa(sdpa), torch.no_grad():
         want, want_qk = ref(x, mask=mask)
         got, got_qk = port(x, mask=mask)
-        cache = rotary_attention.KVCache()
+        moved, _ = port(x, mask=cpu_mask)  # the layer moves a CPU mask itself
+        cache = IMPLEMENTATIONS[impl].KVCache()
         steps = [port(x[:, i : i + 1], mask=mask, kv_cache=cache)[0] for i in range(3)]
+        hooks_cache, hooks = reference.install_kv_cache_hooks(ref)
+        want_steps = [ref(x[:, i : i + 1], mask=mask, kv_cache=hooks_cache)[0] for i in range(3)]
+        for h in hooks:
+            h.remove()
     assert got.device.type == device
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(moved, got, rtol=0, atol=0)
     if not sdpa:
         torch.testing.assert_close(got_qk, want_qk, rtol=1e-5, atol=1e-5)
     assert cache.length(port) == 3 and all(s.device.type == device for s in steps)
+    for step, want_step in zip(steps, want_steps, strict=True):
+        torch.testing.assert_close(step, want_step, rtol=1e-5, atol=1e-5)
 
 
 def _shifted_by_one(rotate):
@@ -305,9 +322,10 @@ def test_parity_set_up_makes_every_weight_visible():
             assert (out - base).abs().max() > 1e-3, (sdpa, name)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
-def test_train_false_requires_grad_and_detached_state_dict(sdpa):
-    ref, port = make_pair(32, 4, sdpa=sdpa, dropout_rate=0.5, seed=6)
+def test_train_false_requires_grad_and_detached_state_dict(sdpa, impl):
+    ref, port = make_pair(32, 4, sdpa=sdpa, dropout_rate=0.5, seed=6, impl=impl)
     x = torch.randn(2, 5, 32)
     port.train(False)
     assert not port.training
@@ -327,10 +345,11 @@ def test_train_false_requires_grad_and_detached_state_dict(sdpa):
     assert all(kept[n].requires_grad for n in params)
 
 
-def test_sdpa_path_ignores_mask_values_and_has_no_dropout():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sdpa_path_ignores_mask_values_and_has_no_dropout(impl):
     """The original's SDPA path only asks whether a mask is given (causal when
     T > 1), and applies no dropout even in training; the port does the same."""
-    ref, port = make_pair(32, 4, sdpa=True, dropout_rate=0.5, seed=8)
+    ref, port = make_pair(32, 4, sdpa=True, dropout_rate=0.5, seed=8, impl=impl)
     ref.train()
     port.train()
     x = torch.randn(2, 6, 32)
@@ -349,7 +368,7 @@ def test_sdpa_path_ignores_mask_values_and_has_no_dropout():
 
 
 def test_strict_loading_from_a_file_is_all_or_nothing(tmp_path):
-    ref, port = make_pair(32, 4, seed=2)
+    ref, port = make_pair(32, 4, seed=2, impl="cpp")
     before = {k: v.clone() for k, v in port.state_dict().items()}
     bad = dict(randomize(reference.MultiHeadAttention(32, 4), seed=9).state_dict())
     bad["value.bias"] = torch.zeros(31)  # every key present, one shape wrong

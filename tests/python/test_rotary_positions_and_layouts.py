@@ -245,7 +245,8 @@ def test_every_cpu_build_of_the_loop_gives_the_same_results(tmp_path):
     results = {}
     for cap in ["default", "avx2", "avx512", "avx512_bf16"]:
         path = tmp_path / f"{cap}.pt"
-        env = dict(os.environ, ROTARY_ATTENTION_CPU_CAPABILITY=cap, PYTHONPATH=here)
+        pythonpath = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, ROTARY_ATTENTION_CPU_CAPABILITY=cap, PYTHONPATH=pythonpath)
         run = subprocess.run([sys.executable, "-c", BUILDS_SCRIPT, str(path)], env=env, capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
         results[run.stdout.strip()] = torch.load(path)

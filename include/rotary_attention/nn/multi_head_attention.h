@@ -62,18 +62,6 @@ class MultiHeadAttentionImpl : public torch::nn::Cloneable<MultiHeadAttentionImp
       {1, torch::nn::AnyValue(torch::Tensor())},
       {2, torch::nn::AnyValue(torch::Tensor())},
       {3, torch::nn::AnyValue(static_cast<KVCache*>(nullptr))})
-
- private:
-  // (B, T, n_state) -> rotary at positions offset.., then the rotation layer.
-  torch::Tensor rotate(const torch::Tensor& t, int64_t offset);
-  // causal_offset: absolute position of the first query in a self-attention
-  // with cached keys (absolute_positions), else 0 (the original's alignment).
-  std::tuple<torch::Tensor, torch::Tensor> qkv_attention(
-      const torch::Tensor& q,
-      const torch::Tensor& k,
-      const torch::Tensor& v,
-      const torch::Tensor& mask,
-      int64_t causal_offset);
 };
 
 TORCH_MODULE(MultiHeadAttention);

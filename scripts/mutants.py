@@ -1,0 +1,290 @@
+"""Mutation testing: deliberate bugs the test suite must catch.
+
+Run through scripts/mutants.sh. Each mutant is one small edit (an exact text
+replacement) in a scratch copy of the repository; the copy is rebuilt when the
+edit touches C++, then the tests that should see the bug run. A mutant is
+killed when they fail. Prints one line per mutant and exits non-zero if any
+survives (or if an edit no longer applies: the list has gone stale).
+
+    python scripts/mutants.py --scratch DIR [--only NAME ...]
+"""
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Mutant:
+    name: str
+    path: str
+    old: str
+    new: str
+    pytest: str = ""  # pytest arguments (run in tests/python), or ""
+    ctest: str = ""  # ctest -R regex, or ""
+
+
+MUTANTS = [
+    # C++ kernels
+    Mutant(
+        "kernel: sign of the sine term flipped",
+        "src/ops/cpu/rotary_loop.cpp",
+        "      o1 = x1 * c - x2 * s;\n      o2 = x1 * s + x2 * c;",
+        "      o1 = x1 * c + x2 * s;\n      o2 = x1 * s + x2 * c;",
+        pytest="test_rotary_op.py -k 'bitwise or 120_random'",
+    ),
+    Mutant(
+        "kernel: positions off by one",
+        "src/ops/cpu/rotary_tables.h",
+        "(pos_data ? pos_data[p] : p) + offset)",
+        "(pos_data ? pos_data[p] : p) + offset + 1)",
+        pytest="test_rotary_op.py -k bitwise",
+        ctest="positions, offset",
+    ),
+    Mutant(
+        "kernel: angles in fp32 for fp64 frequencies",
+        "src/ops/rotary_frontend.h",
+        "return inv_freq.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;",
+        "return at::kFloat;",
+        pytest="test_rotary_positions_and_layouts.py -k every_pair_of_input",
+    ),
+    Mutant(
+        "kernel: bf16 products rounded to 16 bits",
+        "src/ops/cpu/rotary_row_bf16_avx512.h",
+        "        o1 = _mm512_sub_ps(_mm512_mul_ps(x1, c), _mm512_mul_ps(x2, s));",
+        "        o1 = _mm512_sub_ps(high_as_float(_mm512_castps_si512(_mm512_mul_ps(x1, c))),"
+        " high_as_float(_mm512_castps_si512(_mm512_mul_ps(x2, s))));",
+        pytest="test_rotary_positions_and_layouts.py -k 'property or every_kernel_path'",
+    ),
+    Mutant(
+        "kernel: hardware bf16 rounding without the denormal/NaN fallback",
+        "src/ops/cpu/rotary_row_bf16_avx512.h",
+        "  return (_mm512_fpclass_ps_mask(a, nan_or_denormal)",
+        "  return true || (_mm512_fpclass_ps_mask(a, nan_or_denormal)",
+        pytest="test_rotary_positions_and_layouts.py -k every_cpu_build",
+    ),
+    Mutant(
+        "kernel: backward reads and writes the forward's layouts",
+        "src/ops/rotary_frontend.h",
+        "      std::swap(layouts.in, layouts.out);",
+        "",
+        pytest="test_rotary_op.py -k 'backward_matches or gradcheck'",
+    ),
+    Mutant(
+        "kernel: features past rotary_dim not copied",
+        "src/ops/cpu/rotary_loop.cpp",
+        "        std::copy(in + rd, in + D, row_out + rd); // features past rotary_dim pass through",
+        "",
+        pytest="test_rotary_positions_and_layouts.py -k 'position_ids or empty_tensors'",
+    ),
+    Mutant(
+        "kernel: in-place variant writes a new tensor",
+        "src/ops/rotary_frontend.h",
+        "        in_place ? x\n",
+        "        false ? x\n",
+        pytest="test_rotary_positions_and_layouts.py -k 'in_place'",
+    ),
+    # C++ modules
+    Mutant(
+        "module: rotation layer dropped",
+        "src/ops/multi_head_attention.cpp",
+        "      heads = at::matmul(heads, rotation_matrix);",
+        "      heads = heads.clone();",
+        pytest="test_parity.py -k forward_parity",
+    ),
+    Mutant(
+        "module: rotation matrix transposed",
+        "src/ops/multi_head_attention.cpp",
+        "      heads = at::matmul(heads, rotation_matrix);",
+        "      heads = at::matmul(heads, rotation_matrix.t());",
+        pytest="test_parity.py -k forward_parity",
+    ),
+    Mutant(
+        "module: SDPA path never causal",
+        "src/ops/multi_head_attention.cpp",
+        "      const bool causal = has_mask && n_ctx > 1;",
+        "      const bool causal = false;",
+        pytest="test_parity.py -k forward_parity",
+    ),
+    Mutant(
+        "module: SDPA path causal for a single query",
+        "src/ops/multi_head_attention.cpp",
+        "      const bool causal = has_mask && n_ctx > 1;",
+        "      const bool causal = has_mask && n_ctx >= 1;",
+        pytest="test_parity.py -k 'forward_parity or ignores_mask'",
+    ),
+    Mutant(
+        "module: temperature applied to q only",
+        "src/ops/multi_head_attention.cpp",
+        "at::matmul(q * scale, k.transpose(-2, -1) * scale);",
+        "at::matmul(q * scale, k.transpose(-2, -1));",
+        pytest="test_parity.py -k forward_parity",
+    ),
+    Mutant(
+        "module: cache keeps the autograd graph",
+        "src/ops/multi_head_attention.cpp",
+        "      k = at::cat({*cached_key, k}, 1).detach();",
+        "      k = at::cat({*cached_key, k}, 1);",
+        pytest="test_decoding.py -k detached",
+    ),
+    Mutant(
+        "module: absolute positions off by one while decoding",
+        "src/nn/multi_head_attention.cpp",
+        "    query_position = cross ? cached->queries : cached->key.size(1);",
+        "    query_position = cross ? cached->queries : cached->key.size(1) + 1;",
+        pytest="test_decoding.py -k 'one_causal_pass or absolute_positions'",
+        ctest="absolute_positions",
+    ),
+    # Weight loading
+    Mutant(
+        "loader: copies matching tensors before it fails on a mismatch",
+        "src/serialize.cpp",
+        "    if (it->second.sizes() != target.sizes()) {",
+        "    if (it->second.sizes() == target.sizes()) {\n"
+        "      torch::NoGradGuard g;\n"
+        "      const_cast<torch::Tensor&>(target).copy_(it->second);\n"
+        "    } else {",
+        pytest="test_parity.py -k 'strict_and_atomic or all_or_nothing'",
+    ),
+    # Python layer
+    Mutant(
+        "python: train(False) ignored",
+        "python/rotary_attention/_modules.py",
+        "        super().train(mode)\n",
+        "        super().train(True)\n",
+        pytest="test_parity.py -k train_false",
+    ),
+    Mutant(
+        "python: requires_grad_ does nothing",
+        "python/rotary_attention/_modules.py",
+        "            p.requires_grad_(requires_grad)\n",
+        "            pass\n",
+        pytest="test_parity.py -k train_false",
+    ),
+    Mutant(
+        "python: state_dict returns attached tensors",
+        "python/rotary_attention/_modules.py",
+        "            out[name] = t if keep_vars else t.detach()\n",
+        "            out[name] = t\n",
+        pytest="test_parity.py -k train_false",
+    ),
+    Mutant(
+        "python: scriptable layer ignores group_norm",
+        "python/rotary_attention/scriptable.py",
+        "nn.GroupNorm(num_groups=1, num_channels=n_state) if group_norm else nn.LayerNorm(n_state)",
+        "nn.LayerNorm(n_state)",
+        pytest="test_parity.py -k scriptable_layer",
+    ),
+    Mutant(
+        "python: parity weights with an orthogonal rotation",
+        "python/rotary_attention/reference.py",
+        "                p.copy_(torch.eye(n) + torch.randn(n, n, generator=g) * (0.5 / n ** 0.5))",
+        "                p.copy_(torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))[0])",
+        pytest="test_parity.py -k set_up",
+    ),
+]
+
+
+def run(cmd, cwd, env=None, log=None):
+    with open(log, "a") if log else open(os.devnull, "w") as out:
+        return subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scratch", required=True)
+    parser.add_argument("--only", nargs="*", help="names (substrings) of the mutants to run")
+    args = parser.parse_args()
+    scratch = os.path.abspath(args.scratch)
+    src, build, pkg, log = (os.path.join(scratch, d) for d in ("src", "build", "pkg", "mutants.log"))
+    mutants = [m for m in MUTANTS if not args.only or any(o in m.name for o in args.only)]
+
+    # A scratch copy of the tracked files, built once through setup.py (CPU only:
+    # the mutants are checked by CPU tests, and the CUDA kernel is slow to rebuild).
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    shutil.rmtree(src, ignore_errors=True)
+    for f in files:
+        os.makedirs(os.path.dirname(os.path.join(src, f)), exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, f), os.path.join(src, f))
+    env = dict(
+        os.environ, RA_BUILD_DIR=build, RA_CMAKE_ARGS="-DRA_BUILD_TESTS=ON -DRA_BUILD_EXAMPLES=ON -DRA_WITH_CUDA=OFF"
+    )
+    print(f"== building the scratch copy in {build} (log: {log})", flush=True)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "--target", pkg, src]
+    if run(pip, src, env, log) != 0:
+        sys.exit(f"the unmutated scratch copy does not build: see {log}")
+    test_env = dict(os.environ, PYTHONPATH=pkg, RA_BUILD_DIR=build)
+
+    def rebuild():
+        if run(["cmake", "--build", build], src, env, log) != 0:
+            return False
+        with open(os.path.join(build, "python_package_files.txt")) as f:
+            extension, library = [line.strip() for line in f if line.strip()]
+        shutil.copyfile(extension, os.path.join(pkg, "rotary_attention", os.path.basename(extension)))
+        shutil.copyfile(library, os.path.join(pkg, "rotary_attention", os.path.basename(library)))
+        return True
+
+    def tests_pass(m):
+        ok = True
+        if m.pytest:
+            cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"] + shlex.split(m.pytest)
+            ok &= run(cmd, os.path.join(src, "tests", "python"), test_env, log) == 0
+        if m.ctest:
+            ok &= run(["ctest", "--test-dir", build, "-R", m.ctest], src, env, log) == 0
+        return ok
+
+    survived, stale = [], []
+    binary_mutated = False  # the built library holds a restored C++ mutant
+    for m in mutants:
+        path = os.path.join(src, m.path)
+        with open(path) as f:
+            pristine = f.read()
+        if pristine.count(m.old) != 1:
+            stale.append(m.name)
+            print(f"STALE     {m.name}: the text to replace is not in {m.path} exactly once", flush=True)
+            continue
+        start = time.time()
+        python_only = m.path.startswith("python/rotary_attention/")
+        if python_only and binary_mutated:
+            rebuild()
+            binary_mutated = False
+        with open(path, "w") as f:
+            f.write(pristine.replace(m.old, m.new))
+        if python_only:
+            shutil.copyfile(path, os.path.join(pkg, "rotary_attention", os.path.basename(m.path)))
+            built = True
+        else:
+            built = rebuild()
+            binary_mutated = True
+        killed = built and not tests_pass(m)
+        with open(path, "w") as f:
+            f.write(pristine)
+        if python_only:
+            shutil.copyfile(path, os.path.join(pkg, "rotary_attention", os.path.basename(m.path)))
+        if not built:  # a mutant that does not compile tests nothing
+            stale.append(m.name)
+            how = "NO BUILD"
+        else:
+            how = "killed" if killed else "SURVIVED"
+            if not killed:
+                survived.append(m.name)
+        tests = m.pytest + (" | ctest -R " + m.ctest if m.ctest else "")
+        print(f"{how:9} {m.name}  [{tests}] {time.time() - start:.0f} s", flush=True)
+    killed_count = len(mutants) - len(survived) - len(stale)
+    print(
+        f"== {killed_count} of {len(mutants)} mutants killed"
+        + (f"; survived: {survived}" if survived else "")
+        + (f"; stale or not building: {stale}" if stale else "")
+    )
+    sys.exit(1 if survived or stale else 0)
+
+
+if __name__ == "__main__":
+    main()

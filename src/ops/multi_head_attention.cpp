@@ -1,0 +1,341 @@
+// The layer math of MultiHeadAttention as one dispatcher operator,
+// rotary_attention::multi_head_attention, registered CompositeImplicitAutograd:
+// it is built from ATen ops and rotary, so autograd, fake tensors,
+// torch.compile and torch.export go through it with no Python registration
+// (PyTorch's own precedent: aten::_native_multi_head_attention). Sizes are
+// read as SymInts so it traces under dynamic shapes. The C++ module calls it;
+// so can anything that holds the weights.
+//
+// Keys and values to attend to come from the inputs and, when given, from a
+// cache; the keys and values to cache next are returned (see the schema's
+// comment in schema.cpp). The ATen calls and their order are the original's,
+// which keeps the port bitwise equal to it.
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "rotary_attention/ops/multi_head_attention.h"
+#include "rotary_attention/ops/rotary.h"
+
+namespace rotary_attention {
+namespace {
+
+// Whisper's Linear: weight and bias are cast to the input's dtype. at::linear
+// is what Python's F.linear calls.
+at::Tensor whisper_linear(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  return at::linear(
+      x,
+      weight.to(x.dtype()),
+      bias.has_value() && bias->defined() ? std::optional<at::Tensor>(bias->to(x.dtype()))
+                                          : std::nullopt);
+}
+
+void check_input(const char* name, const at::Tensor& t, const c10::SymInt& n_state) {
+  TORCH_CHECK(
+      t.dim() == 3 && t.sym_size(2) == n_state,
+      "MultiHeadAttention: expected ",
+      name,
+      " of shape (B, T, n_state=",
+      n_state,
+      "), got shape ",
+      t.sym_sizes());
+  TORCH_CHECK(
+      t.is_floating_point(),
+      "MultiHeadAttention: ",
+      name,
+      " must be a floating tensor, got ",
+      t.scalar_type());
+}
+
+struct Layer {
+  const at::Tensor& inv_freq;
+  const at::Tensor& rotation_matrix;
+  const at::Tensor& temperature;
+  int64_t n_head;
+  c10::SymInt head_dim;
+  bool sdpa;
+  double dropout_p;
+  bool train;
+
+  // (B, T, n_state) -> rotary at positions offset.., then the rotation layer.
+  at::Tensor rotate(const at::Tensor& t, const c10::SymInt& offset) const {
+    // Explicit sizes (not -1) so that empty batches and sequences reshape too.
+    auto heads = t.view_symint({t.sym_size(0), t.sym_size(1), n_head, head_dim});
+    heads = rotary(heads, inv_freq, std::nullopt, offset.guard_int(__FILE__, __LINE__));
+    if (heads.scalar_type() != rotation_matrix.scalar_type()) {
+      // 16-bit input in an fp32 module: the rotation runs in fp32, as the
+      // original's would (its rotary result is fp32), and the result returns
+      // to the input dtype so attention runs in it (the original fails there).
+      heads =
+          at::matmul(heads.to(rotation_matrix.scalar_type()), rotation_matrix).to(t.scalar_type());
+    } else {
+      heads = at::matmul(heads, rotation_matrix);
+    }
+    return heads.view_symint(t.sym_sizes());
+  }
+
+  // causal_offset: absolute position of the first query in a self-attention
+  // over cached keys (absolute_positions), else 0 (the original's alignment).
+  std::tuple<at::Tensor, at::Tensor> attend(
+      const at::Tensor& q_in,
+      const at::Tensor& k_in,
+      const at::Tensor& v_in,
+      const std::optional<at::Tensor>& mask_opt,
+      const c10::SymInt& causal_offset) const {
+    const c10::SymInt n_batch = q_in.sym_size(0), n_ctx = q_in.sym_size(1);
+    const c10::SymInt n_state = q_in.sym_size(2), n_keys = k_in.sym_size(1);
+    const bool has_mask = mask_opt.has_value() && mask_opt->defined();
+    if (has_mask) {
+      TORCH_CHECK(
+          mask_opt->dim() == 2,
+          "MultiHeadAttention: mask must be a 2-D additive mask of at least (T, T) = (",
+          n_ctx,
+          ", ",
+          n_ctx,
+          "), got shape ",
+          mask_opt->sym_sizes());
+    }
+    const auto q = q_in.view_symint({n_batch, n_ctx, n_head, head_dim}).permute({0, 2, 1, 3});
+    const auto k = k_in.view_symint({n_batch, n_keys, n_head, head_dim}).permute({0, 2, 1, 3});
+    const auto v =
+        v_in.view_symint({n_batch, v_in.sym_size(1), n_head, head_dim}).permute({0, 2, 1, 3});
+
+    if (sdpa) {
+      // As the original: the mask's values are ignored; its presence makes the
+      // attention causal when there is more than one query: top-left aligned,
+      // or bottom-right (query i at causal_offset + i) for absolute positions.
+      const bool causal = has_mask && n_ctx > 1;
+      at::Tensor a;
+      if (causal && causal_offset > 0) {
+        const auto allowed = at::ones_symint({n_ctx, n_keys}, q.options().dtype(at::kBool))
+                                 .tril(causal_offset.guard_int(__FILE__, __LINE__));
+        a = at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
+      } else {
+        a = at::scaled_dot_product_attention(q, k, v, {}, 0.0, causal);
+      }
+      return {
+          a.permute({0, 2, 1, 3}).reshape_symint({n_batch, n_ctx, n_state}),
+          at::empty({0}, q.options().dtype(at::kFloat))};
+    }
+
+    const at::Tensor& scale = temperature;
+    at::Tensor qk = at::matmul(q * scale, k.transpose(-2, -1) * scale);
+    if (has_mask) {
+      const at::Tensor& mask = *mask_opt;
+      // The original adds mask[:T, :T]; with absolute positions the rows are
+      // the queries' positions and the columns the keys': mask[offset:offset+T, :S].
+      TORCH_CHECK(
+          causal_offset == 0 ||
+              (mask.sym_size(0) >= causal_offset + n_ctx && mask.sym_size(1) >= n_keys),
+          "MultiHeadAttention: with absolute_positions the explicit path adds mask[",
+          causal_offset,
+          ":",
+          causal_offset + n_ctx,
+          ", :",
+          n_keys,
+          "], but the mask has shape ",
+          mask.sym_sizes(),
+          "; pass a mask covering the whole sequence (e.g. (n_ctx, n_ctx))");
+      const auto m = causal_offset == 0 ? mask.slice_symint(0, 0, n_ctx).slice_symint(1, 0, n_ctx)
+                                        : mask.slice_symint(0, causal_offset, causal_offset + n_ctx)
+                                              .slice_symint(1, 0, n_keys);
+      TORCH_CHECK(
+          (m.sym_size(0) == 1 || m.sym_size(0) == n_ctx) &&
+              (m.sym_size(1) == 1 || m.sym_size(1) == n_keys),
+          "MultiHeadAttention: the explicit path (sdpa=false) adds mask[:T, :T] (shape ",
+          m.sym_sizes(),
+          ") to logits of shape (B, H, T=",
+          n_ctx,
+          ", S=",
+          n_keys,
+          "); with S != T and T > 1 the original cannot run this either; use sdpa=true, or "
+          "pass a mask of at least (T, T) with S == T");
+      qk += m;
+    }
+    qk = qk.to(at::kFloat);
+    auto w = at::softmax(qk, -1).to(q.scalar_type());
+    w = at::dropout(w, dropout_p, train);
+    auto out = at::matmul(w, v).permute({0, 2, 1, 3}).reshape_symint({n_batch, n_ctx, n_state});
+    return {out, qk.detach()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_composite(
+    const at::Tensor& x,
+    const std::optional<at::Tensor>& xa_opt,
+    const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& norm_weight,
+    const std::optional<at::Tensor>& norm_bias,
+    bool group_norm,
+    const at::Tensor& query_weight,
+    const std::optional<at::Tensor>& query_bias,
+    const at::Tensor& key_weight,
+    const at::Tensor& value_weight,
+    const std::optional<at::Tensor>& value_bias,
+    const at::Tensor& out_weight,
+    const std::optional<at::Tensor>& out_bias,
+    const at::Tensor& inv_freq,
+    const at::Tensor& rotation_matrix,
+    const at::Tensor& temperature,
+    int64_t n_head,
+    bool sdpa,
+    double dropout_p,
+    bool train,
+    bool absolute_positions,
+    const std::optional<at::Tensor>& cached_key,
+    const std::optional<at::Tensor>& cached_value,
+    c10::SymInt query_position) {
+  const c10::SymInt n_state = query_weight.sym_size(0);
+  TORCH_CHECK(
+      n_head > 0 && n_state % n_head == 0,
+      "multi_head_attention: n_state (",
+      n_state,
+      ") must be divisible by n_head (",
+      n_head,
+      ")");
+  check_input("x", x, n_state);
+  const bool cross = xa_opt.has_value() && xa_opt->defined();
+  if (cross) {
+    check_input("xa", *xa_opt, n_state);
+    TORCH_CHECK(
+        xa_opt->sym_size(0) == x.sym_size(0),
+        "MultiHeadAttention: xa must have x's batch size ",
+        x.sym_size(0),
+        ", got shape ",
+        xa_opt->sym_sizes());
+  }
+  const bool cached = cached_key.has_value() && cached_key->defined();
+  TORCH_CHECK(
+      cached == (cached_value.has_value() && cached_value->defined()),
+      "multi_head_attention: pass both cached_key and cached_value, or neither");
+  if (cached) {
+    TORCH_CHECK(
+        cached_key->dim() == 3 && cached_key->sym_size(0) == x.sym_size(0) &&
+            cached_key->sym_size(2) == n_state &&
+            cached_value->sym_sizes() == cached_key->sym_sizes(),
+        "KVCache: cannot use cached keys of shape ",
+        cached_key->sym_sizes(),
+        " and values of shape ",
+        cached_value->sym_sizes(),
+        " with x of shape ",
+        x.sym_sizes(),
+        " (batch and feature sizes must match; call clear() between sequences)");
+  }
+
+  at::Tensor x_norm;
+  if (group_norm) {
+    TORCH_CHECK(
+        x.sym_size(1) == n_state,
+        "MultiHeadAttention: group_norm=true applies GroupNorm(1, n_state) to x of shape "
+        "(B, T, n_state), which treats dim 1 (T) as the channels; the original can only "
+        "run it when T == n_state (",
+        n_state,
+        "), got T=",
+        x.sym_size(1));
+    x_norm = at::group_norm(x, 1, norm_weight, norm_bias, 1e-5);
+  } else {
+    x_norm = at::layer_norm_symint(x, {n_state}, norm_weight, norm_bias, 1e-5);
+  }
+
+  const Layer layer{
+      inv_freq, rotation_matrix, temperature, n_head, n_state / n_head, sdpa, dropout_p, train};
+  at::Tensor q = whisper_linear(x_norm, query_weight, query_bias);
+  // k, v: what to cache (keys rotated only with absolute_positions);
+  // k_attended: the keys attention reads (always rotated).
+  at::Tensor k, v;
+  if (cross) {
+    if (cached) {
+      // Keys and values of xa are computed once per sequence.
+      k = *cached_key;
+      v = *cached_value;
+    } else {
+      k = whisper_linear(*xa_opt, key_weight, std::nullopt);
+      v = whisper_linear(*xa_opt, value_weight, value_bias);
+      if (absolute_positions) {
+        k = layer.rotate(k, 0);
+      }
+    }
+  } else {
+    k = whisper_linear(x_norm, key_weight, std::nullopt);
+    v = whisper_linear(x_norm, value_weight, value_bias);
+    if (absolute_positions) {
+      k = layer.rotate(k, query_position);
+    }
+    if (cached) {
+      // Whisper's hook: the detached concatenation, which attention then reads.
+      k = at::cat({*cached_key, k}, 1).detach();
+      v = at::cat({*cached_value, v}, 1).detach();
+    }
+  }
+  const c10::SymInt q_position = absolute_positions ? query_position : c10::SymInt(0);
+  q = layer.rotate(q, q_position);
+  const at::Tensor k_attended = absolute_positions ? k : layer.rotate(k, 0);
+  const c10::SymInt causal_offset = absolute_positions && !cross ? query_position : c10::SymInt(0);
+
+  auto [wv, qk] = layer.attend(q, k_attended, v, mask, causal_offset);
+  return {whisper_linear(wv, out_weight, out_bias) + x, qk, k, v};
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(rotary_attention, CompositeImplicitAutograd, m) {
+  m.impl("multi_head_attention", &multi_head_attention_composite);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
+    const at::Tensor& x,
+    const std::optional<at::Tensor>& xa,
+    const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& norm_weight,
+    const std::optional<at::Tensor>& norm_bias,
+    bool group_norm,
+    const at::Tensor& query_weight,
+    const std::optional<at::Tensor>& query_bias,
+    const at::Tensor& key_weight,
+    const at::Tensor& value_weight,
+    const std::optional<at::Tensor>& value_bias,
+    const at::Tensor& out_weight,
+    const std::optional<at::Tensor>& out_bias,
+    const at::Tensor& inv_freq,
+    const at::Tensor& rotation_matrix,
+    const at::Tensor& temperature,
+    int64_t n_head,
+    bool sdpa,
+    double dropout_p,
+    bool train,
+    bool absolute_positions,
+    const std::optional<at::Tensor>& cached_key,
+    const std::optional<at::Tensor>& cached_value,
+    c10::SymInt query_position) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("rotary_attention::multi_head_attention", "")
+                             .typed<decltype(multi_head_attention)>();
+  return op.call(
+      x,
+      xa,
+      mask,
+      norm_weight,
+      norm_bias,
+      group_norm,
+      query_weight,
+      query_bias,
+      key_weight,
+      value_weight,
+      value_bias,
+      out_weight,
+      out_bias,
+      inv_freq,
+      rotation_matrix,
+      temperature,
+      n_head,
+      sdpa,
+      dropout_p,
+      train,
+      absolute_positions,
+      cached_key,
+      cached_value,
+      std::move(query_position));
+}
+
+} // namespace rotary_attention

@@ -1,0 +1,46 @@
+// The library's only TORCH_LIBRARY block: every operator's schema. Kernels
+// are registered per dispatch key next to their code (src/ops/*/, and
+// CompositeImplicitAutograd in src/ops/rotary.cpp, multi_head_attention.cpp).
+
+#include <torch/library.h>
+
+#include "rotary_attention/detail/keep_linked.h"
+
+namespace rotary_attention {
+
+TORCH_LIBRARY(rotary_attention, m) {
+  m.def(
+      "rotary(Tensor x, Tensor inv_freq, Tensor? positions=None, int offset=0, "
+      "str layout=\"interleaved_to_half\", int rotary_dim=-1) -> Tensor");
+  m.def(
+      "rotary_backward(Tensor grad, Tensor inv_freq, Tensor? positions=None, "
+      "int offset=0, str layout=\"interleaved_to_half\", int rotary_dim=-1) -> Tensor");
+  // In place, for inference: no autograd (an error when x requires grad).
+  // Returns nothing, so torch.compile can functionalize it.
+  m.def(
+      "rotary_(Tensor(a!) x, Tensor inv_freq, Tensor? positions=None, int offset=0, "
+      "str layout=\"interleaved_to_half\", int rotary_dim=-1) -> ()");
+  // Queries and keys at the same positions in one call; composite, so its
+  // autograd, Meta and device support are rotary's.
+  m.def(
+      "rotary_qk(Tensor q, Tensor k, Tensor inv_freq, Tensor? positions=None, int offset=0, "
+      "str layout=\"interleaved_to_half\", int rotary_dim=-1) -> (Tensor, Tensor)");
+  // The layer math of MultiHeadAttention (ops/multi_head_attention.h); qk is
+  // empty on the SDPA path; key and value are what a cache holds next.
+  m.def(
+      "multi_head_attention(Tensor x, Tensor? xa, Tensor? mask, Tensor? norm_weight, "
+      "Tensor? norm_bias, bool group_norm, Tensor query_weight, Tensor? query_bias, "
+      "Tensor key_weight, Tensor value_weight, Tensor? value_bias, Tensor out_weight, "
+      "Tensor? out_bias, Tensor inv_freq, Tensor rotation_matrix, Tensor temperature, "
+      "int n_head, bool sdpa, float dropout_p, bool train, bool absolute_positions, "
+      "Tensor? cached_key, Tensor? cached_value, SymInt query_position) "
+      "-> (Tensor out, Tensor qk, Tensor key, Tensor value)");
+}
+
+namespace detail {
+int64_t operators_registered() {
+  return 1;
+}
+} // namespace detail
+
+} // namespace rotary_attention

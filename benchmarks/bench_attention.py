@@ -1,12 +1,14 @@
-"""MultiHeadAttention benchmark: the C++-backed port against the original
-PyTorch layer, forward only, in one process on the same weights and inputs.
+"""MultiHeadAttention benchmark: the original PyTorch layer, the port as a
+torch.nn.Module (rotary_attention.MultiHeadAttention) and the C++ module
+object (rotary_attention.cpp.MultiHeadAttention), forward only, in one process
+on the same weights and inputs, contenders taking turns.
 
     python benchmarks/bench_attention.py [--reps 7]
 
 - decode: B=1, one new token per step on top of 100 cached tokens (the
-  original driven by Whisper's kv-cache hooks, the port by KVCache);
+  original driven by Whisper's kv-cache hooks, the ports by their KVCache);
 - encoder: B=4, T=1500, n_state=512, 8 heads, no mask.
-Prints medians (ms) and the speed-up of the port.
+Prints medians (ms) and each port's speed-up over the original.
 """
 
 import argparse
@@ -25,11 +27,21 @@ from rotary_attention import reference  # noqa: E402
 N_STATE, N_HEAD, N_TEXT_CTX = 512, 8, 448
 
 
-def pair(sdpa):
+# The two faces of the port: (layer class, its KVCache).
+PORTS = {
+    "nn.Module": (rotary_attention.MultiHeadAttention, rotary_attention.KVCache),
+    "C++ object": (rotary_attention.cpp.MultiHeadAttention, rotary_attention.cpp.KVCache),
+}
+
+
+def contenders(sdpa):
+    """The original and each port, with the same weights."""
     ref = reference.randomize_weights_(reference.MultiHeadAttention(N_STATE, N_HEAD), seed=0).eval()
-    port = rotary_attention.MultiHeadAttention(N_STATE, N_HEAD, sdpa=sdpa).eval()
-    port.load_state_dict(ref.state_dict())
-    return ref, port
+    ports = {}
+    for name, (cls, _) in PORTS.items():
+        ports[name] = cls(N_STATE, N_HEAD, sdpa=sdpa).eval()
+        ports[name].load_state_dict(ref.state_dict())
+    return ref, ports
 
 
 def decode_step_seconds(step_fn, new_cache, prompt, tokens, reps):
@@ -47,7 +59,7 @@ def decode_step_seconds(step_fn, new_cache, prompt, tokens, reps):
 
 
 def bench_decode(sdpa, reps):
-    ref, port = pair(sdpa)
+    ref, ports = contenders(sdpa)
     mask = torch.empty(N_TEXT_CTX, N_TEXT_CTX).fill_(float("-inf")).triu_(1)
     prompt = torch.randn(1, 100, N_STATE)
     tokens = torch.randn(1, 20, N_STATE)
@@ -61,29 +73,27 @@ def bench_decode(sdpa, reps):
         hooks.extend(new_hooks)
         return cache
 
-    def ref_step(x, cache):
-        return ref(x, mask=mask, kv_cache=cache)
-
-    def port_step(x, cache):
-        return port(x, mask=mask, kv_cache=cache)
-
-    ref_times, port_times = [], []
+    runs = [("original", lambda x, cache: ref(x, mask=mask, kv_cache=cache), ref_cache)]
+    for name, port in ports.items():
+        runs.append((name, lambda x, cache, port=port: port(x, mask=mask, kv_cache=cache), PORTS[name][1]))
+    times = {name: [] for name, _, _ in runs}
     with reference_sdpa(sdpa), torch.no_grad():
-        for _ in range(reps):  # alternate, so drift affects both alike
-            ref_times.append(decode_step_seconds(ref_step, ref_cache, prompt, tokens, 1))
-            port_times.append(decode_step_seconds(port_step, rotary_attention.KVCache, prompt, tokens, 1))
-    t_ref, t_port = statistics.median(ref_times), statistics.median(port_times)
+        for _ in range(reps):  # take turns, so drift affects every contender alike
+            for name, step, new_cache in runs:
+                times[name].append(decode_step_seconds(step, new_cache, prompt, tokens, 1))
     for h in hooks:
         h.remove()
-    return t_ref, t_port
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_encoder(sdpa, reps):
-    ref, port = pair(sdpa)
+    ref, ports = contenders(sdpa)
     x = torch.randn(4, 1500, N_STATE)
+    fns = {"original": lambda: ref(x)}
+    fns.update({name: (lambda port=port: port(x)) for name, port in ports.items()})
     with reference_sdpa(sdpa), torch.no_grad():
-        t_ref, t_port = median_seconds_interleaved([lambda: ref(x), lambda: port(x)], reps=reps)
-    return t_ref, t_port
+        medians = median_seconds_interleaved(list(fns.values()), reps=reps)
+    return dict(zip(fns, medians, strict=True))
 
 
 class reference_sdpa:
@@ -105,7 +115,7 @@ def main():
     parser.add_argument("--reps", type=int, default=7)
     args = parser.parse_args()
     print(machine_line())
-    print(f"{'case':44} {'original ms':>12} {'port ms':>10} {'speed-up':>9}")
+    print(f"{'case':42} {'original ms':>12} {'nn.Module ms':>13} {'C++ object ms':>14} {'speed-ups':>16}")
     cases = [
         ("decode step, 100 cached tokens, sdpa", lambda: bench_decode(True, args.reps)),
         ("decode step, 100 cached tokens, explicit", lambda: bench_decode(False, args.reps)),
@@ -113,8 +123,12 @@ def main():
         ("encoder B=4 T=1500, explicit", lambda: bench_encoder(False, args.reps)),
     ]
     for name, fn in cases:
-        t_ref, t_port = fn()
-        print(f"{name:44} {t_ref * 1e3:12.3f} {t_port * 1e3:10.3f} {t_ref / t_port:8.2f}x", flush=True)
+        t = fn()
+        o, m, c = t["original"], t["nn.Module"], t["C++ object"]
+        print(
+            f"{name:42} {o * 1e3:12.3f} {m * 1e3:13.3f} {c * 1e3:14.3f} {o / m:7.2f}x {o / c:7.2f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 // Loads a TorchScript model that calls torch.ops.rotary_attention.rotary
-// (e.g. a scripted rotary_attention.scriptable.MultiHeadAttention), runs it
+// (e.g. a scripted rotary_attention.MultiHeadAttention), runs it
 // from C++, and runs the C++ MultiHeadAttention with the same weights:
 //
 //   run_torchscript MODEL.pt WEIGHTS.pt INPUTS.pt OUTPUTS.pt

@@ -5,6 +5,8 @@ have the original's names; everything torch.nn.Module offers works (parents
 see the parameters, .to()/.double(), deepcopy, pickle, torch.save(model),
 hooks, torch.func.functional_call, torch.compile, torch.export)."""
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -129,16 +131,46 @@ class MultiHeadAttention(nn.Module):
         x: Tensor,
         xa: Tensor | None = None,
         mask: Tensor | None = None,
-        kv_cache: KVCache | None = None,
+        kv_cache: Any = None,
     ) -> tuple[Tensor, Tensor | None]:
-        entry = None if kv_cache is None else kv_cache._entry(self)
+        # TorchScript compiles the cache-free path only (a scripted layer takes
+        # no kv_cache; decode with the eager module, or export a decode step).
+        if not torch.jit.is_scripting():
+            if kv_cache is not None:
+                return self._forward_with_cache(x, xa, mask, kv_cache)
+        out, qk, _, _ = self._attention(x, xa, mask, None, None, 0)
+        return out, None if self.sdpa else qk
+
+    def _forward_with_cache(
+        self, x: Tensor, xa: Tensor | None, mask: Tensor | None, kv_cache: KVCache
+    ) -> tuple[Tensor, Tensor | None]:
+        entry = kv_cache._entry(self)
         cached_key = cached_value = None
         query_position = 0
         if entry is not None:
             cached_key, cached_value = entry[1], entry[2]
             if self.absolute_positions:
+                # After the cached keys (self-attention), or the queries seen so far (cross).
                 query_position = entry[3] if xa is not None else cached_key.shape[1]
-        out, qk, key, value = torch.ops.rotary_attention.multi_head_attention(
+        out, qk, key, value = self._attention(x, xa, mask, cached_key, cached_value, query_position)
+        cross = xa is not None
+        queries = (entry[3] if entry is not None else 0) + (x.shape[1] if cross else 0)
+        if not cross or entry is None:  # self-attention keys grow; cross-attention ones are stored once
+            kv_cache._store(self, key, value, queries)
+        else:
+            entry[3] = queries
+        return out, None if self.sdpa else qk
+
+    def _attention(
+        self,
+        x: Tensor,
+        xa: Tensor | None,
+        mask: Tensor | None,
+        cached_key: Tensor | None,
+        cached_value: Tensor | None,
+        query_position: int,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return torch.ops.rotary_attention.multi_head_attention(
             x,
             xa,
             mask,
@@ -164,14 +196,6 @@ class MultiHeadAttention(nn.Module):
             cached_value,
             query_position,
         )
-        if kv_cache is not None:
-            cross = xa is not None
-            queries = (entry[3] if entry is not None else 0) + (x.shape[1] if cross else 0)
-            if not cross or entry is None:
-                kv_cache._store(self, key, value, queries)
-            else:
-                entry[3] = queries
-        return out, None if self.sdpa else qk
 
     def extra_repr(self) -> str:
         return (

@@ -382,26 +382,3 @@ def test_strict_loading_from_a_file_is_all_or_nothing(tmp_path):
     port.load(str(tmp_path / "good.pt"))
     for k, v in port.state_dict().items():
         assert torch.equal(v, good[k]), k
-
-
-@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
-def test_scriptable_layer_matches_the_original(sdpa):
-    """The TorchScript-ready copy against the original, group_norm and T == 1 included."""
-    from rotary_attention import scriptable
-
-    for n_state, n_head, T, group_norm in [(32, 4, 5, False), (32, 4, 1, False), (16, 2, 16, True)]:
-        ref = randomize(reference.MultiHeadAttention(n_state, n_head, group_norm=group_norm), seed=T)
-        model = scriptable.MultiHeadAttention(n_state, n_head, group_norm=group_norm, sdpa=sdpa)
-        model.load_state_dict(ref.state_dict())
-        ref.double().eval()
-        model.double().eval()
-        x = torch.randn(2, T, n_state, dtype=torch.float64)
-        xa = torch.randn(2, 3, n_state, dtype=torch.float64)
-        mask = causal_mask(max(T, 3) + 1, torch.float64)
-        with original_sdpa(sdpa), torch.no_grad():
-            cases = [(None, mask), (xa, None)] + ([(xa, mask)] if sdpa or T == 1 else [])
-            for xa_i, mask_i in cases:
-                want, want_qk = ref(x, xa=xa_i, mask=mask_i)
-                got, got_qk = model(x, xa=xa_i, mask=mask_i)
-                torch.testing.assert_close(got, want, **BITWISE)
-                assert (got_qk is None) == (want_qk is None)

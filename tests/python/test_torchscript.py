@@ -8,8 +8,9 @@ import warnings
 import pytest
 import torch
 
+import rotary_attention
 from conftest import causal_mask, original_sdpa
-from rotary_attention import reference, scriptable
+from rotary_attention import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD_DIR = os.environ.get("RA_BUILD_DIR", os.path.join(ROOT, "build"))
@@ -42,9 +43,10 @@ def test_scripted_function_calls_the_operator_and_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
-def test_scriptable_layer_matches_the_original_and_has_its_keys(sdpa):
+def test_scripted_layer_matches_the_original_and_has_its_keys(sdpa):
+    """torch.jit.script takes the nn.Module itself (its cache-free path)."""
     ref = reference.randomize_weights_(reference.MultiHeadAttention(64, 4), seed=1).eval()
-    model = scriptable.MultiHeadAttention(64, 4, sdpa=sdpa)
+    model = rotary_attention.MultiHeadAttention(64, 4, sdpa=sdpa)
     assert sorted(model.state_dict()) == sorted(ref.state_dict())
     model.load_state_dict(ref.state_dict())
     scripted = script(model.eval())
@@ -62,7 +64,7 @@ def test_cpp_program_runs_the_scripted_model(tmp_path, sdpa):
     exe = os.path.join(BUILD_DIR, "examples", "run_torchscript")
     assert os.path.exists(exe), f"{exe} is missing: build with scripts/test.sh (or set RA_BUILD_DIR)"
     ref = reference.randomize_weights_(reference.MultiHeadAttention(64, 4), seed=2).eval()
-    model = scriptable.MultiHeadAttention(64, 4, sdpa=sdpa)
+    model = rotary_attention.MultiHeadAttention(64, 4, sdpa=sdpa)
     model.load_state_dict(ref.state_dict())
     script(model.eval()).save(os.fspath(tmp_path / "model.pt"))
     torch.save(ref.state_dict(), tmp_path / "weights.pt")

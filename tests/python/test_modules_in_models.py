@@ -191,6 +191,29 @@ def test_bad_input_gives_clear_errors():
     layer(torch.randn(2, 1, N_STATE), kv_cache=cache)
     with pytest.raises(RuntimeError, match="KVCache"):
         layer(torch.randn(3, 1, N_STATE), kv_cache=cache)  # another batch size on the same cache
+    # Keys cached by a layer of another size, handed to this one.
+    wide = rotary_attention.MultiHeadAttention(2 * N_STATE, N_HEAD)
+    wide_cache = rotary_attention.KVCache()
+    wide(torch.randn(2, 3, 2 * N_STATE), kv_cache=wide_cache)
+    key, value = wide_cache.get(wide)
+    with pytest.raises(RuntimeError, match="cannot use cached keys of shape"):
+        layer._attention(torch.randn(2, 1, N_STATE), None, None, key, value, 3)
+
+
+def test_autocast_runs_the_layer_in_bfloat16():
+    """Under torch.autocast the operator's linear layers and attention run in
+    bf16 (autocast reaches the ATen ops inside it; the residuals stay fp32);
+    the result stays within bf16 rounding (a few eps of the output's scale) of
+    the fp32 forward."""
+    _, port = twin_blocks(dtype=torch.float32)
+    port.eval()
+    x, xa = torch.randn(2, 6, N_STATE), torch.randn(2, 9, N_STATE)
+    want = port(x, xa, causal_mask(6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = port(x, xa, causal_mask(6))
+    assert not torch.equal(got.float(), want)  # the projections did run in bf16
+    scale = want.abs().max().item()
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=8 * torch.finfo(torch.bfloat16).eps * scale)
 
 
 def _ddp_worker(rank, world_size, port, path, steps, x, xa, mask):

@@ -224,6 +224,7 @@ def main():
     # the mutants are checked by CPU tests, and the CUDA kernel is slow to rebuild).
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(pkg, ignore_errors=True)  # pip --target does not replace an existing package
     for f in files:
         os.makedirs(os.path.dirname(os.path.join(src, f)), exist_ok=True)
         shutil.copy2(os.path.join(ROOT, f), os.path.join(src, f))
@@ -253,6 +254,12 @@ def main():
         if m.ctest:
             ok &= run(["ctest", "--test-dir", build, "-R", m.ctest], src, env, log) == 0
         return ok
+
+    # A kill means something only if the same tests pass without the mutant.
+    for selection in sorted({(m.pytest, m.ctest) for m in mutants}):
+        if not tests_pass(Mutant("", "", "", "", *selection)):
+            sys.exit(f"the tests {selection} fail on the unmutated copy: see {log}")
+    print("== every test selection passes on the unmutated copy", flush=True)
 
     survived, stale = [], []
     binary_mutated = False  # the built library holds a restored C++ mutant

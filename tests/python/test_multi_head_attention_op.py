@@ -31,12 +31,10 @@ def weights(ref):
     )
 
 
-def call(ref, x, xa=None, mask=None, sdpa=True):
-    out, qk, _, _ = mha_op(
-        x,
-        xa,
-        mask,
-        **weights(ref),
+def arguments(ref, sdpa):
+    """Every argument after (x, xa, mask): the weights and a cache-free inference call."""
+    return dict(
+        weights(ref),
         sdpa=sdpa,
         dropout_p=0.0,
         train=False,
@@ -45,6 +43,10 @@ def call(ref, x, xa=None, mask=None, sdpa=True):
         cached_value=None,
         query_position=0,
     )
+
+
+def call(ref, x, xa=None, mask=None, sdpa=True):
+    out, qk, _, _ = mha_op(x, xa, mask, **arguments(ref, sdpa))
     return out, qk
 
 
@@ -79,17 +81,7 @@ def test_operator_is_bitwise_the_original(sdpa):
 def test_opcheck():
     ref = randomize(reference.MultiHeadAttention(32, 4), seed=1).eval()
     x = torch.randn(2, 5, 32, requires_grad=True)
-    kwargs = dict(
-        weights(ref),
-        sdpa=False,
-        dropout_p=0.0,
-        train=False,
-        absolute_positions=False,
-        cached_key=None,
-        cached_value=None,
-        query_position=0,
-    )
-    torch.library.opcheck(mha_op, (x, None, causal_mask(5)), kwargs)
+    torch.library.opcheck(mha_op, (x, None, causal_mask(5)), arguments(ref, sdpa=False))
 
 
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])

@@ -78,8 +78,9 @@ def bench_decode(sdpa, reps):
         runs.append((name, lambda x, cache, port=port: port(x, mask=mask, kv_cache=cache), PORTS[name][1]))
     times = {name: [] for name, _, _ in runs}
     with reference_sdpa(sdpa), torch.no_grad():
-        for _ in range(reps):  # take turns, so drift affects every contender alike
-            for name, step, new_cache in runs:
+        for rep in range(reps):  # take turns, starting with each in turn, so drift affects all alike
+            for k in range(len(runs)):
+                name, step, new_cache = runs[(rep + k) % len(runs)]
                 times[name].append(decode_step_seconds(step, new_cache, prompt, tokens, 1))
     for h in hooks:
         h.remove()

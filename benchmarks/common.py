@@ -44,16 +44,18 @@ def machine_line(device="cpu"):
 
 
 def median_seconds_interleaved(fns, device="cpu", reps=7):
-    """Medians of one call of each fn, timed in turn (A, B, A, B, ...), so that
-    drift on a shared machine affects every contender alike."""
+    """Medians of one call of each fn, timed in turn (A, B, C, then B, C, A,
+    then C, A, B, ...), so that drift on a shared machine, and whatever one
+    contender leaves behind for the next, affect every contender alike."""
     for fn in fns:
         fn()
     samples = [[] for _ in fns]
-    for _ in range(reps):
-        for i, fn in enumerate(fns):
+    for rep in range(reps):
+        for k in range(len(fns)):
+            i = (rep + k) % len(fns)
             sync(device)
             start = time.perf_counter()
-            fn()
+            fns[i]()
             sync(device)
             samples[i].append(time.perf_counter() - start)
     return [statistics.median(s) for s in samples]

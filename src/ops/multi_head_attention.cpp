@@ -16,6 +16,7 @@
 
 #include "rotary_attention/ops/multi_head_attention.h"
 #include "rotary_attention/ops/rotary.h"
+#include "typed_op.h"
 
 namespace rotary_attention {
 namespace {
@@ -308,9 +309,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
     const std::optional<at::Tensor>& cached_key,
     const std::optional<at::Tensor>& cached_value,
     c10::SymInt query_position) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rotary_attention::multi_head_attention", "")
-                             .typed<decltype(multi_head_attention)>();
+  static const auto op =
+      ops::typed_op<decltype(multi_head_attention)>("rotary_attention::multi_head_attention");
   return op.call(
       x,
       xa,

@@ -2,19 +2,16 @@
 // dispatcher so that autograd, Meta, CPU and CUDA kernels are all reached the
 // same way as from Python; rotary_qk's composite implementation.
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "rotary_attention/ops/rotary.h"
+#include "typed_op.h"
 
 namespace rotary_attention {
 
-namespace {
+using ops::typed_op;
 
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
+namespace {
 
 std::tuple<at::Tensor, at::Tensor> rotary_qk_composite(
     const at::Tensor& q,

@@ -98,8 +98,31 @@ std::unordered_map<std::string, torch::Tensor> load_tensors(const std::string& p
   return state;
 }
 
-void load_state_dict(torch::nn::Module& module, const std::string& path) {
-  load_state_dict(module, load_tensors(path), /*strict=*/true);
+std::unordered_map<std::string, torch::Tensor> entries_under(
+    const std::unordered_map<std::string, torch::Tensor>& state, const std::string& prefix) {
+  std::unordered_map<std::string, torch::Tensor> under;
+  for (const auto& [key, tensor] : state) {
+    if (key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0) {
+      under.emplace(key.substr(prefix.size()), tensor);
+    }
+  }
+  return under;
+}
+
+void load_state_dict(
+    torch::nn::Module& module, const std::string& path, const std::string& prefix) {
+  auto state = load_tensors(path);
+  if (!prefix.empty()) {
+    state = entries_under(state, prefix);
+    TORCH_CHECK(
+        !state.empty(),
+        "load_state_dict: no entry of '",
+        path,
+        "' has a key starting with \"",
+        prefix,
+        "\"; nothing was loaded");
+  }
+  load_state_dict(module, state, /*strict=*/true);
 }
 
 void save_tensors(

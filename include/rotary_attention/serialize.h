@@ -35,8 +35,15 @@ LoadResult load_state_dict(
 std::unordered_map<std::string, torch::Tensor> load_tensors(const std::string& path);
 
 /// Reads a file written by Python's `torch.save(module.state_dict(), path)`
-/// and loads it strictly.
-void load_state_dict(torch::nn::Module& module, const std::string& path);
+/// and loads it strictly. With a `prefix` (e.g. "decoder.blocks.3.attn."),
+/// the file is a whole model's checkpoint: the entries whose keys start with
+/// the prefix are loaded, the prefix removed, strictly; the rest is ignored.
+void load_state_dict(
+    torch::nn::Module& module, const std::string& path, const std::string& prefix = "");
+
+/// The entries of `state` whose keys start with `prefix`, the prefix removed.
+std::unordered_map<std::string, torch::Tensor> entries_under(
+    const std::unordered_map<std::string, torch::Tensor>& state, const std::string& prefix);
 
 /// Writes named tensors in `torch.save`'s format, in the given order: Python
 /// reads them as a dict with `torch.load(path)` (weights_only too).

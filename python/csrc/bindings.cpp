@@ -115,7 +115,9 @@ computed on the first call and reused.)doc")
           py::arg("x"),
           py::arg("xa") = py::none(),
           py::arg("mask") = py::none(),
-          py::arg("kv_cache") = py::none())
+          py::arg("kv_cache") = py::none(),
+          // Pure C++ from here: other Python threads run meanwhile.
+          py::call_guard<py::gil_scoped_release>())
       .def_property(
           "sdpa",
           [](const ra::MultiHeadAttentionImpl& self) { return self.options.sdpa(); },
@@ -147,9 +149,21 @@ computed on the first call and reused.)doc")
   m.def("_load_state_dict", &load_into, py::arg("module"), py::arg("state"), py::arg("strict"));
   m.def(
       "_load_state_dict_file",
-      [](torch::nn::Module& mod, const std::string& path) { ra::load_state_dict(mod, path); },
+      [](torch::nn::Module& mod, const std::string& path, const std::string& prefix) {
+        ra::load_state_dict(mod, path, prefix);
+      },
       py::arg("module"),
-      py::arg("path"));
+      py::arg("path"),
+      py::arg("prefix") = "");
+  m.def(
+      "_load_file",
+      [](const std::string& path, const std::string& prefix) {
+        auto state = ra::load_tensors(path);
+        return prefix.empty() ? state : ra::entries_under(state, prefix);
+      },
+      py::arg("path"),
+      py::arg("prefix") = "");
+  m.def("_save_file", &ra::save_tensors, py::arg("tensors"), py::arg("path"));
   m.def(
       "_save_state_dict_file",
       [](const torch::nn::Module& mod, const std::string& path) { ra::save_state_dict(mod, path); },

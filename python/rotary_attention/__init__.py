@@ -27,6 +27,25 @@ built_with_cuda = _C.built_with_cuda
 cpu_kernel_capability = _C.cpu_kernel_capability
 
 
+def load_file(path, prefix=""):
+    """The tensors of a `torch.save`d dict (a state dict), read by the library's
+    C++ reader (no Python unpickling): `dict[str, Tensor]`. With a prefix (e.g.
+    "decoder.blocks.3.attn."), only the entries under it, the prefix removed:
+    `layer.load_state_dict(load_file(path, "decoder.blocks.3.attn."))` loads one
+    layer out of a whole model's checkpoint (strict within the prefix)."""
+    return _C._load_file(str(path), prefix)
+
+
+def save_file(state_dict, path):
+    """Writes named tensors, in order, in `torch.save`'s format with the
+    library's C++ writer; `torch.load(path, weights_only=True)` reads them."""
+    items = list(state_dict.items())
+    for name, value in items:
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"save_file: the value of {name!r} is not a tensor")
+    _C._save_file([(str(k), v.detach()) for k, v in items], str(path))
+
+
 def rotary_(x, inv_freq, positions=None, offset=0, layout="interleaved_to_half", rotary_dim=-1):
     """`rotary` in place, for inference; returns x. (The operator itself,
     torch.ops.rotary_attention.rotary_, returns nothing so that torch.compile
@@ -43,9 +62,11 @@ __all__ = [
     "built_with_cuda",
     "cpu_kernel_capability",
     "cpp",
+    "load_file",
     "multi_head_attention",
     "rotary",
     "rotary_",
     "rotary_backward",
     "rotary_qk",
+    "save_file",
 ]

@@ -119,9 +119,11 @@ class _CppModule:
         """Writes the state dict in torch.save's format, from C++."""
         _C._save_state_dict_file(self, path)
 
-    def load(self, path: str) -> None:
-        """Reads a torch.save'd state dict strictly, from C++."""
-        _C._load_state_dict_file(self, path)
+    def load(self, path: str, prefix: str = "") -> None:
+        """Reads a torch.save'd state dict strictly, from C++. With a prefix
+        (e.g. "decoder.blocks.3.attn."), loads that part of a whole model's
+        checkpoint: keys outside it are ignored, strict within it."""
+        _C._load_state_dict_file(self, path, prefix)
 
 
 class RotationLayer(_CppModule, _C.cpp.RotationLayer):

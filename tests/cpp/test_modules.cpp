@@ -6,6 +6,9 @@
 
 #include "rotary_attention/rotary_attention.h"
 
+#include <thread>
+#include <vector>
+
 namespace ra = rotary_attention;
 
 TEST_CASE("MultiHeadAttention options and state-dict keys are the original's", "[mha]") {
@@ -226,5 +229,43 @@ TEST_CASE("absolute_positions: decoding with a cache equals one causal pass", "[
     auto rotated = torch::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
     auto want = torch::matmul(rotated, mha->rotation_layer->rotation_matrix).view({2, 7, 32});
     REQUIRE(torch::allclose(cache.find(mha.get())->key, want, 1e-10, 1e-10));
+  }
+}
+
+TEST_CASE(
+    "one module used from 8 threads, each with its own KVCache, equals serial use",
+    "[mha][threads]") {
+  torch::manual_seed(12);
+  ra::MultiHeadAttention mha(ra::MultiHeadAttentionOptions(32, 4).absolute_positions(true));
+  mha->eval();
+  auto mask = torch::full({6, 6}, -INFINITY).triu(1);
+  std::vector<torch::Tensor> inputs;
+  for (int i = 0; i < 8; ++i) {
+    inputs.push_back(torch::randn({2, 6, 32}));
+  }
+  auto decode = [&](const torch::Tensor& x) {
+    torch::NoGradGuard no_grad;
+    ra::KVCache cache;
+    std::vector<torch::Tensor> steps;
+    for (int64_t t = 0; t < x.size(1); ++t) {
+      steps.push_back(std::get<0>(mha->forward(x.narrow(1, t, 1), {}, mask, &cache)));
+    }
+    return torch::cat(steps, 1);
+  };
+  std::vector<torch::Tensor> serial;
+  for (const auto& x : inputs) {
+    serial.push_back(decode(x));
+  }
+  std::vector<torch::Tensor> threaded(inputs.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    threads.emplace_back([&, i] { threaded[i] = decode(inputs[i]); });
+  }
+  for (auto& t : threads) {
+    t.join();
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    CAPTURE(i);
+    REQUIRE(torch::equal(threaded[i], serial[i]));
   }
 }

@@ -60,3 +60,34 @@ TEST_CASE(
   REQUIRE_THROWS_WITH(
       ra::load_state_dict(*m, temp_path("does-not-exist.pt")), Catch::Contains("cannot open"));
 }
+
+TEST_CASE("one layer out of a whole model's checkpoint, by prefix", "[serialize]") {
+  torch::manual_seed(3);
+  ra::MultiHeadAttention first(ra::MultiHeadAttentionOptions(32, 4));
+  ra::MultiHeadAttention second(ra::MultiHeadAttentionOptions(32, 4));
+  second->rotation_layer->reset_parameters();
+  // A model's checkpoint: two layers under "blocks.0." and "blocks.1.", plus an unrelated key.
+  std::vector<std::pair<std::string, torch::Tensor>> model;
+  for (const auto& [name, layer] :
+       {std::pair{"blocks.0.", &first}, std::pair{"blocks.1.", &second}}) {
+    for (const auto& [key, value] : ra::state_dict(**layer)) {
+      model.emplace_back(name + key, value);
+    }
+  }
+  model.emplace_back("head.weight", torch::randn({10, 32}));
+  const auto path = temp_path("model.pt");
+  ra::save_tensors(model, path);
+
+  ra::MultiHeadAttention layer(ra::MultiHeadAttentionOptions(32, 4));
+  ra::load_state_dict(*layer, path, "blocks.1.");
+  const auto want = ra::state_dict(*second);
+  for (const auto& [key, value] : ra::state_dict(*layer)) {
+    CAPTURE(key);
+    REQUIRE(torch::equal(value, want.at(key)));
+  }
+  const auto before = layer->query->weight.clone();
+  REQUIRE_THROWS_WITH(ra::load_state_dict(*layer, path, "blocks.9."), Catch::Contains("blocks.9."));
+  REQUIRE_THROWS_WITH(
+      ra::load_state_dict(*layer, path, "blocks."), Catch::Contains("unexpected keys"));
+  REQUIRE(torch::equal(layer->query->weight, before));
+}

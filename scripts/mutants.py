@@ -91,6 +91,13 @@ MUTANTS = [
         "        false ? x\n",
         pytest="test_rotary_positions_and_layouts.py -k 'in_place'",
     ),
+    Mutant(
+        "kernel: reused cos/sin tables ignore the frequencies' values",
+        "src/ops/cpu/rotary_table_memo.h",
+        "offset == o.offset && freq == o.freq;",
+        "offset == o.offset;",
+        pytest="test_rotary_positions_and_layouts.py -k reused",
+    ),
     # C++ modules
     Mutant(
         "module: rotation layer dropped",
@@ -222,10 +229,11 @@ def main():
 
     # A scratch copy of the tracked files, built once through setup.py (CPU only:
     # the mutants are checked by CPU tests, and the CUDA kernel is slow to rebuild).
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]  # new files too
+    files = subprocess.run(listing, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     shutil.rmtree(src, ignore_errors=True)
     shutil.rmtree(pkg, ignore_errors=True)  # pip --target does not replace an existing package
-    for f in files:
+    for f in (f for f in files if os.path.exists(os.path.join(ROOT, f))):
         os.makedirs(os.path.dirname(os.path.join(src, f)), exist_ok=True)
         shutil.copy2(os.path.join(ROOT, f), os.path.join(src, f))
     env = dict(

@@ -367,3 +367,22 @@ def test_empty_tensors_and_no_rotated_features(device):
     none = torch.empty(0, device=device)
     for layout in LAYOUTS:
         assert torch.equal(rotary(x, none, layout=layout, rotary_dim=0), x)
+
+
+def test_reused_cos_sin_tables_follow_the_frequencies_dtypes_and_positions():
+    """The CPU kernel keeps the tables of recent calls with default positions;
+    a repeated call must still see frequencies changed in place, another
+    offset, another T and another math dtype."""
+    torch.manual_seed(6)
+    f = inv_freq(16).clone()
+    x = torch.randn(2, 9, 3, 16)
+    first = rotary(x, f)
+    assert torch.equal(rotary(x, f), first)  # a repeat: the same bits
+    f.mul_(1.5)  # in place: same tensor, new values
+    assert_rotation_close(rotary(x, f), table_reference(x, f), x, f)
+    assert_rotation_close(rotary(x, f, offset=4), table_reference(x, f, None, 4), x, f)
+    assert_rotation_close(rotary(x[:, :5], f), table_reference(x[:, :5], f), x[:, :5], f)
+    xd = x.double()
+    fd = f.double()
+    assert_rotation_close(rotary(xd, fd), table_reference(xd, fd), xd, fd)
+    assert_rotation_close(rotary(x, fd), table_reference(x, fd), x, fd)  # fp64 math for fp32 x

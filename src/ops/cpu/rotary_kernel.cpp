@@ -12,6 +12,7 @@
 
 #include "../rotary_frontend.h"
 #include "rotary_loop.h"
+#include "rotary_table_memo.h"
 #include "rotary_tables.h"
 
 namespace rotary_attention::ops::cpu {
@@ -91,7 +92,10 @@ struct Cpu {
   static constexpr bool in_place_across_layouts = true;
 
   static void rotate(const RotaryCall& c) {
-    const RotaryTables tables = make_rotary_tables(c.x, c.inv_freq, c.positions, c.offset);
+    static auto* memo = new RotaryTableMemo(); // never destroyed: no tensor freed at exit
+    const RotaryTables tables = c.positions.has_value()
+                                    ? make_rotary_tables(c.x, c.inv_freq, c.positions, c.offset)
+                                    : memo->get(c.x, c.inv_freq, c.offset);
     loop().rotate(
         {c.x,
          c.out,

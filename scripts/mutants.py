@@ -235,7 +235,10 @@ def main():
     shutil.rmtree(pkg, ignore_errors=True)  # pip --target does not replace an existing package
     for f in (f for f in files if os.path.exists(os.path.join(ROOT, f))):
         os.makedirs(os.path.dirname(os.path.join(src, f)), exist_ok=True)
-        shutil.copy2(os.path.join(ROOT, f), os.path.join(src, f))
+        # copyfile, not copy2: fresh times, so the build never takes a mutant's
+        # object file from an earlier run for up to date.
+        shutil.copyfile(os.path.join(ROOT, f), os.path.join(src, f))
+        shutil.copymode(os.path.join(ROOT, f), os.path.join(src, f))
     env = dict(
         os.environ, RA_BUILD_DIR=build, RA_CMAKE_ARGS="-DRA_BUILD_TESTS=ON -DRA_BUILD_EXAMPLES=ON -DRA_WITH_CUDA=OFF"
     )
@@ -306,6 +309,8 @@ def main():
                 survived.append(m.name)
         tests = m.pytest + (" | ctest -R " + m.ctest if m.ctest else "")
         print(f"{how:9} {m.name}  [{tests}] {time.time() - start:.0f} s", flush=True)
+    if binary_mutated:
+        rebuild()  # leave the scratch build unmutated
     killed_count = len(mutants) - len(survived) - len(stale)
     print(
         f"== {killed_count} of {len(mutants)} mutants killed"

@@ -5,6 +5,7 @@ have the original's names; everything torch.nn.Module offers works (parents
 see the parameters, .to()/.double(), deepcopy, pickle, torch.save(model),
 hooks, torch.func.functional_call, torch.compile, torch.export)."""
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,6 +45,14 @@ class RotaryEmbedding(nn.Module):
         return self.rotate_queries_or_keys(x)
 
 
+@dataclass
+class _CacheEntry:
+    layer: nn.Module  # kept so that its id stays unique while it is cached
+    key: Tensor
+    value: Tensor
+    queries: int  # query tokens seen (cross-attention positions with absolute_positions)
+
+
 class KVCache:
     """Keys and values for incremental decoding, shared by every attention
     layer of a model (one entry per layer), with the semantics of Whisper's
@@ -52,17 +61,17 @@ class KVCache:
     and reused. Call `clear()` between sequences."""
 
     def __init__(self):
-        self._entries: dict[int, list] = {}  # id(layer) -> [layer, key, value, queries seen]
+        self._entries: dict[int, _CacheEntry] = {}  # by id(layer)
 
     def get(self, layer: nn.Module) -> tuple[Tensor, Tensor] | None:
         """(key, value) cached for `layer`, or None."""
         entry = self._entries.get(id(layer))
-        return None if entry is None else (entry[1], entry[2])
+        return None if entry is None else (entry.key, entry.value)
 
     def length(self, layer: nn.Module) -> int:
         """Number of cached time steps of `layer` (0 when absent)."""
         entry = self._entries.get(id(layer))
-        return 0 if entry is None else entry[1].shape[1]
+        return 0 if entry is None else entry.key.shape[1]
 
     def clear(self) -> None:
         self._entries.clear()
@@ -70,12 +79,11 @@ class KVCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _entry(self, layer: nn.Module) -> list | None:
+    def _entry(self, layer: nn.Module) -> "_CacheEntry | None":
         return self._entries.get(id(layer))
 
     def _store(self, layer: nn.Module, key: Tensor, value: Tensor, queries: int) -> None:
-        # The layer is kept in the entry so that its id stays unique while cached.
-        self._entries[id(layer)] = [layer, key, value, queries]
+        self._entries[id(layer)] = _CacheEntry(layer, key, value, queries)
 
 
 class MultiHeadAttention(nn.Module):
@@ -148,17 +156,17 @@ class MultiHeadAttention(nn.Module):
         cached_key = cached_value = None
         query_position = 0
         if entry is not None:
-            cached_key, cached_value = entry[1], entry[2]
+            cached_key, cached_value = entry.key, entry.value
             if self.absolute_positions:
                 # After the cached keys (self-attention), or the queries seen so far (cross).
-                query_position = entry[3] if xa is not None else cached_key.shape[1]
+                query_position = entry.queries if xa is not None else cached_key.shape[1]
         out, qk, key, value = self._attention(x, xa, mask, cached_key, cached_value, query_position)
         cross = xa is not None
-        queries = (entry[3] if entry is not None else 0) + (x.shape[1] if cross else 0)
+        queries = (entry.queries if entry is not None else 0) + (x.shape[1] if cross else 0)
         if not cross or entry is None:  # self-attention keys grow; cross-attention ones are stored once
             kv_cache._store(self, key, value, queries)
         else:
-            entry[3] = queries
+            entry.queries = queries
         return out, None if self.sdpa else qk
 
     def _attention(

@@ -13,10 +13,6 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
-#if defined(__AVX512BF16__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <vector>
 
@@ -39,12 +35,8 @@ template <typename scalar_t>
 inline Vectorized<scalar_t> narrow(const Vectorized<float>& lo, const Vectorized<float>& hi) {
 #if defined(__AVX512BF16__)
   if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
-    // One instruction instead of ATen's integer rounding. It flushes
-    // denormals to zero and quiets NaNs its own way, so vectors holding
-    // either (rare) take ATen's path: results are bitwise the same on every CPU.
-    constexpr int nan_or_denormal = 0x01 | 0x20 | 0x80; // QNaN, denormal, SNaN
-    if ((_mm512_fpclass_ps_mask(lo, nan_or_denormal) |
-         _mm512_fpclass_ps_mask(hi, nan_or_denormal)) == 0) {
+    // One instruction instead of ATen's integer rounding, where it gives ATen's bits.
+    if (bf16_avx512::hardware_rounding_exact(lo, hi)) {
       return Vectorized<scalar_t>((__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
   }

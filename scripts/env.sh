@@ -10,7 +10,7 @@ RA_PY=$RA_VENV/bin/python
 
 ra_install_debian_packages() {
   local need=()
-  for pkg in catch2 ninja-build ccache cmake g++; do
+  for pkg in catch2 nlohmann-json3-dev libzip-dev pkg-config ninja-build ccache cmake g++; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if ((${#need[@]})); then
@@ -27,10 +27,10 @@ ra_make_venv() {
     echo "== creating $RA_VENV"
     python3 -m venv "$RA_VENV"
   fi
-  if ! "$RA_PY" -c "import torch, pytest, numpy, setuptools, wheel, hypothesis, expecttest" >/dev/null 2>&1 ||
+  if ! "$RA_PY" -c "import torch, pytest, numpy, setuptools, wheel, hypothesis, expecttest, safetensors" >/dev/null 2>&1 ||
      [[ $("$RA_PY" -c "import torch; print(torch.__version__.split('+')[0])") != "${RA_TORCH#torch==}" ]]; then
     echo "== installing $RA_TORCH and test tools into $RA_VENV"
-    ra_pip "$RA_TORCH" pytest numpy setuptools wheel expecttest hypothesis
+    ra_pip "$RA_TORCH" pytest numpy setuptools wheel expecttest hypothesis safetensors
   fi
 }
 

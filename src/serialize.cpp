@@ -1,12 +1,13 @@
 #include "rotary_attention/serialize.h"
 
-#include <caffe2/serialize/inline_container.h>
-#include <torch/csrc/jit/serialization/pickler.h>
-
-#include "torch_save_reader.h"
+#include "weight_files/safetensors_file.h"
+#include "weight_files/torch_save_reader.h"
+#include "weight_files/torch_save_writer.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 
@@ -80,20 +81,73 @@ LoadResult load_state_dict(
       "]");
 
   torch::NoGradGuard no_grad;
+  // Converted to each target's dtype and device first: a conversion that
+  // fails (a dtype without a copy kernel, a device out of memory) fails
+  // before the module is touched. The copies into the module then cannot.
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> staged;
   for (const auto& [name, target] : own) {
     auto it = state.find(name);
     if (it != state.end()) {
-      // Like Python's load_state_dict: copy_ converts dtype and device.
-      const_cast<torch::Tensor&>(target).copy_(it->second);
+      try {
+        staged.emplace_back(
+            target, it->second.to(target.options(), /*non_blocking=*/false, /*copy=*/true));
+      } catch (const c10::Error& e) {
+        TORCH_CHECK(
+            false,
+            "load_state_dict: nothing was loaded: \"",
+            name,
+            "\" of dtype ",
+            it->second.scalar_type(),
+            " cannot be converted to the module's ",
+            target.scalar_type(),
+            " (",
+            e.what_without_backtrace(),
+            ")");
+      }
     }
+  }
+  for (auto& [target, value] : staged) {
+    target.copy_(value);
   }
   return result;
 }
 
 std::unordered_map<std::string, torch::Tensor> load_tensors(const std::string& path) {
   std::unordered_map<std::string, torch::Tensor> state;
-  for (auto& [key, tensor] : detail::read_torch_save_dict(path)) {
-    state.emplace(key, tensor);
+  // The format is read from the content: a zip is torch.save's, an 8-byte
+  // length followed by '{' is safetensors'.
+  std::string first(9, '\0');
+  {
+    std::ifstream in(path, std::ios::binary);
+    TORCH_CHECK(in.good(), "load_tensors: cannot open '", path, "'");
+    in.read(first.data(), static_cast<std::streamsize>(first.size()));
+    first.resize(static_cast<size_t>(in.gcount()));
+  }
+  std::vector<std::pair<std::string, at::Tensor>> read;
+  const bool zip = first.rfind("PK\x03\x04", 0) == 0;
+  if (zip || detail::starts_like_safetensors(first)) {
+    try {
+      read = zip ? detail::read_torch_save_dict(path) : detail::read_safetensors(path);
+    } catch (const c10::Error& e) {
+      // Errors from LibTorch itself (the zip reader, as_strided's bounds
+      // check) get the loader's prefix and the file's name.
+      const std::string message = e.what_without_backtrace();
+      if (message.rfind("load_tensors:", 0) == 0) {
+        throw;
+      }
+      TORCH_CHECK(false, "load_tensors: '", path, "' is malformed: ", message);
+    }
+  } else {
+    TORCH_CHECK(
+        false,
+        "load_tensors: '",
+        path,
+        "' is neither a torch.save zip file nor a safetensors file (files from torch.save ",
+        "with _use_new_zipfile_serialization=False are not read: save them again without it)");
+  }
+  for (auto& [key, tensor] : read) {
+    TORCH_CHECK(
+        state.emplace(key, tensor).second, "load_tensors: '", path, "' names \"", key, "\" twice");
   }
   return state;
 }
@@ -126,39 +180,28 @@ void load_state_dict(
 }
 
 void save_tensors(
-    const std::vector<std::pair<std::string, torch::Tensor>>& tensors, const std::string& path) {
-  // torch.save's zip layout: data.pkl plus one record per storage under data/.
-  // torch::pickle_save would tag the dict with a TorchScript type, which
-  // torch.load(weights_only=True) refuses; an untagged dict loads anywhere.
-  c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
+    const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+    const std::string& path,
+    WeightFileFormat format) {
+  std::set<std::string> names;
   for (const auto& [name, tensor] : tensors) {
-    dict.insert(name, tensor.detach());
+    TORCH_CHECK(names.insert(name).second, "save_tensors: the name \"", name, "\" is given twice");
+    TORCH_CHECK(tensor.defined(), "save_tensors: \"", name, "\" is an undefined tensor");
   }
-  std::vector<char> pickled;
-  int64_t next_id = 0;
-  torch::jit::Pickler pickler(
-      [&](const char* data, size_t size) { pickled.insert(pickled.end(), data, data + size); },
-      /*tensor_table=*/nullptr,
-      /*type_renamer=*/nullptr,
-      /*memoized_class_types=*/nullptr,
-      /*get_tensor_id=*/[&](const at::Tensor&) { return std::to_string(next_id++); },
-      /*tag_aggregates=*/false);
-  pickler.protocol();
-  pickler.pushIValue(dict);
-  pickler.stop();
-
-  caffe2::serialize::PyTorchStreamWriter writer(path);
-  writer.writeRecord("byteorder", "little", 6);
-  for (size_t i = 0; i < pickler.tensorData().size(); ++i) {
-    const auto data = torch::jit::getWriteableTensorData(pickler.tensorData()[i]);
-    writer.writeRecord("data/" + std::to_string(i), data.data(), data.sizeInBytes());
+  if (format == WeightFileFormat::from_extension) {
+    format = std::filesystem::path(path).extension() == ".safetensors"
+                 ? WeightFileFormat::safetensors
+                 : WeightFileFormat::torch_save;
   }
-  writer.writeRecord("data.pkl", pickled.data(), pickled.size());
-  writer.writeEndOfFile();
-  TORCH_CHECK(writer.finalized(), "save_tensors: writing '", path, "' failed");
+  if (format == WeightFileFormat::safetensors) {
+    detail::write_safetensors(tensors, path);
+  } else {
+    detail::write_torch_save_dict(tensors, path);
+  }
 }
 
-void save_state_dict(const torch::nn::Module& module, const std::string& path) {
+void save_state_dict(
+    const torch::nn::Module& module, const std::string& path, WeightFileFormat format) {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (const auto& item : module.named_parameters(/*recurse=*/true)) {
     tensors.emplace_back(item.key(), item.value());
@@ -166,7 +209,7 @@ void save_state_dict(const torch::nn::Module& module, const std::string& path) {
   for (const auto& item : module.named_buffers(/*recurse=*/true)) {
     tensors.emplace_back(item.key(), item.value());
   }
-  save_tensors(tensors, path);
+  save_tensors(tensors, path, format);
 }
 
 } // namespace rotary_attention

@@ -30,14 +30,20 @@ LoadResult load_state_dict(
     const std::unordered_map<std::string, torch::Tensor>& state,
     bool strict = true);
 
-/// Reads a dict of tensors written by Python's `torch.save(d, path)` (a
-/// state dict, an OrderedDict or a plain dict with string keys).
+/// Which format a weight file is written in; from_extension picks safetensors
+/// for a path ending in ".safetensors", torch.save's otherwise.
+enum class WeightFileFormat { from_extension, torch_save, safetensors };
+
+/// Reads named tensors from a file written by Python's `torch.save(d, path)`
+/// (a state dict, an OrderedDict or a plain dict with string keys) or by
+/// safetensors' `save_file`; the format is read from the content. Every size
+/// and offset is checked against the file before anything is allocated.
 std::unordered_map<std::string, torch::Tensor> load_tensors(const std::string& path);
 
 /// Reads a file written by Python's `torch.save(module.state_dict(), path)`
-/// and loads it strictly. With a `prefix` (e.g. "decoder.blocks.3.attn."),
-/// the file is a whole model's checkpoint: the entries whose keys start with
-/// the prefix are loaded, the prefix removed, strictly; the rest is ignored.
+/// or safetensors' `save_file` and loads it strictly. With a `prefix` (e.g.
+/// "decoder.blocks.3.attn."), the file is a whole model's checkpoint: the entries whose keys start
+/// with the prefix are loaded, the prefix removed, strictly; the rest is ignored.
 void load_state_dict(
     torch::nn::Module& module, const std::string& path, const std::string& prefix = "");
 
@@ -45,14 +51,19 @@ void load_state_dict(
 std::unordered_map<std::string, torch::Tensor> entries_under(
     const std::unordered_map<std::string, torch::Tensor>& state, const std::string& prefix);
 
-/// Writes named tensors in `torch.save`'s format, in the given order: Python
-/// reads them as a dict with `torch.load(path)` (weights_only too).
+/// Writes named tensors, in the given order: in `torch.save`'s format Python
+/// reads them as a dict with `torch.load(path)` (weights_only too); as
+/// safetensors, with `safetensors.torch.load_file(path)`.
 void save_tensors(
-    const std::vector<std::pair<std::string, torch::Tensor>>& tensors, const std::string& path);
+    const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+    const std::string& path,
+    WeightFileFormat format = WeightFileFormat::from_extension);
 
-/// Writes the module's state dict in `torch.save`'s format: Python reads it
-/// with `torch.load(path)` (weights_only too) and the original layer accepts
-/// it in `load_state_dict`.
-void save_state_dict(const torch::nn::Module& module, const std::string& path);
+/// Writes the module's state dict (see save_tensors): the original layer
+/// accepts what Python reads back in `load_state_dict`.
+void save_state_dict(
+    const torch::nn::Module& module,
+    const std::string& path,
+    WeightFileFormat format = WeightFileFormat::from_extension);
 
 } // namespace rotary_attention

@@ -26,6 +26,21 @@ py::tuple load_into(
   return py::make_tuple(r.missing_keys, r.unexpected_keys);
 }
 
+ra::WeightFileFormat file_format(const std::string& name) {
+  if (name.empty()) {
+    return ra::WeightFileFormat::from_extension;
+  }
+  if (name == "torch_save") {
+    return ra::WeightFileFormat::torch_save;
+  }
+  TORCH_CHECK(
+      name == "safetensors",
+      "format must be \"torch_save\", \"safetensors\" or None (from the extension), not \"",
+      name,
+      "\"");
+  return ra::WeightFileFormat::safetensors;
+}
+
 } // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -163,12 +178,22 @@ computed on the first call and reused.)doc")
       },
       py::arg("path"),
       py::arg("prefix") = "");
-  m.def("_save_file", &ra::save_tensors, py::arg("tensors"), py::arg("path"));
+  m.def(
+      "_save_file",
+      [](const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+         const std::string& path,
+         const std::string& format) { ra::save_tensors(tensors, path, file_format(format)); },
+      py::arg("tensors"),
+      py::arg("path"),
+      py::arg("format"));
   m.def(
       "_save_state_dict_file",
-      [](const torch::nn::Module& mod, const std::string& path) { ra::save_state_dict(mod, path); },
+      [](const torch::nn::Module& mod, const std::string& path, const std::string& format) {
+        ra::save_state_dict(mod, path, file_format(format));
+      },
       py::arg("module"),
-      py::arg("path"));
+      py::arg("path"),
+      py::arg("format"));
   m.def("built_with_cuda", &ra::built_with_cuda);
   m.def("cpu_kernel_capability", &ra::cpu_kernel_capability);
 }

@@ -28,22 +28,25 @@ cpu_kernel_capability = _C.cpu_kernel_capability
 
 
 def load_file(path, prefix=""):
-    """The tensors of a `torch.save`d dict (a state dict), read by the library's
-    C++ reader (no Python unpickling): `dict[str, Tensor]`. With a prefix (e.g.
+    """The tensors of a `torch.save`d dict (a state dict) or of a safetensors
+    file (the format is read from the content), read by the library's C++
+    reader (no Python unpickling): `dict[str, Tensor]`. With a prefix (e.g.
     "decoder.blocks.3.attn."), only the entries under it, the prefix removed:
     `layer.load_state_dict(load_file(path, "decoder.blocks.3.attn."))` loads one
     layer out of a whole model's checkpoint (strict within the prefix)."""
     return _C._load_file(str(path), prefix)
 
 
-def save_file(state_dict, path):
-    """Writes named tensors, in order, in `torch.save`'s format with the
-    library's C++ writer; `torch.load(path, weights_only=True)` reads them."""
+def save_file(state_dict, path, format=None):
+    """Writes named tensors, in order, with the library's C++ writer: as
+    safetensors when the path ends in ".safetensors" or format="safetensors"
+    (`safetensors.torch.load_file` reads them), otherwise in `torch.save`'s
+    format (`torch.load(path, weights_only=True)` reads them)."""
     items = list(state_dict.items())
     for name, value in items:
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"save_file: the value of {name!r} is not a tensor")
-    _C._save_file([(str(k), v.detach()) for k, v in items], str(path))
+    _C._save_file([(str(k), v.detach()) for k, v in items], str(path), format or "")
 
 
 def rotary_(x, inv_freq, positions=None, offset=0, layout="interleaved_to_half", rotary_dim=-1):

@@ -115,15 +115,17 @@ class _CppModule:
                 else:
                     p.grad.zero_()
 
-    def save(self, path: str) -> None:
-        """Writes the state dict in torch.save's format, from C++."""
-        _C._save_state_dict_file(self, path)
+    def save(self, path, format: str | None = None) -> None:
+        """Writes the state dict from C++, as safetensors when the path ends in
+        ".safetensors" (or format="safetensors"), in torch.save's format otherwise."""
+        _C._save_state_dict_file(self, str(path), format or "")
 
-    def load(self, path: str, prefix: str = "") -> None:
-        """Reads a torch.save'd state dict strictly, from C++. With a prefix
+    def load(self, path, prefix: str = "") -> None:
+        """Reads a state dict (torch.save or safetensors, told by content)
+        strictly, from C++; on error the module is unchanged. With a prefix
         (e.g. "decoder.blocks.3.attn."), loads that part of a whole model's
         checkpoint: keys outside it are ignored, strict within it."""
-        _C._load_state_dict_file(self, path, prefix)
+        _C._load_state_dict_file(self, str(path), prefix)
 
 
 class RotationLayer(_CppModule, _C.cpp.RotationLayer):

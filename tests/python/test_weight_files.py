@@ -63,3 +63,55 @@ def test_one_layer_out_of_a_whole_model_checkpoint(tmp_path):
         cpp_layer.load(str(path), prefix="blocks.")  # "0.query.weight", ...: not this layer's keys
     for key, value in cpp_layer.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_safetensors_both_ways_with_the_safetensors_library(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    ref = randomize(reference.MultiHeadAttention(32, 4), seed=2).to(torch.bfloat16)
+    state = ref.state_dict()
+
+    # Python's safetensors -> the library (load_file, the C++ object's load).
+    safetensors_torch.save_file(state, tmp_path / "from_python.safetensors")
+    read = rotary_attention.load_file(tmp_path / "from_python.safetensors")
+    assert sorted(read) == sorted(state)
+    for key, value in state.items():
+        assert read[key].dtype == torch.bfloat16 and torch.equal(read[key], value), key
+    cpp_layer = rotary_attention.cpp.MultiHeadAttention(32, 4).to(torch.bfloat16)
+    cpp_layer.load(tmp_path / "from_python.safetensors")
+    for key, value in cpp_layer.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+    # The library -> Python's safetensors: by extension, by format=, and the C++ object's save.
+    rotary_attention.save_file(state, tmp_path / "from_cpp.safetensors")
+    rotary_attention.save_file(state, tmp_path / "named.pt", format="safetensors")
+    cpp_layer.save(tmp_path / "module.safetensors")
+    for name in ("from_cpp.safetensors", "named.pt", "module.safetensors"):
+        loaded = safetensors_torch.load_file(tmp_path / name)
+        assert sorted(loaded) == sorted(state), name
+        for key, value in state.items():
+            assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), (name, key)
+    # The format is told by the content, not the name.
+    assert sorted(rotary_attention.load_file(tmp_path / "named.pt")) == sorted(state)
+    rotary_attention.save_file(state, tmp_path / "zip.safetensors", format="torch_save")
+    assert (tmp_path / "zip.safetensors").read_bytes()[:4] == b"PK\x03\x04"  # torch.save's zip
+    assert sorted(rotary_attention.load_file(tmp_path / "zip.safetensors")) == sorted(state)
+    with pytest.raises(RuntimeError, match="format must be"):
+        rotary_attention.save_file(state, tmp_path / "x", format="npz")
+
+
+def test_every_safetensors_dtype_torch_has_is_read(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    dtypes = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
+              torch.float8_e5m2, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint64,
+              torch.uint32, torch.uint16, torch.uint8, torch.bool]  # fmt: skip
+    values = torch.arange(-6, 6, dtype=torch.float64).reshape(3, 4)
+    state = {str(d): (values.abs() if not d.is_signed else values).to(d) for d in dtypes}
+    safetensors_torch.save_file(state, tmp_path / "all.safetensors")
+    read = rotary_attention.load_file(tmp_path / "all.safetensors")
+    for key, value in state.items():
+        assert read[key].dtype == value.dtype, key
+        assert torch.equal(read[key].view(torch.uint8), value.view(torch.uint8)), key
+    rotary_attention.save_file(state, tmp_path / "back.safetensors")
+    back = safetensors_torch.load_file(tmp_path / "back.safetensors")
+    for key, value in state.items():
+        assert torch.equal(back[key].view(torch.uint8), value.view(torch.uint8)), key

@@ -1,10 +1,11 @@
 #include "torch_save_reader.h"
 
+#include "zip_archive.h"
+
 #include <ATen/ATen.h>
-#include <caffe2/serialize/inline_container.h>
 
 #include <cstring>
-#include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <variant>
@@ -47,7 +48,39 @@ struct Value {
       Storage,
       at::Tensor>
       v;
+  ~Value();
 };
+
+// Moves a container's items out, so that they can be released one by one.
+void take_children(Value& value, std::vector<ValuePtr>& out) {
+  if (auto* l = std::get_if<List>(&value.v)) {
+    std::move(l->items.begin(), l->items.end(), std::back_inserter(out));
+    l->items.clear();
+  } else if (auto* t = std::get_if<Tuple>(&value.v)) {
+    std::move(t->items.begin(), t->items.end(), std::back_inserter(out));
+    t->items.clear();
+  } else if (auto* d = std::get_if<Dict>(&value.v)) {
+    for (auto& [k, v] : d->items) {
+      out.push_back(std::move(k));
+      out.push_back(std::move(v));
+    }
+    d->items.clear();
+  }
+}
+
+// Released iteratively: a crafted pickle can nest lists a million deep, and
+// recursive destruction would overflow the stack.
+Value::~Value() {
+  std::vector<ValuePtr> pending;
+  take_children(*this, pending);
+  while (!pending.empty()) {
+    ValuePtr p = std::move(pending.back());
+    pending.pop_back();
+    if (p && p.use_count() == 1) {
+      take_children(*p, pending);
+    }
+  }
+}
 
 template <typename T>
 ValuePtr make(T x) {
@@ -61,6 +94,46 @@ const T& as(const ValuePtr& p, const char* what) {
   const T* x = std::get_if<T>(&p->v);
   TORCH_CHECK(x != nullptr, "load_tensors: malformed state dict file (expected ", what, ")");
   return *x;
+}
+
+// Pickle strings are UTF-8; keys that are not could not reach Python, or a
+// user, as text. Checks the encoding's shape (lengths and continuation bytes,
+// no overlong forms or surrogates).
+bool is_utf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<uint8_t>(s[i]);
+    size_t n;
+    uint32_t code;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xe0) == 0xc0) {
+      n = 1, code = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      n = 2, code = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      n = 3, code = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + n >= s.size()) {
+      return false; // truncated sequence
+    }
+    for (size_t k = 1; k <= n; ++k) {
+      const auto next = static_cast<uint8_t>(s[i + k]);
+      if ((next & 0xc0) != 0x80) {
+        return false;
+      }
+      code = (code << 6) | (next & 0x3f);
+    }
+    static constexpr uint32_t kSmallest[] = {0, 0x80, 0x800, 0x10000};
+    if (code < kSmallest[n] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) {
+      return false;
+    }
+    i += n + 1;
+  }
+  return true;
 }
 
 c10::ScalarType storage_dtype(const std::string& name) {
@@ -86,8 +159,18 @@ c10::ScalarType storage_dtype(const std::string& name) {
 
 class Reader {
  public:
-  Reader(caffe2::serialize::PyTorchStreamReader& zip, const std::string& pkl)
-      : zip_(zip), data_(pkl) {}
+  Reader(const ZipArchive& zip, std::string pkl) : zip_(zip), data_(std::move(pkl)) {}
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
+
+  // A pickle can make a container hold itself (through the memo); emptying
+  // every memoized container breaks such cycles, which would otherwise leak.
+  ~Reader() {
+    std::vector<ValuePtr> pending;
+    for (auto& [index, value] : memo_) {
+      take_children(*value, pending);
+    }
+  }
 
   ValuePtr run() {
     while (true) {
@@ -163,10 +246,10 @@ class Reader {
           push(make(binfloat()));
           break;
         case 'X':
-          push(make(read(u32())));
+          push(make(utf8(read(u32()))));
           break; // BINUNICODE
         case 0x8c:
-          push(make(read(u8())));
+          push(make(utf8(read(u8()))));
           break; // SHORT_BINUNICODE
         case 't':
           push(make(Tuple{pop_to_mark()}));
@@ -267,21 +350,38 @@ class Reader {
     const std::string key = as<std::string>(t[2], "a storage key");
     const int64_t numel = as<int64_t>(t[4], "a storage size");
     auto it = storages_.find(key);
-    if (it == storages_.end()) {
-      auto [data, nbytes] = zip_.getRecord("data/" + key);
-      at::Tensor flat = at::empty({numel}, at::TensorOptions().dtype(dtype));
+    if (it != storages_.end()) {
       TORCH_CHECK(
-          nbytes == static_cast<size_t>(flat.nbytes()),
+          it->second.scalar_type() == dtype && it->second.numel() == numel,
           "load_tensors: storage ",
           key,
-          " has ",
-          nbytes,
-          " bytes, expected ",
-          flat.nbytes());
-      std::memcpy(flat.data_ptr(), data.get(), nbytes);
-      it = storages_.emplace(key, flat).first;
+          " is named twice with different types or sizes");
+      return make(Storage{it->second});
     }
-    return make(Storage{it->second});
+    // The record's size is checked against the element count before anything
+    // is allocated: a crafted count cannot make the reader allocate more than
+    // the file holds.
+    const std::string record = "data/" + key;
+    TORCH_CHECK(zip_.has(record), "load_tensors: storage ", key, " has no record ", record);
+    const uint64_t nbytes = zip_.size(record); // no more than the file holds
+    const uint64_t item = c10::elementSize(dtype);
+    TORCH_CHECK(
+        numel >= 0 && static_cast<uint64_t>(numel) <= nbytes / item &&
+            static_cast<uint64_t>(numel) * item == nbytes,
+        "load_tensors: storage ",
+        key,
+        " has ",
+        nbytes,
+        " bytes, which do not hold ",
+        numel,
+        " elements of ",
+        dtype);
+    at::Tensor flat = at::empty({numel}, at::TensorOptions().dtype(dtype));
+    if (nbytes > 0) {
+      zip_.read(record, flat.data_ptr(), nbytes);
+    }
+    storages_.emplace(key, flat);
+    return make(Storage{flat});
   }
 
   std::vector<ValuePtr>& list_of(const ValuePtr& p) {
@@ -329,6 +429,10 @@ class Reader {
     return it->second;
   }
 
+  std::string utf8(std::string s) {
+    TORCH_CHECK(is_utf8(s), "load_tensors: malformed pickle (a string is not UTF-8)");
+    return s;
+  }
   std::string read(size_t n) {
     TORCH_CHECK(pos_ + n <= data_.size(), "load_tensors: truncated pickle");
     std::string s = data_.substr(pos_, n);
@@ -375,10 +479,10 @@ class Reader {
     TORCH_CHECK(end != std::string::npos, "load_tensors: truncated pickle");
     std::string s = data_.substr(pos_, end - pos_);
     pos_ = end + 1;
-    return s;
+    return utf8(std::move(s));
   }
 
-  caffe2::serialize::PyTorchStreamReader& zip_;
+  const ZipArchive& zip_;
   std::string data_;
   size_t pos_ = 0;
   std::vector<ValuePtr> stack_;
@@ -389,21 +493,13 @@ class Reader {
 } // namespace
 
 std::vector<std::pair<std::string, at::Tensor>> read_torch_save_dict(const std::string& path) {
-  TORCH_CHECK(std::ifstream(path).good(), "load_tensors: cannot open '", path, "'");
-  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> zip;
-  try {
-    zip = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(
-        false,
-        "load_tensors: '",
-        path,
-        "' is not a torch.save zip file (",
-        e.what_without_backtrace(),
-        ")");
+  const ZipArchive zip(path);
+  TORCH_CHECK(zip.has("data.pkl"), "load_tensors: '", path, "' has no data.pkl record");
+  std::string pkl(zip.size("data.pkl"), '\0');
+  if (!pkl.empty()) {
+    zip.read("data.pkl", pkl.data(), pkl.size());
   }
-  auto [pkl, size] = zip->getRecord("data.pkl");
-  Reader reader(*zip, std::string(static_cast<const char*>(pkl.get()), size));
+  Reader reader(zip, std::move(pkl));
   const ValuePtr root = reader.run();
   const auto* dict = std::get_if<Dict>(&root->v);
   TORCH_CHECK(dict != nullptr, "load_tensors: '", path, "' does not hold a dict of tensors");

@@ -1,0 +1,158 @@
+"""Every row of the README's "Refused inputs" table, run: each public entry point given the
+bad input the row names must raise the error the row quotes (and the README table must
+list exactly these rows, so that the two cannot drift apart)."""
+
+import json
+import os
+import re
+
+import pytest
+import torch
+
+import rotary_attention
+from rotary_attention import cpp
+
+README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
+
+
+def x4(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+def freq(n):
+    return rotary_attention.RotaryEmbedding(2 * n).inv_freq
+
+
+def write_bytes(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def storage_size_mismatch(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.zeros(4)}, path)
+    data = bytearray(path.read_bytes())
+    # The storage record data/0 holds 16 bytes; the pickle says 4 elements (K\x04 after 'cpu').
+    at = data.find(b"cpu")
+    data[data.find(b"K\x04", at) + 1] = 5
+    path.write_bytes(bytes(data))
+    return path
+
+
+# (entry point, refused input, error excerpt as in the README, call raising it, exception type)
+ROWS = [
+    ("rotary", "x not of rank 4", "expected x of shape (B, T, H, D)",
+     lambda p: rotary_attention.rotary(torch.randn(2, 8), freq(4)), RuntimeError),
+    ("rotary", "x of an integer dtype", "x must be float32, float64, float16 or bfloat16",
+     lambda p: rotary_attention.rotary(torch.ones(1, 2, 1, 8, dtype=torch.long), freq(4)), RuntimeError),
+    ("rotary", "inv_freq not 1-D", "inv_freq must be a 1-D floating tensor",
+     lambda p: rotary_attention.rotary(x4(1, 2, 1, 8), freq(4)[None]), RuntimeError),
+    ("rotary", "inv_freq of the wrong length", "inv_freq must have rotary_dim / 2",
+     lambda p: rotary_attention.rotary(x4(1, 2, 1, 8), freq(3)), RuntimeError),
+    ("rotary", "negative rotary_dim", "rotary_dim must be -1 (all of D) or a positive even number",
+     lambda p: rotary_attention.rotary(x4(1, 2, 1, 8), freq(4), rotary_dim=-2), RuntimeError),
+    ("rotary", "odd rotary_dim, or one above D", "the rotated size must be even and at most D",
+     lambda p: rotary_attention.rotary(x4(1, 2, 1, 8), freq(4), rotary_dim=3), RuntimeError),
+    ("rotary", "unknown layout", 'layout must be "interleaved_to_half"',
+     lambda p: rotary_attention.rotary(x4(1, 2, 1, 8), freq(4), layout="rope"), RuntimeError),
+    ("rotary", "floating positions", "positions must be int64 or int32",
+     lambda p: rotary_attention.rotary(x4(1, 2, 1, 8), freq(4), torch.zeros(2)), RuntimeError),
+    ("rotary", "positions of the wrong shape", "positions must have shape (T,) or (B, T)",
+     lambda p: rotary_attention.rotary(x4(1, 2, 1, 8), freq(4), torch.arange(3)), RuntimeError),
+    ("rotary_", "x with overlapping memory (an expanded view)", "x has overlapping memory",
+     lambda p: rotary_attention.rotary_(x4(1, 1, 1, 8).expand(2, 1, 1, 8), freq(4)), RuntimeError),
+    ("multi_head_attention", "cached_key without cached_value", "pass both cached_key and cached_value",
+     lambda p: attention_with_cache(torch.randn(1, 2, 16), None), RuntimeError),
+    ("MultiHeadAttention(n_state, n_head)", "n_state not divisible by n_head", "must be divisible by n_head",
+     lambda p: rotary_attention.MultiHeadAttention(30, 4), ValueError),
+    ("cpp.MultiHeadAttention(n_state, n_head)", "n_state not divisible by n_head", "must be divisible by n_head",
+     lambda p: cpp.MultiHeadAttention(30, 4), RuntimeError),
+    ("RotaryEmbedding(dim)", "odd dim", "dim (the head dim) must be positive and even",
+     lambda p: rotary_attention.RotaryEmbedding(7), ValueError),
+    ("RotationLayer forward", "x whose last dimension is not embed_dim", "expected x with last dimension",
+     lambda p: cpp.RotationLayer(8)(torch.randn(2, 6)), RuntimeError),
+    ("MultiHeadAttention forward", "x whose last dimension is not n_state", "MultiHeadAttention: expected",
+     lambda p: rotary_attention.MultiHeadAttention(16, 2)(torch.randn(1, 3, 8)), RuntimeError),
+    ("MultiHeadAttention forward", "a mask that is not 2-D", "mask must be a 2-D additive mask of at least (T, T)",
+     lambda p: rotary_attention.MultiHeadAttention(16, 2)(torch.randn(1, 3, 16), mask=torch.zeros(3, 3, 1)),
+     RuntimeError),
+    ("MultiHeadAttention forward", "a mask smaller than (T, T) on the explicit path", "adds mask[:T, :T]",
+     lambda p: rotary_attention.MultiHeadAttention(16, 2, sdpa=False)(torch.randn(1, 3, 16), mask=torch.zeros(2, 2)),
+     RuntimeError),
+    ("MultiHeadAttention forward", "xa with another batch size", "xa must have x's batch size",
+     lambda p: rotary_attention.MultiHeadAttention(16, 2)(torch.randn(2, 3, 16), xa=torch.randn(1, 4, 16)),
+     RuntimeError),
+    ("load_file / load", "a path that does not exist", "cannot open",
+     lambda p: rotary_attention.load_file(p / "missing.pt"), RuntimeError),
+    ("load_file / load", "a file in neither format", "neither a torch.save zip file nor a safetensors file",
+     lambda p: rotary_attention.load_file(write_bytes(p, "w.bin", b"not weights at all")), RuntimeError),
+    ("load_file / load", "a storage size its record does not hold", "which do not hold",
+     lambda p: rotary_attention.load_file(storage_size_mismatch(p)), RuntimeError),
+    ("load_file / load", "a safetensors header longer than the file", "claims",
+     lambda p: rotary_attention.load_file(write_bytes(p, "w.safetensors", (2**40).to_bytes(8, "little") + b"{}")),
+     RuntimeError),
+    ("load_file / load", "safetensors offsets outside the data", "lie outside the file's",
+     lambda p: rotary_attention.load_file(write_bytes(
+         p, "w.safetensors", safetensors_file({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, 4))),
+     RuntimeError),
+    ("cpp.MultiHeadAttention.load", "weights of a layer of another size", "size mismatch",
+     lambda p: load_other_size(p), RuntimeError),
+    ("cpp.MultiHeadAttention.load", "a prefix no key starts with", "no entry",
+     lambda p: load_with_prefix(p, "decoder.blocks.9."), RuntimeError),
+    ("save_file", "a value that is not a tensor", "is not a tensor",
+     lambda p: rotary_attention.save_file({"a": 1.0}, p / "w.pt"), TypeError),
+    ("save_file", "a dtype safetensors cannot hold", "safetensors cannot hold",
+     lambda p: rotary_attention.save_file({"a": torch.zeros(2, dtype=torch.complex128)}, p / "w.safetensors"),
+     RuntimeError),
+    ("save_file", "an unknown format", "format must be",
+     lambda p: rotary_attention.save_file({"a": torch.zeros(2)}, p / "w.pt", format="npz"), RuntimeError),
+]  # fmt: skip
+
+
+def attention_with_cache(cached_key, cached_value):
+    layer = rotary_attention.MultiHeadAttention(16, 2)
+    return layer._attention(torch.randn(1, 1, 16), None, None, cached_key, cached_value, 0)
+
+
+def safetensors_file(header, data_bytes):
+
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + bytes(data_bytes)
+
+
+def load_other_size(p):
+    path = p / "small.pt"
+    torch.save(rotary_attention.MultiHeadAttention(16, 2).state_dict(), path)
+    cpp.MultiHeadAttention(32, 4).load(path)
+
+
+def load_with_prefix(p, prefix):
+    path = p / "model.pt"
+    state = {f"decoder.blocks.0.{k}": v for k, v in rotary_attention.MultiHeadAttention(16, 2).state_dict().items()}
+    torch.save(state, path)
+    cpp.MultiHeadAttention(16, 2).load(path, prefix=prefix)
+
+
+def readme_error(error, kind):
+    """The README's cell: the excerpt, with the exception type when it is not RuntimeError."""
+    return error if kind is RuntimeError else f"{kind.__name__}: {error}"
+
+
+@pytest.mark.parametrize(("entry", "bad_input", "error", "call", "kind"), ROWS, ids=[f"{r[0]}: {r[1]}" for r in ROWS])
+def test_refused_input_gives_the_documented_error(tmp_path, entry, bad_input, error, call, kind):
+    with pytest.raises(kind, match=re.escape(error)):
+        call(tmp_path)
+
+
+def test_the_readme_table_lists_exactly_these_rows():
+    with open(README) as f:
+        text = f.read()
+    section = text.split("## Refused inputs", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and not set(cells[0]) <= {"-", " "} and cells[0] != "Entry point":
+            rows.append(tuple(c.strip("`").replace("\\|", "|") for c in cells))
+    assert rows == [(entry, bad_input, readme_error(error, kind)) for entry, bad_input, error, _, kind in ROWS]
+    assert len(rows) >= 20

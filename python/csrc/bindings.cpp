@@ -49,9 +49,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<ra::KVCache>(m, "KVCache", R"doc(
 Key/value cache for incremental decoding, shared by every attention layer of a
 model, with the semantics of Whisper's forward hooks on `key` and `value`:
-self-attention keys/values are appended each call, cross-attention ones are
-computed on the first call and reused.)doc")
-      .def(py::init<>())
+self-attention keys/values are appended each call (written in place into
+buffers that grow by doubling; `capacity` preallocates), cross-attention ones
+are computed on the first call and reused.)doc")
+      .def(py::init<int64_t>(), py::arg("capacity") = 0)
       .def("clear", &ra::KVCache::clear, "Forget every cached entry (start a new sequence).")
       .def("__len__", &ra::KVCache::size)
       .def(
@@ -62,13 +63,20 @@ computed on the first call and reused.)doc")
           py::arg("layer"),
           "Number of cached time steps of `layer` (0 when absent).")
       .def(
+          "capacity",
+          [](const ra::KVCache& c, const ra::MultiHeadAttentionImpl& layer) {
+            return c.capacity(&layer);
+          },
+          py::arg("layer"),
+          "Steps `layer`'s buffers hold before they grow (0 when absent).")
+      .def(
           "get",
           [](const ra::KVCache& c, const ra::MultiHeadAttentionImpl& layer) -> py::object {
             const ra::KVCache::Entry* e = c.find(&layer);
             if (e == nullptr) {
               return py::none();
             }
-            return py::make_tuple(e->key, e->value);
+            return py::make_tuple(e->key(), e->value());
           },
           py::arg("layer"),
           "(key, value) cached for `layer`, or None.");

@@ -48,30 +48,62 @@ class RotaryEmbedding(nn.Module):
 @dataclass
 class _CacheEntry:
     layer: nn.Module  # kept so that its id stays unique while it is cached
-    key: Tensor
+    key: Tensor  # self-attention: (B, capacity, n_state) buffer; cross-attention: xa's keys
     value: Tensor
-    queries: int  # query tokens seen (cross-attention positions with absolute_positions)
+    cross: bool
+    length: int = 0  # cached steps (self-attention, default cache)
+    queries: int = 0  # query tokens seen (cross-attention positions with absolute_positions)
+    filled: Tensor | None = None  # static cache: steps written (self) or queries seen (cross), as data
 
 
 class KVCache:
     """Keys and values for incremental decoding, shared by every attention
     layer of a model (one entry per layer), with the semantics of Whisper's
-    forward hooks: self-attention keys/values are appended each call (the
-    detached concatenation), cross-attention ones computed on the first call
-    and reused. Call `clear()` between sequences."""
+    forward hooks: self-attention keys/values are appended each call,
+    cross-attention ones computed on the first call and reused. Call `clear()`
+    between sequences. Not thread-safe: one cache per sequence and thread.
 
-    def __init__(self):
+    Default: self-attention keys and values are written in place into buffers
+    that grow by doubling (`capacity` preallocates that many steps), and
+    attention reads exactly what Whisper's concatenation gave.
+
+    `static=True` (needs `capacity` and `absolute_positions=True` layers): the
+    buffers never grow and the number of cached steps is a tensor, so a decode
+    step has the same shapes at every step and `torch.compile` compiles it
+    once (torch.export exports it). Attention reads the whole buffers with the
+    steps not yet written masked out; results match the default cache to
+    floating-point rounding (not bitwise: more, masked, keys are summed). A
+    step past the capacity raises when it runs. Masks: on the SDPA path a
+    mask makes attention causal at the queries' positions, as with the default
+    cache; the explicit path adds the mask's rows at the queries' positions
+    over all `capacity` columns, so pass a mask of at least
+    (capacity, capacity)."""
+
+    def __init__(self, capacity: int | None = None, static: bool = False):
+        if capacity is not None and capacity < 0:
+            raise ValueError(f"KVCache: capacity must be non-negative, got {capacity}")
+        if static and not capacity:
+            raise ValueError("KVCache(static=True) needs a capacity: its buffers never grow")
+        self.capacity = capacity or 0
+        self.static = static
         self._entries: dict[int, _CacheEntry] = {}  # by id(layer)
 
     def get(self, layer: nn.Module) -> tuple[Tensor, Tensor] | None:
-        """(key, value) cached for `layer`, or None."""
+        """(key, value) cached for `layer` (the cached steps), or None."""
         entry = self._entries.get(id(layer))
-        return None if entry is None else (entry.key, entry.value)
+        if entry is None:
+            return None
+        n = self.length(layer)
+        return entry.key[:, :n], entry.value[:, :n]
 
     def length(self, layer: nn.Module) -> int:
         """Number of cached time steps of `layer` (0 when absent)."""
         entry = self._entries.get(id(layer))
-        return 0 if entry is None else entry.key.shape[1]
+        if entry is None:
+            return 0
+        if entry.cross:
+            return entry.key.shape[1]
+        return int(entry.filled) if entry.filled is not None else entry.length
 
     def clear(self) -> None:
         self._entries.clear()
@@ -82,8 +114,31 @@ class KVCache:
     def _entry(self, layer: nn.Module) -> "_CacheEntry | None":
         return self._entries.get(id(layer))
 
-    def _store(self, layer: nn.Module, key: Tensor, value: Tensor, queries: int) -> None:
-        self._entries[id(layer)] = _CacheEntry(layer, key, value, queries)
+    def _store(self, layer: nn.Module, key: Tensor, value: Tensor) -> _CacheEntry:
+        """Cross-attention: xa's keys and values, kept as they are."""
+        filled = torch.zeros((), dtype=torch.long, device=key.device) if self.static else None
+        entry = _CacheEntry(layer, key, value, cross=True, filled=filled)
+        self._entries[id(layer)] = entry
+        return entry
+
+    def _reserve(self, layer: nn.Module, x: Tensor) -> _CacheEntry:
+        """Self-attention: buffers with room for x's steps (created, or grown by doubling)."""
+        entry = self._entries.get(id(layer))
+        steps = x.shape[1]
+        if entry is None:
+            shape = (x.shape[0], max(self.capacity, steps), x.shape[2])
+            key, value = x.new_empty(shape), x.new_empty(shape)
+            filled = torch.zeros((), dtype=torch.long, device=x.device) if self.static else None
+            entry = _CacheEntry(layer, key, value, cross=False, filled=filled)
+            self._entries[id(layer)] = entry
+        elif not self.static and entry.length + steps > entry.key.shape[1]:
+            n = entry.length
+            shape = (entry.key.shape[0], max(n + steps, 2 * entry.key.shape[1]), entry.key.shape[2])
+            for name in ("key", "value"):
+                grown = getattr(entry, name).new_empty(shape)
+                grown[:, :n].copy_(getattr(entry, name)[:, :n])
+                setattr(entry, name, grown)
+        return entry
 
 
 class MultiHeadAttention(nn.Module):
@@ -152,21 +207,40 @@ class MultiHeadAttention(nn.Module):
     def _forward_with_cache(
         self, x: Tensor, xa: Tensor | None, mask: Tensor | None, kv_cache: KVCache
     ) -> tuple[Tensor, Tensor | None]:
+        steps = x.shape[1]
+        if xa is None:
+            # Self-attention: the new keys go into the cache's buffers, in place.
+            entry = kv_cache._reserve(self, x)
+            positions = None
+            if kv_cache.static:
+                positions = entry.filled + torch.arange(steps, device=entry.filled.device)
+            out, qk, _, _ = self._attention(
+                x, None, mask, None, None, 0, entry.key, entry.value, entry.length, positions
+            )
+            if kv_cache.static:
+                entry.filled.add_(steps)
+            else:
+                entry.length += steps
+            return out, None if self.sdpa else qk
+        # Cross-attention: xa's keys and values, computed on the first call.
         entry = kv_cache._entry(self)
+        positions = None
+        if kv_cache.static and self.absolute_positions:
+            seen = entry.filled if entry is not None else torch.zeros((), dtype=torch.long, device=x.device)
+            positions = seen + torch.arange(steps, device=seen.device)
+        query_position = entry.queries if entry is not None and self.absolute_positions else 0
         cached_key = cached_value = None
-        query_position = 0
         if entry is not None:
             cached_key, cached_value = entry.key, entry.value
-            if self.absolute_positions:
-                # After the cached keys (self-attention), or the queries seen so far (cross).
-                query_position = entry.queries if xa is not None else cached_key.shape[1]
-        out, qk, key, value = self._attention(x, xa, mask, cached_key, cached_value, query_position)
-        cross = xa is not None
-        queries = (entry.queries if entry is not None else 0) + (x.shape[1] if cross else 0)
-        if not cross or entry is None:  # self-attention keys grow; cross-attention ones are stored once
-            kv_cache._store(self, key, value, queries)
+        out, qk, key, value = self._attention(
+            x, xa, mask, cached_key, cached_value, query_position, positions=positions
+        )
+        if entry is None:
+            entry = kv_cache._store(self, key, value)
+        if kv_cache.static:
+            entry.filled.add_(steps)
         else:
-            entry.queries = queries
+            entry.queries += steps
         return out, None if self.sdpa else qk
 
     def _attention(
@@ -177,6 +251,10 @@ class MultiHeadAttention(nn.Module):
         cached_key: Tensor | None,
         cached_value: Tensor | None,
         query_position: int,
+        key_buffer: Tensor | None = None,
+        value_buffer: Tensor | None = None,
+        cache_length: int = 0,
+        positions: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return torch.ops.rotary_attention.multi_head_attention(
             x,
@@ -203,6 +281,10 @@ class MultiHeadAttention(nn.Module):
             cached_key,
             cached_value,
             query_position,
+            key_buffer,
+            value_buffer,
+            cache_length,
+            positions,
         )
 
     def extra_repr(self) -> str:

@@ -2,36 +2,91 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 namespace rotary_attention {
+
+at::Tensor KVCache::Entry::key() const {
+  return key_buffer.slice(1, 0, length);
+}
+
+at::Tensor KVCache::Entry::value() const {
+  return value_buffer.slice(1, 0, length);
+}
+
+KVCache::KVCache(int64_t capacity) : initial_capacity_(capacity) {
+  TORCH_CHECK(capacity >= 0, "KVCache: capacity must be non-negative, got ", capacity);
+}
 
 const KVCache::Entry* KVCache::find(const void* layer) const {
   auto it = entries_.find(layer);
   return it == entries_.end() ? nullptr : &it->second;
 }
 
+KVCache::Entry& KVCache::reserve(const void* layer, const at::Tensor& like, int64_t steps) {
+  TORCH_CHECK(
+      like.dim() == 3 && steps >= 0,
+      "KVCache: keys must have shape (B, T, n_state), got ",
+      like.sizes());
+  const int64_t batch = like.size(0), n_state = like.size(2);
+  Entry& e = entries_[layer];
+  if (!e.key_buffer.defined()) {
+    const int64_t capacity = std::max(initial_capacity_, steps);
+    e.key_buffer = at::empty({batch, capacity, n_state}, like.options());
+    e.value_buffer = at::empty({batch, capacity, n_state}, like.options());
+    return e;
+  }
+  TORCH_CHECK(
+      e.key_buffer.size(0) == batch && e.key_buffer.size(2) == n_state &&
+          e.key_buffer.scalar_type() == like.scalar_type() &&
+          e.key_buffer.device() == like.device(),
+      "KVCache: cannot append keys of shape ",
+      like.sizes(),
+      " (",
+      like.scalar_type(),
+      ", ",
+      like.device(),
+      ") to cached keys of shape ",
+      e.key().sizes(),
+      " (",
+      e.key_buffer.scalar_type(),
+      ", ",
+      e.key_buffer.device(),
+      "): batch, feature size, dtype and device must match (a layer of another size? call "
+      "clear() between sequences)");
+  const int64_t needed = e.length + steps;
+  if (needed > e.key_buffer.size(1)) {
+    // Doubling: amortized O(1) copies per step.
+    const int64_t capacity = std::max(needed, 2 * e.key_buffer.size(1));
+    for (at::Tensor* buffer : {&e.key_buffer, &e.value_buffer}) {
+      at::Tensor grown = at::empty({batch, capacity, n_state}, buffer->options());
+      grown.slice(1, 0, e.length).copy_(buffer->slice(1, 0, e.length));
+      *buffer = grown;
+    }
+  }
+  return e;
+}
+
 const KVCache::Entry& KVCache::append(
     const void* layer, const at::Tensor& key, const at::Tensor& value) {
-  auto it = entries_.find(layer);
-  if (it == entries_.end()) {
-    return entries_[layer] = Entry{key, value};
-  }
-  Entry& e = it->second;
   TORCH_CHECK(
-      e.key.size(0) == key.size(0) && e.key.size(2) == key.size(2),
-      "KVCache: cannot append keys of shape ",
+      value.sizes() == key.sizes(),
+      "KVCache: keys of shape ",
       key.sizes(),
-      " to cached keys of shape ",
-      e.key.sizes(),
-      " (batch and feature sizes must match; call clear() between sequences)");
-  // Whisper's hook stores the detached concatenation.
-  e.key = at::cat({e.key, key}, 1).detach();
-  e.value = at::cat({e.value, value}, 1).detach();
+      " and values of shape ",
+      value.sizes(),
+      " must match");
+  Entry& e = reserve(layer, key, key.size(1));
+  const int64_t end = e.length + key.size(1);
+  e.key_buffer.slice(1, e.length, end).copy_(key.detach());
+  e.value_buffer.slice(1, e.length, end).copy_(value.detach());
+  e.length = end;
   return e;
 }
 
 const KVCache::Entry& KVCache::store(
     const void* layer, const at::Tensor& key, const at::Tensor& value) {
-  return entries_[layer] = Entry{key, value};
+  return entries_[layer] = Entry{key, value, key.size(1), 0};
 }
 
 int64_t KVCache::advance_queries(const void* layer, int64_t n) {
@@ -44,7 +99,12 @@ int64_t KVCache::advance_queries(const void* layer, int64_t n) {
 
 int64_t KVCache::length(const void* layer) const {
   const Entry* e = find(layer);
-  return e == nullptr ? 0 : e->key.size(1);
+  return e == nullptr ? 0 : e->length;
+}
+
+int64_t KVCache::capacity(const void* layer) const {
+  const Entry* e = find(layer);
+  return e == nullptr ? 0 : e->key_buffer.size(1);
 }
 
 } // namespace rotary_attention

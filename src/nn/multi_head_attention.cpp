@@ -61,19 +61,37 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
     const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask, KVCache* kv_cache) {
   const bool cross = xa.defined();
   const bool absolute = options.absolute_positions();
-  const KVCache::Entry* cached = kv_cache != nullptr ? kv_cache->find(this) : nullptr;
+  // Self-attention with a cache: the new keys are written into the cache's
+  // buffers, made large enough first. Cross-attention: xa's keys, once.
+  KVCache::Entry* buffers = nullptr;
+  const KVCache::Entry* cached = nullptr;
+  if (kv_cache != nullptr) {
+    if (cross) {
+      cached = kv_cache->find(this);
+    } else {
+      TORCH_CHECK(
+          x.dim() == 3 && x.size(2) == options.n_state(),
+          "MultiHeadAttention: expected x of shape (B, T, n_state=",
+          options.n_state(),
+          "), got shape ",
+          x.sizes());
+      buffers = &kv_cache->reserve(this, x, x.size(1));
+    }
+  }
+  const int64_t cache_length = buffers != nullptr ? buffers->length : 0;
   // absolute_positions: the position of x's first token: after the cached
   // keys (self-attention), or after the queries seen so far (cross-attention).
-  int64_t query_position = 0;
-  if (absolute && cached != nullptr) {
-    query_position = cross ? cached->queries : cached->key.size(1);
-  }
+  const int64_t query_position =
+      !absolute ? 0 : (cross ? (cached != nullptr ? cached->queries : 0) : cache_length);
   const auto& attn_ln = options.group_norm() ? group_norm->weight : layer_norm->weight;
   const auto& attn_ln_bias = options.group_norm() ? group_norm->bias : layer_norm->bias;
+  auto optional = [](const torch::Tensor& t) {
+    return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt;
+  };
   auto [result, qk, key_to_cache, value_to_cache] = multi_head_attention(
       x,
-      xa.defined() ? std::optional<torch::Tensor>(xa) : std::nullopt,
-      mask.defined() ? std::optional<torch::Tensor>(mask) : std::nullopt,
+      optional(xa),
+      optional(mask),
       attn_ln,
       attn_ln_bias,
       options.group_norm(),
@@ -92,15 +110,19 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
       dropout->options.p(),
       dropout->is_training(),
       absolute,
-      cached != nullptr ? std::optional<torch::Tensor>(cached->key) : std::nullopt,
-      cached != nullptr ? std::optional<torch::Tensor>(cached->value) : std::nullopt,
-      query_position);
-  if (kv_cache != nullptr) {
-    // Self-attention keys grow each call; cross-attention ones are stored once.
-    if (!cross || cached == nullptr) {
+      cached != nullptr ? optional(cached->key_buffer) : std::nullopt,
+      cached != nullptr ? optional(cached->value_buffer) : std::nullopt,
+      query_position,
+      buffers != nullptr ? optional(buffers->key_buffer) : std::nullopt,
+      buffers != nullptr ? optional(buffers->value_buffer) : std::nullopt,
+      cache_length);
+  if (buffers != nullptr) {
+    buffers->length += x.size(1);
+  } else if (kv_cache != nullptr) {
+    if (cached == nullptr) {
       kv_cache->store(this, key_to_cache, value_to_cache);
     }
-    if (cross && absolute) {
+    if (absolute) {
       kv_cache->advance_queries(this, x.size(1));
     }
   }

@@ -18,6 +18,8 @@
 #include "rotary_attention/ops/rotary.h"
 #include "typed_op.h"
 
+#include <limits>
+
 namespace rotary_attention {
 namespace {
 
@@ -59,11 +61,17 @@ struct Layer {
   double dropout_p;
   bool train;
 
-  // (B, T, n_state) -> rotary at positions offset.., then the rotation layer.
-  at::Tensor rotate(const at::Tensor& t, const c10::SymInt& offset) const {
+  // (B, T, n_state) -> rotary at positions offset.. (or at `positions`, a
+  // static cache's tensor of positions), then the rotation layer.
+  at::Tensor rotate(
+      const at::Tensor& t,
+      const c10::SymInt& offset,
+      const std::optional<at::Tensor>& positions = std::nullopt) const {
     // Explicit sizes (not -1) so that empty batches and sequences reshape too.
     auto heads = t.view_symint({t.sym_size(0), t.sym_size(1), n_head, head_dim});
-    heads = rotary(heads, inv_freq, std::nullopt, offset.guard_int(__FILE__, __LINE__));
+    heads = positions.has_value()
+                ? rotary(heads, inv_freq, positions, 0)
+                : rotary(heads, inv_freq, std::nullopt, offset.guard_int(__FILE__, __LINE__));
     if (heads.scalar_type() != rotation_matrix.scalar_type()) {
       // 16-bit input in an fp32 module: the rotation runs in fp32, as the
       // original's would (its rotary result is fp32), and the result returns
@@ -78,12 +86,16 @@ struct Layer {
 
   // causal_offset: absolute position of the first query in a self-attention
   // over cached keys (absolute_positions), else 0 (the original's alignment).
+  // positions: a static cache's query positions; keys live in a buffer of
+  // fixed capacity, the ones past the last query's position are not yet
+  // written and are masked out (and, when causal, those past each query's).
   std::tuple<at::Tensor, at::Tensor> attend(
       const at::Tensor& q_in,
       const at::Tensor& k_in,
       const at::Tensor& v_in,
       const std::optional<at::Tensor>& mask_opt,
-      const c10::SymInt& causal_offset) const {
+      const c10::SymInt& causal_offset,
+      const std::optional<at::Tensor>& positions = std::nullopt) const {
     const c10::SymInt n_batch = q_in.sym_size(0), n_ctx = q_in.sym_size(1);
     const c10::SymInt n_state = q_in.sym_size(2), n_keys = k_in.sym_size(1);
     const bool has_mask = mask_opt.has_value() && mask_opt->defined();
@@ -102,13 +114,26 @@ struct Layer {
     const auto v =
         v_in.view_symint({n_batch, v_in.sym_size(1), n_head, head_dim}).permute({0, 2, 1, 3});
 
+    at::Tensor written; // static cache: (T, capacity), keys each query may see
+    if (positions.has_value()) {
+      const auto key_index = at::arange(c10::Scalar(n_keys), positions->options()).unsqueeze(0);
+      // Causal on the SDPA path as below; the explicit path takes its causality
+      // from the mask's values.
+      const bool causal = sdpa && has_mask && n_ctx > 1;
+      written = causal ? key_index <= positions->unsqueeze(1)
+                       : key_index <=
+                             positions->select(0, -1).unsqueeze(0).expand_symint({n_ctx, n_keys});
+    }
+
     if (sdpa) {
       // As the original: the mask's values are ignored; its presence makes the
       // attention causal when there is more than one query: top-left aligned,
       // or bottom-right (query i at causal_offset + i) for absolute positions.
       const bool causal = has_mask && n_ctx > 1;
       at::Tensor a;
-      if (causal && causal_offset > 0) {
+      if (written.defined()) {
+        a = at::scaled_dot_product_attention(q, k, v, written, 0.0, false);
+      } else if (causal && causal_offset > 0) {
         const auto allowed = at::ones_symint({n_ctx, n_keys}, q.options().dtype(at::kBool))
                                  .tril(causal_offset.guard_int(__FILE__, __LINE__));
         a = at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
@@ -122,7 +147,20 @@ struct Layer {
 
     const at::Tensor& scale = temperature;
     at::Tensor qk = at::matmul(q * scale, k.transpose(-2, -1) * scale);
-    if (has_mask) {
+    if (written.defined()) {
+      if (has_mask) {
+        // The rows of the queries' positions, as mask[offset:offset+T, :S] below.
+        TORCH_CHECK(
+            mask_opt->sym_size(1) >= n_keys,
+            "MultiHeadAttention: with a static KVCache the explicit path adds the mask's rows at "
+            "the queries' positions over all ",
+            n_keys,
+            " cached steps; pass a mask of at least (capacity, capacity), got shape ",
+            mask_opt->sym_sizes());
+        qk += mask_opt->index_select(0, *positions).slice_symint(1, 0, n_keys);
+      }
+      qk.masked_fill_(written.logical_not(), -std::numeric_limits<double>::infinity());
+    } else if (has_mask) {
       const at::Tensor& mask = *mask_opt;
       // The original adds mask[:T, :T]; with absolute positions the rows are
       // the queries' positions and the columns the keys': mask[offset:offset+T, :S].
@@ -186,7 +224,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
     bool absolute_positions,
     const std::optional<at::Tensor>& cached_key,
     const std::optional<at::Tensor>& cached_value,
-    c10::SymInt query_position) {
+    c10::SymInt query_position,
+    const std::optional<at::Tensor>& key_buffer,
+    const std::optional<at::Tensor>& value_buffer,
+    c10::SymInt cache_length,
+    const std::optional<at::Tensor>& positions) {
   const c10::SymInt n_state = query_weight.sym_size(0);
   TORCH_CHECK(
       n_head > 0 && n_state % n_head == 0,
@@ -223,6 +265,74 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
         x.sym_sizes(),
         " (batch and feature sizes must match; call clear() between sequences)");
   }
+  const bool buffered = key_buffer.has_value() && key_buffer->defined();
+  TORCH_CHECK(
+      buffered == (value_buffer.has_value() && value_buffer->defined()),
+      "multi_head_attention: pass both key_buffer and value_buffer, or neither");
+  const bool fixed = positions.has_value() && positions->defined();
+  if (buffered) {
+    TORCH_CHECK(
+        !cross && !cached,
+        "multi_head_attention: key_buffer/value_buffer hold self-attention keys; cross-attention "
+        "keys are passed as cached_key/cached_value");
+    TORCH_CHECK(
+        key_buffer->dim() == 3 && key_buffer->sym_size(0) == x.sym_size(0) &&
+            key_buffer->sym_size(2) == n_state &&
+            value_buffer->sym_sizes() == key_buffer->sym_sizes() &&
+            key_buffer->scalar_type() == x.scalar_type() &&
+            value_buffer->scalar_type() == x.scalar_type() && key_buffer->device() == x.device(),
+        "KVCache: buffers of shape ",
+        key_buffer->sym_sizes(),
+        " (",
+        key_buffer->scalar_type(),
+        ", ",
+        key_buffer->device(),
+        ") cannot hold the keys of x of shape ",
+        x.sym_sizes(),
+        " (",
+        x.scalar_type(),
+        ", ",
+        x.device(),
+        "): was the cache filled by a layer of another size or dtype? call clear() between "
+        "sequences");
+    TORCH_CHECK(
+        fixed || cache_length + x.sym_size(1) <= key_buffer->sym_size(1),
+        "multi_head_attention: ",
+        x.sym_size(1),
+        " new steps after ",
+        cache_length,
+        " do not fit buffers of capacity ",
+        key_buffer->sym_size(1));
+  }
+  if (fixed) {
+    TORCH_CHECK(
+        absolute_positions,
+        "KVCache(static=True) needs absolute_positions=True: the original's semantics rotate "
+        "the whole cache again at every step");
+    TORCH_CHECK(
+        positions->dim() == 1 && positions->sym_size(0) == x.sym_size(1) && x.sym_size(1) > 0 &&
+            positions->scalar_type() == at::kLong,
+        "multi_head_attention: positions must be an int64 tensor of shape (T,) = (",
+        x.sym_size(1),
+        ",), got ",
+        positions->scalar_type(),
+        " of shape ",
+        positions->sym_sizes());
+    TORCH_CHECK(
+        buffered || cross,
+        "multi_head_attention: positions (a static cache's) need key_buffer and value_buffer "
+        "for self-attention");
+    if (buffered) {
+      // The positions are data, so this check runs with the step (also in a
+      // compiled or exported graph) rather than while tracing it.
+      at::_assert_async(
+          positions->select(0, -1) < key_buffer->sym_size(1),
+          c10::str(
+              "KVCache: the static cache's capacity of ",
+              key_buffer->sym_size(1),
+              " steps is full; create it with a larger capacity"));
+    }
+  }
 
   at::Tensor x_norm;
   if (group_norm) {
@@ -239,6 +349,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
     x_norm = at::layer_norm_symint(x, {n_state}, norm_weight, norm_bias, 1e-5);
   }
 
+  // Absolute position of x's first token: after the buffered steps, or as given.
+  const c10::SymInt first_query = buffered ? cache_length : query_position;
   const Layer layer{
       inv_freq, rotation_matrix, temperature, n_head, n_state / n_head, sdpa, dropout_p, train};
   at::Tensor q = whisper_linear(x_norm, query_weight, query_bias);
@@ -261,20 +373,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
     k = whisper_linear(x_norm, key_weight, std::nullopt);
     v = whisper_linear(x_norm, value_weight, value_bias);
     if (absolute_positions) {
-      k = layer.rotate(k, query_position);
-    }
-    if (cached) {
-      // Whisper's hook: the detached concatenation, which attention then reads.
-      k = at::cat({*cached_key, k}, 1).detach();
-      v = at::cat({*cached_value, v}, 1).detach();
+      k = fixed ? layer.rotate(k, 0, positions) : layer.rotate(k, first_query);
     }
   }
-  const c10::SymInt q_position = absolute_positions ? query_position : c10::SymInt(0);
-  q = layer.rotate(q, q_position);
-  const at::Tensor k_attended = absolute_positions ? k : layer.rotate(k, 0);
-  const c10::SymInt causal_offset = absolute_positions && !cross ? query_position : c10::SymInt(0);
+  // Keys and values attention reads (k_all, v_all), and those returned to be
+  // cached (k, v: the new ones when buffers hold the cache).
+  at::Tensor k_all = k, v_all = v;
+  if (buffered) {
+    // Written in place; attention reads the buffers (detached, as Whisper's
+    // hook stores them), except on a sequence's first call, which reads the
+    // fresh keys as the original's first call does.
+    const at::Tensor k_new = k.detach(), v_new = v.detach();
+    if (fixed) {
+      key_buffer->index_copy_(1, *positions, k_new);
+      value_buffer->index_copy_(1, *positions, v_new);
+      k_all = *key_buffer;
+      v_all = *value_buffer;
+    } else {
+      const c10::SymInt end = cache_length + x.sym_size(1);
+      key_buffer->slice_symint(1, cache_length, end).copy_(k_new);
+      value_buffer->slice_symint(1, cache_length, end).copy_(v_new);
+      if (cache_length != 0) {
+        k_all = key_buffer->slice_symint(1, 0, end);
+        v_all = value_buffer->slice_symint(1, 0, end);
+      }
+    }
+  } else if (cached && !cross) {
+    // Whisper's hook: the detached concatenation, which attention then reads.
+    k_all = at::cat({*cached_key, k}, 1).detach();
+    v_all = at::cat({*cached_value, v}, 1).detach();
+    k = k_all;
+    v = v_all;
+  }
+  const c10::SymInt q_position = absolute_positions ? first_query : c10::SymInt(0);
+  q = fixed ? layer.rotate(q, 0, positions) : layer.rotate(q, q_position);
+  const at::Tensor k_attended = absolute_positions ? k_all : layer.rotate(k_all, 0);
+  const c10::SymInt causal_offset = absolute_positions && !cross ? first_query : c10::SymInt(0);
 
-  auto [wv, qk] = layer.attend(q, k_attended, v, mask, causal_offset);
+  auto [wv, qk] = layer.attend(
+      q, k_attended, v_all, mask, causal_offset, fixed && !cross ? positions : std::nullopt);
   return {whisper_linear(wv, out_weight, out_bias) + x, qk, k, v};
 }
 
@@ -308,7 +445,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
     bool absolute_positions,
     const std::optional<at::Tensor>& cached_key,
     const std::optional<at::Tensor>& cached_value,
-    c10::SymInt query_position) {
+    c10::SymInt query_position,
+    const std::optional<at::Tensor>& key_buffer,
+    const std::optional<at::Tensor>& value_buffer,
+    c10::SymInt cache_length,
+    const std::optional<at::Tensor>& positions) {
   static const auto op =
       ops::typed_op<decltype(multi_head_attention)>("rotary_attention::multi_head_attention");
   return op.call(
@@ -335,7 +476,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
       absolute_positions,
       cached_key,
       cached_value,
-      std::move(query_position));
+      std::move(query_position),
+      key_buffer,
+      value_buffer,
+      std::move(cache_length),
+      positions);
 }
 
 } // namespace rotary_attention

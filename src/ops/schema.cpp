@@ -26,15 +26,18 @@ TORCH_LIBRARY(rotary_attention, m) {
       "rotary_qk(Tensor q, Tensor k, Tensor inv_freq, Tensor? positions=None, int offset=0, "
       "str layout=\"interleaved_to_half\", int rotary_dim=-1) -> (Tensor, Tensor)");
   // The layer math of MultiHeadAttention (ops/multi_head_attention.h); qk is
-  // empty on the SDPA path; key and value are what a cache holds next.
+  // empty on the SDPA path; key and value are what a cache holds next (the
+  // new steps when key_buffer/value_buffer hold the cache: they are written
+  // there in place).
   m.def(
       "multi_head_attention(Tensor x, Tensor? xa, Tensor? mask, Tensor? norm_weight, "
       "Tensor? norm_bias, bool group_norm, Tensor query_weight, Tensor? query_bias, "
       "Tensor key_weight, Tensor value_weight, Tensor? value_bias, Tensor out_weight, "
       "Tensor? out_bias, Tensor inv_freq, Tensor rotation_matrix, Tensor temperature, "
       "int n_head, bool sdpa, float dropout_p, bool train, bool absolute_positions, "
-      "Tensor? cached_key, Tensor? cached_value, SymInt query_position) "
-      "-> (Tensor out, Tensor qk, Tensor key, Tensor value)");
+      "Tensor? cached_key, Tensor? cached_value, SymInt query_position, "
+      "Tensor(a!)? key_buffer=None, Tensor(b!)? value_buffer=None, SymInt cache_length=0, "
+      "Tensor? positions=None) -> (Tensor out, Tensor qk, Tensor key, Tensor value)");
 }
 
 namespace detail {

@@ -140,13 +140,13 @@ TEST_CASE("KVCache grows for self-attention and is reused for cross-attention", 
   REQUIRE(cache.size() == 2);
   REQUIRE(cache.length(self_attn.get()) == 3);
   REQUIRE(cache.length(cross_attn.get()) == 7);
-  const auto cross_key = cache.find(cross_attn.get())->key;
+  const auto cross_key = cache.find(cross_attn.get())->key_buffer;
   for (int step = 1; step <= 4; ++step) {
     auto token = torch::randn({1, 1, 32});
     self_attn->forward(token, {}, torch::zeros({8, 8}), &cache);
     cross_attn->forward(token, xa, {}, &cache);
     REQUIRE(cache.length(self_attn.get()) == 3 + step);
-    REQUIRE(cache.find(cross_attn.get())->key.is_same(cross_key));
+    REQUIRE(cache.find(cross_attn.get())->key_buffer.is_same(cross_key));
   }
   cache.clear();
   REQUIRE(cache.size() == 0);
@@ -228,7 +228,7 @@ TEST_CASE("absolute_positions: decoding with a cache equals one causal pass", "[
     auto x2 = k.index({"...", Slice(1, torch::indexing::None, 2)});
     auto rotated = torch::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
     auto want = torch::matmul(rotated, mha->rotation_layer->rotation_matrix).view({2, 7, 32});
-    REQUIRE(torch::allclose(cache.find(mha.get())->key, want, 1e-10, 1e-10));
+    REQUIRE(torch::allclose(cache.find(mha.get())->key(), want, 1e-10, 1e-10));
   }
 }
 

@@ -12,26 +12,50 @@ namespace rotary_attention {
 /// Key/value cache for incremental decoding, shared by all attention layers
 /// of a model (one entry per layer), with the semantics of Whisper's forward
 /// hooks on `key` and `value`:
-/// - self-attention: the new keys/values of each call are appended
-///   (the first call stores them as they are; later ones store the detached
-///   concatenation, as the hook does);
+/// - self-attention: the new keys/values of each call are appended;
 /// - cross-attention: keys/values of `xa` are computed on the first call and
 ///   reused afterwards.
+/// Self-attention keys and values live in buffers that grow geometrically
+/// (doubling), written in place: a decode step copies only its own keys, not
+/// the whole cache. What attention reads is exactly what Whisper's
+/// concatenation gave. Not thread-safe: one cache per sequence and thread.
 class KVCache {
  public:
   struct Entry {
-    at::Tensor key;
-    at::Tensor value;
+    /// Self-attention: (B, capacity, n_state) buffers whose first `length`
+    /// steps are cached. Cross-attention: the keys/values of xa.
+    at::Tensor key_buffer;
+    at::Tensor value_buffer;
+    int64_t length = 0;
     /// Query tokens this layer has seen (absolute_positions: the position of
     /// the next query, for cross-attention whose keys do not grow).
     int64_t queries = 0;
+
+    /// The cached steps, (B, length, n_state) views of the buffers.
+    at::Tensor key() const;
+    at::Tensor value() const;
   };
+
+  /// capacity: steps preallocated per layer on first use (0: just what the
+  /// first call needs); buffers grow beyond it by doubling.
+  explicit KVCache(int64_t capacity = 0);
 
   /// The entry of `layer`, or nullptr.
   const Entry* find(const void* layer) const;
-  /// Appends along the time axis (dim 1) and returns the whole entry.
+
+  /// Makes room for `steps` more self-attention steps of `layer`, whose keys
+  /// are like `like` ((B, T, n_state), dtype and device): creates the buffers,
+  /// or grows them (doubling) keeping the cached steps. A cache filled by a
+  /// layer of another size, dtype or device, or with another batch size, is
+  /// an error. Returns the entry; its buffers have room for length + steps.
+  Entry& reserve(const void* layer, const at::Tensor& like, int64_t steps);
+
+  /// Appends keys/values (B, T, n_state) to `layer`'s self-attention cache
+  /// (reserve, write in place, advance) and returns the entry.
   const Entry& append(const void* layer, const at::Tensor& key, const at::Tensor& value);
-  /// Stores (replaces) the entry of `layer`.
+
+  /// Stores (replaces) the entry of `layer` with these keys/values as they
+  /// are (cross-attention).
   const Entry& store(const void* layer, const at::Tensor& key, const at::Tensor& value);
 
   /// Returns the position of the next `n` queries of `layer` and advances it
@@ -40,14 +64,18 @@ class KVCache {
 
   /// Number of cached time steps of `layer` (0 when absent).
   int64_t length(const void* layer) const;
+  /// Steps `layer`'s buffers hold before they grow (0 when absent).
+  int64_t capacity(const void* layer) const;
   std::size_t size() const {
     return entries_.size();
   }
+  /// Forgets every entry (a new sequence); buffers are released.
   void clear() {
     entries_.clear();
   }
 
  private:
+  int64_t initial_capacity_;
   std::unordered_map<const void*, Entry> entries_;
 };
 

@@ -26,9 +26,23 @@ namespace rotary_attention {
 /// rotated at `query_position` onward and keys are cached rotated; otherwise
 /// queries and all keys are rotated at 0.. (the original's semantics).
 ///
+/// A growing self-attention cache without a copy per step: key_buffer and
+/// value_buffer, (B, capacity, n_state) in x's dtype, hold `cache_length`
+/// cached steps; the new keys/values are written in place at
+/// [cache_length, cache_length + T) and attention reads the first
+/// cache_length + T steps (the buffers must have room: the caller grows them);
+/// with absolute_positions, x's first token is at position cache_length
+/// (query_position is not used).
+/// A static cache (fixed shapes for compiled decoding, absolute_positions
+/// only): `positions`, an int64 tensor (T,), holds the queries' absolute
+/// positions; new keys/values are written there, attention reads the whole
+/// buffers with the steps not yet written masked out, and a full cache fails
+/// when the step runs (`_assert_async`, also in compiled graphs).
+///
 /// Returns (out, qk, key, value): out = out(attention) + x; qk the fp32
 /// pre-softmax logits on the explicit path (an empty tensor on the SDPA
-/// path); key and value what a cache should hold after this call.
+/// path); key and value what a cache should hold after this call (with
+/// buffers: the new steps, already written).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
     const at::Tensor& x,
     const std::optional<at::Tensor>& xa,
@@ -53,6 +67,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
     bool absolute_positions,
     const std::optional<at::Tensor>& cached_key,
     const std::optional<at::Tensor>& cached_value,
-    c10::SymInt query_position);
+    c10::SymInt query_position,
+    const std::optional<at::Tensor>& key_buffer = std::nullopt,
+    const std::optional<at::Tensor>& value_buffer = std::nullopt,
+    c10::SymInt cache_length = 0,
+    const std::optional<at::Tensor>& positions = std::nullopt);
 
 } // namespace rotary_attention

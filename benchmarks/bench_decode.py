@@ -1,11 +1,18 @@
-"""Incremental decoding benchmark: 200 decode steps of one token at n_state 512,
-8 heads, in one process: the original driven by Whisper's kv-cache hooks, the
-port with the original's semantics, and the port with absolute_positions.
+"""Incremental decoding at n_state 512, 8 heads, one token per step, in one process.
 
-    python benchmarks/bench_decode.py [--steps 200] [--reps 5]
+1. Per-step time against cache length (50, 400, 1000, 2000 cached steps): the original
+   driven by Whisper's kv-cache hooks (a concatenation per step), and the nn.Module at
+   absolute positions with the default cache (buffers written in place), the static cache
+   (eager) and the static cache with the step compiled (torch.compile, compiled once).
+2. A 448-token decode from a 4-token prompt (Whisper's text context), each contender
+   from an empty cache, with the ratios to the original.
 
-Each repetition decodes the whole sequence from an empty cache; contenders
-take turns, and the medians over repetitions are reported.
+    python benchmarks/bench_decode.py [--reps 5] [--plot docs/decode_step_time.png]
+
+Contenders take turns within each repetition (rotating order); medians over repetitions.
+The static cache holds 2048 + steps positions at every length (one capacity, as a user sets
+it), so its attention reads the whole capacity: its per-step time does not depend on the
+cache length. --plot draws the curve (needs matplotlib, an optional dependency).
 """
 
 import argparse
@@ -22,63 +29,154 @@ from common import machine_line  # noqa: E402
 from rotary_attention import reference  # noqa: E402
 
 N_STATE, N_HEAD = 512, 8
+LENGTHS = [50, 400, 1000, 2000]
+TIMED_STEPS = 16  # single-token steps timed after each prefill
+
+
+class Contender:
+    """Fills a cache with `length` steps (untimed), then decodes tokens one by one."""
+
+    def __init__(self, name, start, step):
+        self.name, self.start, self.step = name, start, step
+
+
+def make_contenders(ref, module, capacity, mask, n_ctx):
+    def original_start(prompt):
+        cache, hooks = reference.install_kv_cache_hooks(ref, n_text_ctx=n_ctx)
+        original_start.hooks = hooks  # registered while this contender decodes
+        ref(prompt, mask=mask, kv_cache=cache)
+        return cache
+
+    def original_step(cache, token):
+        ref(token, mask=mask, kv_cache=cache)
+
+    def module_start(make_cache):
+        def start(prompt):
+            cache = make_cache()
+            module(prompt, mask=mask, kv_cache=cache)
+            return cache
+
+        return start
+
+    def module_step(cache, token):
+        module(token, mask=mask, kv_cache=cache)
+
+    compiled = torch.compile(module_step, fullgraph=True)
+    return [
+        Contender("original + Whisper hooks", original_start, original_step),
+        Contender("nn.Module, default cache", module_start(rotary_attention.KVCache), module_step),
+        Contender(
+            "nn.Module, static cache",
+            module_start(lambda: rotary_attention.KVCache(capacity, static=True)),
+            module_step,
+        ),
+        Contender(
+            "nn.Module, static, compiled",
+            module_start(lambda: rotary_attention.KVCache(capacity, static=True)),
+            compiled,
+        ),
+    ], original_start
+
+
+def remove_hooks(original_start):
+    for h in getattr(original_start, "hooks", []):
+        h.remove()
+    original_start.hooks = []
+
+
+def per_step_seconds(contender, prompt, tokens, original_start):
+    cache = contender.start(prompt)
+    times = []
+    for i in range(tokens.shape[1]):
+        start = time.perf_counter()
+        contender.step(cache, tokens[:, i : i + 1])
+        times.append(time.perf_counter() - start)
+    remove_hooks(original_start)
+    return statistics.median(times)
+
+
+def decode_seconds(contender, prompt, tokens, original_start):
+    start = time.perf_counter()
+    cache = contender.start(prompt)
+    for i in range(tokens.shape[1]):
+        contender.step(cache, tokens[:, i : i + 1])
+    elapsed = time.perf_counter() - start
+    remove_hooks(original_start)
+    return elapsed
+
+
+def plot(curves, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, values in curves.items():
+        ax.plot(LENGTHS, [v * 1e3 for v in values], marker="o", label=name)
+    ax.set_xlabel("cached steps")
+    ax.set_ylabel("ms per decode step (median)")
+    ax.set_title(f"One-token decode step, n_state {N_STATE}, {N_HEAD} heads, CPU")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--sdpa", type=int, default=1, help="1: SDPA path, 0: explicit path")
+    parser.add_argument("--plot", help="write the per-step curve as a PNG here (needs matplotlib)")
     args = parser.parse_args()
-    sdpa = bool(args.sdpa)
-    n_ctx = args.steps
 
+    n_ctx = max(LENGTHS) + TIMED_STEPS + 448
+    capacity = max(LENGTHS) + TIMED_STEPS
     ref = reference.randomize_weights_(reference.MultiHeadAttention(N_STATE, N_HEAD), seed=0).eval()
-    reference.MultiHeadAttention.sdpa = sdpa
-    port = rotary_attention.MultiHeadAttention(N_STATE, N_HEAD, sdpa=sdpa).eval()
-    absolute = rotary_attention.MultiHeadAttention(N_STATE, N_HEAD, sdpa=sdpa, absolute_positions=True).eval()
-    port.load_state_dict(ref.state_dict())
-    absolute.load_state_dict(ref.state_dict())
-    tokens = torch.randn(1, args.steps, N_STATE)
+    module = rotary_attention.MultiHeadAttention(N_STATE, N_HEAD, absolute_positions=True).eval()
+    module.load_state_dict(ref.state_dict())
     mask = torch.empty(n_ctx, n_ctx).fill_(float("-inf")).triu_(1)
-
-    def decode_original():
-        cache, hooks = reference.install_kv_cache_hooks(ref, n_text_ctx=n_ctx)
-        for i in range(args.steps):
-            ref(tokens[:, i : i + 1], mask=mask, kv_cache=cache)
-        for h in hooks:
-            h.remove()
-
-    def decode_port(model):
-        cache = rotary_attention.KVCache()
-        for i in range(args.steps):
-            model(tokens[:, i : i + 1], mask=mask, kv_cache=cache)
-
-    contenders = {
-        "original + Whisper hooks": decode_original,
-        "port (original semantics)": lambda: decode_port(port),
-        "port, absolute_positions": lambda: decode_port(absolute),
-    }
-    times = {name: [] for name in contenders}
-    with torch.no_grad():
-        for fn in contenders.values():
-            fn()  # warm-up
-        for _ in range(args.reps):
-            for name, fn in contenders.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+    tokens = torch.randn(1, n_ctx, N_STATE)
+    contenders, original_start = make_contenders(ref, module, capacity, mask, n_ctx)
 
     print(machine_line())
-    print(
-        f"{args.steps} decode steps, n_state {N_STATE}, {N_HEAD} heads, {'sdpa' if sdpa else 'explicit'} path, "
-        f"median of {args.reps}"
-    )
-    base = statistics.median(times["original + Whisper hooks"])
-    print(f"{'contender':28} {'total ms':>10} {'ms/step':>9} {'vs original':>12}")
-    for name, t in times.items():
+    print(f"n_state {N_STATE}, {N_HEAD} heads, SDPA path, one token per step; medians of {args.reps} repetitions")
+    curves = {c.name: [] for c in contenders}
+    with torch.no_grad():
+        for c in contenders:  # warm-up, and the compiled step's one compilation
+            per_step_seconds(c, tokens[:, :50], tokens[:, 50:52], original_start)
+        for length in LENGTHS:
+            prompt, steps = tokens[:, :length], tokens[:, length : length + TIMED_STEPS]
+            samples = {c.name: [] for c in contenders}
+            for rep in range(args.reps):
+                order = contenders[rep % len(contenders) :] + contenders[: rep % len(contenders)]
+                for c in order:
+                    samples[c.name].append(per_step_seconds(c, prompt, steps, original_start))
+            for name, s in samples.items():
+                curves[name].append(statistics.median(s))
+
+        print("\nper-step time (ms) against cached steps")
+        print(f"{'contender':30}" + "".join(f"{n:>9}" for n in LENGTHS) + f"{'2000/50':>9}")
+        for name, values in curves.items():
+            print(f"{name:30}" + "".join(f"{v * 1e3:9.3f}" for v in values) + f"{values[-1] / values[0]:8.2f}x")
+
+        prompt, steps = tokens[:, :4], tokens[:, 4:448]
+        totals = {c.name: [] for c in contenders}
+        for rep in range(args.reps):
+            order = contenders[rep % len(contenders) :] + contenders[: rep % len(contenders)]
+            for c in order:
+                totals[c.name].append(decode_seconds(c, prompt, steps, original_start))
+    base = statistics.median(totals[contenders[0].name])
+    print("\n448-token decode from a 4-token prompt")
+    print(f"{'contender':30} {'total ms':>9} {'vs original':>12}")
+    print(f"(compilations of the static step: {torch._dynamo.utils.counters['stats']['unique_graphs']})")
+    for name, t in totals.items():
         m = statistics.median(t)
-        print(f"{name:28} {m * 1e3:10.1f} {m * 1e3 / args.steps:9.3f} {base / m:11.2f}x")
+        print(f"{name:30} {m * 1e3:9.1f} {base / m:11.2f}x")
+    if args.plot:
+        plot(curves, args.plot)
 
 
 if __name__ == "__main__":

@@ -127,7 +127,10 @@ class KVCache:
         steps = x.shape[1]
         if entry is None:
             shape = (x.shape[0], max(self.capacity, steps), x.shape[2])
-            key, value = x.new_empty(shape), x.new_empty(shape)
+            # A static cache's attention reads unwritten steps with zero weight:
+            # they must be finite (0 * NaN is NaN), so zeros, not empty memory.
+            make = x.new_zeros if self.static else x.new_empty
+            key, value = make(shape), make(shape)
             filled = torch.zeros((), dtype=torch.long, device=x.device) if self.static else None
             entry = _CacheEntry(layer, key, value, cross=False, filled=filled)
             self._entries[id(layer)] = entry

@@ -36,7 +36,8 @@ namespace rotary_attention {
 /// A static cache (fixed shapes for compiled decoding, absolute_positions
 /// only): `positions`, an int64 tensor (T,), holds the queries' absolute
 /// positions; new keys/values are written there, attention reads the whole
-/// buffers with the steps not yet written masked out, and a full cache fails
+/// buffers with the steps not yet written masked out (they must hold finite
+/// values, e.g. zeros: a zero weight times NaN is NaN), and a full cache fails
 /// when the step runs (`_assert_async`, also in compiled graphs).
 ///
 /// Returns (out, qk, key, value): out = out(attention) + x; qk the fp32

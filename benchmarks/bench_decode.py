@@ -3,7 +3,9 @@
 1. Per-step time against cache length (50, 400, 1000, 2000 cached steps): the original
    driven by Whisper's kv-cache hooks (a concatenation per step), and the nn.Module at
    absolute positions with the default cache (buffers written in place), the static cache
-   (eager) and the static cache with the step compiled (torch.compile, compiled once).
+   (eager) and the static cache with the step compiled (torch.compile, compiled once); the
+   C++ object with its default cache; the nn.Module with the original's semantics (bitwise
+   the original's results: it rotates the whole cache again at every step).
 2. A 448-token decode from a 4-token prompt (Whisper's text context), each contender
    from an empty cache, with the ratios to the original.
 
@@ -30,7 +32,7 @@ from rotary_attention import reference  # noqa: E402
 
 N_STATE, N_HEAD = 512, 8
 LENGTHS = [50, 400, 1000, 2000]
-TIMED_STEPS = 16  # single-token steps timed after each prefill
+TIMED_STEPS = 32  # single-token steps timed after each prefill
 
 
 class Contender:
@@ -40,7 +42,7 @@ class Contender:
         self.name, self.start, self.step = name, start, step
 
 
-def make_contenders(ref, module, capacity, mask, n_ctx):
+def make_contenders(ref, module, same_semantics, cpp_module, capacity, mask, n_ctx):
     def original_start(prompt):
         cache, hooks = reference.install_kv_cache_hooks(ref, n_text_ctx=n_ctx)
         original_start.hooks = hooks  # registered while this contender decodes
@@ -50,16 +52,21 @@ def make_contenders(ref, module, capacity, mask, n_ctx):
     def original_step(cache, token):
         ref(token, mask=mask, kv_cache=cache)
 
-    def module_start(make_cache):
+    def module_start(make_cache, layer=module):
         def start(prompt):
             cache = make_cache()
-            module(prompt, mask=mask, kv_cache=cache)
+            layer(prompt, mask=mask, kv_cache=cache)
             return cache
 
         return start
 
-    def module_step(cache, token):
-        module(token, mask=mask, kv_cache=cache)
+    def stepper(layer):
+        def step(cache, token):
+            layer(token, mask=mask, kv_cache=cache)
+
+        return step
+
+    module_step = stepper(module)
 
     compiled = torch.compile(module_step, fullgraph=True)
     return [
@@ -74,6 +81,14 @@ def make_contenders(ref, module, capacity, mask, n_ctx):
             "nn.Module, static, compiled",
             module_start(lambda: rotary_attention.KVCache(capacity, static=True)),
             compiled,
+        ),
+        Contender(
+            "C++ object, default cache", module_start(rotary_attention.cpp.KVCache, cpp_module), stepper(cpp_module)
+        ),
+        Contender(
+            "nn.Module, original semantics",
+            module_start(rotary_attention.KVCache, same_semantics),
+            stepper(same_semantics),
         ),
     ], original_start
 
@@ -137,9 +152,13 @@ def main():
     ref = reference.randomize_weights_(reference.MultiHeadAttention(N_STATE, N_HEAD), seed=0).eval()
     module = rotary_attention.MultiHeadAttention(N_STATE, N_HEAD, absolute_positions=True).eval()
     module.load_state_dict(ref.state_dict())
+    same_semantics = rotary_attention.MultiHeadAttention(N_STATE, N_HEAD).eval()  # bitwise the original's
+    same_semantics.load_state_dict(ref.state_dict())
+    cpp_module = rotary_attention.cpp.MultiHeadAttention(N_STATE, N_HEAD, absolute_positions=True).eval()
+    cpp_module.load_state_dict(ref.state_dict())
     mask = torch.empty(n_ctx, n_ctx).fill_(float("-inf")).triu_(1)
     tokens = torch.randn(1, n_ctx, N_STATE)
-    contenders, original_start = make_contenders(ref, module, capacity, mask, n_ctx)
+    contenders, original_start = make_contenders(ref, module, same_semantics, cpp_module, capacity, mask, n_ctx)
 
     print(machine_line())
     print(f"n_state {N_STATE}, {N_HEAD} heads, SDPA path, one token per step; medians of {args.reps} repetitions")

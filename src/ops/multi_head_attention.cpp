@@ -27,10 +27,15 @@ namespace {
 // is what Python's F.linear calls.
 at::Tensor whisper_linear(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  // (No cast, and no dispatch for one, when the dtypes already agree: this
+  // runs four times per decode step.)
+  const auto in_dtype = [&](const at::Tensor& t) {
+    return t.scalar_type() == x.scalar_type() ? t : t.to(x.scalar_type());
+  };
   return at::linear(
       x,
-      weight.to(x.dtype()),
-      bias.has_value() && bias->defined() ? std::optional<at::Tensor>(bias->to(x.dtype()))
+      in_dtype(weight),
+      bias.has_value() && bias->defined() ? std::optional<at::Tensor>(in_dtype(*bias))
                                           : std::nullopt);
 }
 

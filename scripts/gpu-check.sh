@@ -43,6 +43,20 @@ if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
   status=1
 fi
 
+echo "== a CUDA AOTInductor package, run from C++ (examples/run_aoti.cpp, decode_aoti.cpp)"
+if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  aoti="$OUT/aoti"
+  if "$PY" tests/aoti/make_packages.py --out "$aoti" --device cuda; then
+    "$RA_BUILD_DIR/examples/run_aoti" "$aoti/block.pt2" "$aoti/block_cases.pt" cuda || status=1
+    "$RA_BUILD_DIR/examples/decode_aoti" "$aoti/decode.pt2" "$aoti/decode_cases.pt" cuda || status=1
+  else
+    echo "FAIL: exporting or compiling the CUDA packages"
+    status=1
+  fi
+else
+  echo "skipped: no CUDA device on this machine"
+fi
+
 echo "== GPU rotary benchmark"
 "$PY" benchmarks/bench_rotary.py --device cuda | tee "$OUT/bench_rotary_cuda.txt" || status=$?
 echo "== done (exit $status); results in $OUT"

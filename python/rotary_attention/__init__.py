@@ -9,6 +9,8 @@ implementation, and the `torch.ops.rotary_attention.*` operators.
 - `rotary(...)`: the operator (`torch.ops.rotary_attention.rotary`), with
   `rotary_` (in place, inference) and `rotary_qk` (queries and keys in one
   call); `multi_head_attention(...)`, the layer math as one operator.
+- `export_aoti_package`, `StaticDecodeStep`: deployment to C++ through
+  torch.export and AOTInductor.
 """
 
 import torch  # loads libtorch before the extension
@@ -17,6 +19,7 @@ from . import (
     _C,  # registers torch.ops.rotary_attention.*
     cpp,
 )
+from .deploy import StaticDecodeStep, export_aoti_package, static_cache_over
 from .layers import KVCache, MultiHeadAttention, RotaryEmbedding, RotationLayer
 
 rotary = torch.ops.rotary_attention.rotary
@@ -62,9 +65,11 @@ __all__ = [
     "MultiHeadAttention",
     "RotaryEmbedding",
     "RotationLayer",
+    "StaticDecodeStep",
     "built_with_cuda",
     "cpu_kernel_capability",
     "cpp",
+    "export_aoti_package",
     "load_file",
     "multi_head_attention",
     "rotary",
@@ -72,4 +77,5 @@ __all__ = [
     "rotary_backward",
     "rotary_qk",
     "save_file",
+    "static_cache_over",
 ]

@@ -13,10 +13,16 @@ file(REMOVE_RECURSE "${WORK_DIR}")
 run(${CMAKE_COMMAND} --install "${BUILD_DIR}" --prefix "${WORK_DIR}/prefix")
 # (The environment form of CMAKE_PREFIX_PATH: a list survives it unsplit.)
 set(ENV{CMAKE_PREFIX_PATH} "${WORK_DIR}/prefix:${TORCH_PREFIX}")
-run(${CMAKE_COMMAND} -S "${SOURCE_DIR}/tests/find_package" -B "${WORK_DIR}/build" -G "${GENERATOR}")
+run(${CMAKE_COMMAND} -S "${SOURCE_DIR}/tests/find_package" -B "${WORK_DIR}/build" -G "${GENERATOR}"
+  "-DEXAMPLES_DIR=${SOURCE_DIR}/examples")
 run(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
 run("${WORK_DIR}/build/consumer")
 file(STRINGS "${WORK_DIR}/build/header_programs.txt" programs)
 foreach(program IN LISTS programs)
   run("${program}")
 endforeach()
+# A deployed model: an AOTInductor package run by a program that links only
+# the installed target.
+if(AOTI_DIR)
+  run("${WORK_DIR}/build/run_package" "${AOTI_DIR}/block.pt2" "${AOTI_DIR}/block_cases.pt")
+endif()

@@ -137,17 +137,31 @@ MUTANTS = [
     Mutant(
         "module: cache keeps the autograd graph",
         "src/ops/multi_head_attention.cpp",
-        "      k = at::cat({*cached_key, k}, 1).detach();",
-        "      k = at::cat({*cached_key, k}, 1);",
+        "    const at::Tensor k_new = k.detach(), v_new = v.detach();",
+        "    const at::Tensor k_new = k, v_new = v.detach();",
         pytest="test_decoding.py -k detached",
     ),
     Mutant(
         "module: absolute positions off by one while decoding",
-        "src/nn/multi_head_attention.cpp",
-        "    query_position = cross ? cached->queries : cached->key.size(1);",
-        "    query_position = cross ? cached->queries : cached->key.size(1) + 1;",
+        "src/ops/multi_head_attention.cpp",
+        "  const c10::SymInt first_query = buffered ? cache_length : query_position;",
+        "  const c10::SymInt first_query = buffered ? cache_length + 1 : query_position;",
         pytest="test_decoding.py -k 'one_causal_pass or absolute_positions'",
         ctest="absolute_positions",
+    ),
+    Mutant(
+        "module: a static cache's unwritten steps are attended",
+        "src/ops/multi_head_attention.cpp",
+        "                       : key_index <=\n                             positions->select(0, -1)",
+        "                       : key_index >=\n                             positions->select(0, -1)",
+        pytest="test_kv_cache.py -k 'one_causal_pass and static'",
+    ),
+    Mutant(
+        "KVCache (C++): growth drops the cached steps",
+        "src/nn/kv_cache.cpp",
+        "      grown.slice(1, 0, e.length).copy_(buffer->slice(1, 0, e.length));",
+        "      grown.slice(1, 0, e.length).zero_();",
+        pytest="test_kv_cache.py -k 'cpp and (growth or doubling)'",
     ),
     # Weight loading
     Mutant(
@@ -159,6 +173,22 @@ MUTANTS = [
         "      const_cast<torch::Tensor&>(target).copy_(it->second);\n"
         "    } else {",
         pytest="test_parity.py -k 'strict_and_atomic or all_or_nothing'",
+    ),
+    Mutant(
+        "loader: a storage allocated before its record's size is checked",
+        "src/weight_files/torch_save_reader.cpp",
+        "        numel >= 0 && static_cast<uint64_t>(numel) <= nbytes / item &&\n"
+        "            static_cast<uint64_t>(numel) * item == nbytes,",
+        "        at::empty({numel}, at::TensorOptions().dtype(dtype)).defined() &&\n"
+        "            static_cast<uint64_t>(numel) * item == nbytes,",
+        pytest="test_weight_file_fuzzing.py -k 'does_not_hold or thousands'",
+    ),
+    Mutant(
+        "loader: safetensors offsets not checked against the data",
+        "src/weight_files/safetensors_file.cpp",
+        "      entry.begin <= entry.end && entry.end <= data_bytes,",
+        "      entry.begin <= entry.end,",
+        pytest="test_weight_file_fuzzing.py -k safetensors_headers",
     ),
     # Python layer
     Mutant(
@@ -183,17 +213,24 @@ MUTANTS = [
         pytest="test_parity.py -k train_false",
     ),
     Mutant(
-        "python: nn.Module decodes with positions ignored",
+        "python: a static cache decodes with positions ignored",
         "python/rotary_attention/layers.py",
-        "            if self.absolute_positions:\n",
-        "            if False:\n",
-        pytest="test_decoding.py -k 'one_causal_pass and module'",
+        "                positions = entry.filled + torch.arange(steps, device=entry.filled.device)\n",
+        "                positions = torch.arange(steps, device=entry.filled.device)\n",
+        pytest="test_kv_cache.py -k 'one_causal_pass and static'",
+    ),
+    Mutant(
+        "python: buffers grow without the cached steps",
+        "python/rotary_attention/layers.py",
+        "                grown[:, :n].copy_(getattr(entry, name)[:, :n])\n",
+        "                grown[:, :n].zero_()\n",
+        pytest="test_kv_cache.py -k 'module and (growth or doubling)'",
     ),
     Mutant(
         "python: nn.Module ignores the cache",
         "python/rotary_attention/layers.py",
-        "        entry = kv_cache._entry(self)\n",
-        "        entry = None\n",
+        "        entry = kv_cache._entry(self)\n        positions = None\n",
+        "        entry = None\n        positions = None\n",
         pytest="test_parity.py -k 'whisper_hooks and module'",
     ),
     Mutant(

@@ -5,6 +5,7 @@ worst cases the fuzzer reaches only by chance, written out."""
 import collections
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -107,25 +108,27 @@ def test_invalid_safetensors_headers_are_refused(tmp_path):
     def entry(dtype="F32", shape=(1,), offsets=(0, 4)):
         return {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets)}
 
-    cases = {
-        "length beyond the file": fuzzer.safetensors_bytes({}, b"", length=2**40),
-        "nested deeply": fuzzer.safetensors_bytes(b'{"a":' + b"[" * 100000 + b"]" * 100000 + b"}", b""),
-        "negative size": fuzzer.safetensors_bytes({"a": entry(shape=[-1])}, bytes(4)),
-        "offsets past the data": fuzzer.safetensors_bytes({"a": entry(shape=[2], offsets=[0, 8])}, bytes(4)),
-        "shape against bytes": fuzzer.safetensors_bytes({"a": entry(shape=[2**40])}, bytes(4)),
-        "overlap": fuzzer.safetensors_bytes({"a": entry(), "b": entry()}, bytes(4)),
-        "gap": fuzzer.safetensors_bytes({"a": entry(offsets=[4, 8])}, bytes(8)),
-        "unknown dtype": fuzzer.safetensors_bytes({"a": entry(dtype="F7")}, bytes(4)),
-        "not JSON": fuzzer.safetensors_bytes(b"{not json}", b""),
-        "metadata not text": fuzzer.safetensors_bytes({"__metadata__": {"a": 1}}, b""),
-    }
+    cases = {  # the file, and what the error must say
+        "length beyond the file": (fuzzer.safetensors_bytes({}, b"", length=2**40), "claims 1099511627776 bytes"),
+        "nested deeply": (fuzzer.safetensors_bytes(b'{"a":' + b"[" * 100000 + b"]" * 100000 + b"}", b""), "too deeply"),
+        "negative size": (fuzzer.safetensors_bytes({"a": entry(shape=[-1])}, bytes(4)), "not a non-negative integer"),
+        "offsets past the data": (fuzzer.safetensors_bytes({"a": entry(shape=[2], offsets=[0, 8])}, bytes(4)),
+                                  "lie outside the file's 4 data bytes"),
+        "shape against bytes": (fuzzer.safetensors_bytes({"a": entry(shape=[2**40])}, bytes(4)), "does not fill"),
+        "overlap": (fuzzer.safetensors_bytes({"a": entry(), "b": entry()}, bytes(4)), "must not overlap"),
+        "gap": (fuzzer.safetensors_bytes({"a": entry(offsets=[4, 8])}, bytes(8)), "must not overlap or leave gaps"),
+        "unused bytes": (fuzzer.safetensors_bytes({"a": entry()}, bytes(8)), "4 data bytes that no tensor uses"),
+        "unknown dtype": (fuzzer.safetensors_bytes({"a": entry(dtype="F7")}, bytes(4)), 'unknown safetensors dtype "F7"'),
+        "not JSON": (fuzzer.safetensors_bytes(b"{not json}", b""), "not a JSON object"),
+        "metadata not text": (fuzzer.safetensors_bytes({"__metadata__": {"a": 1}}, b""), "is not a string"),
+    }  # fmt: skip
     layer = rotary_attention.cpp.MultiHeadAttention(8, 2)
     before = {k: v.clone() for k, v in layer.state_dict().items()}
-    for data in cases.values():
+    for data, message in cases.values():
         path = write(tmp_path / "w.safetensors", data)
-        with pytest.raises(RuntimeError, match="load_tensors: "):
+        with pytest.raises(RuntimeError, match="load_tensors: .*" + re.escape(message)):
             rotary_attention.load_file(path)
-        with pytest.raises(RuntimeError, match="load_tensors: "):
+        with pytest.raises(RuntimeError, match="load_tensors: .*" + re.escape(message)):
             layer.load(path)
     for key, value in layer.state_dict().items():
         assert torch.equal(value, before[key]), key

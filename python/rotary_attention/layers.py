@@ -126,7 +126,8 @@ class KVCache:
         entry = self._entries.get(id(layer))
         steps = x.shape[1]
         if entry is None:
-            shape = (x.shape[0], max(self.capacity, steps), x.shape[2])
+            capacity = self.capacity if self.static else max(self.capacity, steps)
+            shape = (x.shape[0], capacity, x.shape[2])
             # A static cache's attention reads unwritten steps with zero weight:
             # they must be finite (0 * NaN is NaN), so zeros, not empty memory.
             make = x.new_zeros if self.static else x.new_empty

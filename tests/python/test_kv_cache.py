@@ -127,6 +127,8 @@ def test_static_cache_full_is_a_clear_error_naming_the_capacity():
         assert cache.length(layer) == 5
         with pytest.raises(RuntimeError, match="capacity of 5 steps is full"):
             layer(torch.randn(1, 1, N_STATE), kv_cache=cache)
+        with pytest.raises(RuntimeError, match="capacity of 5 steps is full"):
+            layer(torch.randn(1, 6, N_STATE), kv_cache=rotary_attention.KVCache(5, static=True))  # a long prompt
     with pytest.raises(ValueError, match="needs a capacity"):
         rotary_attention.KVCache(static=True)
     plain = rotary_attention.MultiHeadAttention(N_STATE, N_HEAD)  # original semantics

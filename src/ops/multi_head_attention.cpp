@@ -205,54 +205,26 @@ struct Layer {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_composite(
+// Which cache the call uses, its arguments checked: none, cross-attention
+// keys (cached_key/cached_value), or self-attention buffers (key_buffer/
+// value_buffer at cache_length, or at `positions` for a static cache).
+struct CacheUse {
+  bool cached;   // cached_key/cached_value given
+  bool buffered; // key_buffer/value_buffer given
+  bool fixed;    // a static cache's positions given
+};
+
+CacheUse check_cache_arguments(
     const at::Tensor& x,
-    const std::optional<at::Tensor>& xa_opt,
-    const std::optional<at::Tensor>& mask,
-    const std::optional<at::Tensor>& norm_weight,
-    const std::optional<at::Tensor>& norm_bias,
-    bool group_norm,
-    const at::Tensor& query_weight,
-    const std::optional<at::Tensor>& query_bias,
-    const at::Tensor& key_weight,
-    const at::Tensor& value_weight,
-    const std::optional<at::Tensor>& value_bias,
-    const at::Tensor& out_weight,
-    const std::optional<at::Tensor>& out_bias,
-    const at::Tensor& inv_freq,
-    const at::Tensor& rotation_matrix,
-    const at::Tensor& temperature,
-    int64_t n_head,
-    bool sdpa,
-    double dropout_p,
-    bool train,
+    bool cross,
+    const c10::SymInt& n_state,
     bool absolute_positions,
     const std::optional<at::Tensor>& cached_key,
     const std::optional<at::Tensor>& cached_value,
-    c10::SymInt query_position,
     const std::optional<at::Tensor>& key_buffer,
     const std::optional<at::Tensor>& value_buffer,
-    c10::SymInt cache_length,
+    const c10::SymInt& cache_length,
     const std::optional<at::Tensor>& positions) {
-  const c10::SymInt n_state = query_weight.sym_size(0);
-  TORCH_CHECK(
-      n_head > 0 && n_state % n_head == 0,
-      "multi_head_attention: n_state (",
-      n_state,
-      ") must be divisible by n_head (",
-      n_head,
-      ")");
-  check_input("x", x, n_state);
-  const bool cross = xa_opt.has_value() && xa_opt->defined();
-  if (cross) {
-    check_input("xa", *xa_opt, n_state);
-    TORCH_CHECK(
-        xa_opt->sym_size(0) == x.sym_size(0),
-        "MultiHeadAttention: xa must have x's batch size ",
-        x.sym_size(0),
-        ", got shape ",
-        xa_opt->sym_sizes());
-  }
   const bool cached = cached_key.has_value() && cached_key->defined();
   TORCH_CHECK(
       cached == (cached_value.has_value() && cached_value->defined()),
@@ -338,6 +310,68 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
               " steps is full; create it with a larger capacity"));
     }
   }
+  return {cached, buffered, fixed};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_composite(
+    const at::Tensor& x,
+    const std::optional<at::Tensor>& xa_opt,
+    const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& norm_weight,
+    const std::optional<at::Tensor>& norm_bias,
+    bool group_norm,
+    const at::Tensor& query_weight,
+    const std::optional<at::Tensor>& query_bias,
+    const at::Tensor& key_weight,
+    const at::Tensor& value_weight,
+    const std::optional<at::Tensor>& value_bias,
+    const at::Tensor& out_weight,
+    const std::optional<at::Tensor>& out_bias,
+    const at::Tensor& inv_freq,
+    const at::Tensor& rotation_matrix,
+    const at::Tensor& temperature,
+    int64_t n_head,
+    bool sdpa,
+    double dropout_p,
+    bool train,
+    bool absolute_positions,
+    const std::optional<at::Tensor>& cached_key,
+    const std::optional<at::Tensor>& cached_value,
+    c10::SymInt query_position,
+    const std::optional<at::Tensor>& key_buffer,
+    const std::optional<at::Tensor>& value_buffer,
+    c10::SymInt cache_length,
+    const std::optional<at::Tensor>& positions) {
+  const c10::SymInt n_state = query_weight.sym_size(0);
+  TORCH_CHECK(
+      n_head > 0 && n_state % n_head == 0,
+      "multi_head_attention: n_state (",
+      n_state,
+      ") must be divisible by n_head (",
+      n_head,
+      ")");
+  check_input("x", x, n_state);
+  const bool cross = xa_opt.has_value() && xa_opt->defined();
+  if (cross) {
+    check_input("xa", *xa_opt, n_state);
+    TORCH_CHECK(
+        xa_opt->sym_size(0) == x.sym_size(0),
+        "MultiHeadAttention: xa must have x's batch size ",
+        x.sym_size(0),
+        ", got shape ",
+        xa_opt->sym_sizes());
+  }
+  const auto [cached, buffered, fixed] = check_cache_arguments(
+      x,
+      cross,
+      n_state,
+      absolute_positions,
+      cached_key,
+      cached_value,
+      key_buffer,
+      value_buffer,
+      cache_length,
+      positions);
 
   at::Tensor x_norm;
   if (group_norm) {

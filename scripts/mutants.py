@@ -227,10 +227,10 @@ MUTANTS = [
         pytest="test_kv_cache.py -k 'module and (growth or doubling)'",
     ),
     Mutant(
-        "python: nn.Module ignores the cache",
+        "python: nn.Module's cache never advances",
         "python/rotary_attention/layers.py",
-        "        entry = kv_cache._entry(self)\n        positions = None\n",
-        "        entry = None\n        positions = None\n",
+        "                entry.length += steps\n",
+        "                pass\n",
         pytest="test_parity.py -k 'whisper_hooks and module'",
     ),
     Mutant(

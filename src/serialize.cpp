@@ -129,8 +129,9 @@ std::unordered_map<std::string, torch::Tensor> load_tensors(const std::string& p
     try {
       read = zip ? detail::read_torch_save_dict(path) : detail::read_safetensors(path);
     } catch (const c10::Error& e) {
-      // Errors from LibTorch itself (the zip reader, as_strided's bounds
-      // check) get the loader's prefix and the file's name.
+      // Errors from LibTorch itself (as_strided's bounds check on a
+      // tensor's sizes, strides and offset) get the loader's prefix and the
+      // file's name.
       const std::string message = e.what_without_backtrace();
       if (message.rfind("load_tensors:", 0) == 0) {
         throw;

@@ -4,7 +4,7 @@
 # (build-sanitize/, package in build-sanitize/pkg), then runs ctest and the
 # Python operator, module and weight-file tests (the fuzzer included) with the
 # sanitizer runtimes preloaded. Exits non-zero on any sanitizer report.
-#   scripts/sanitize.sh            everything (about 15 minutes on 2 cores)
+#   scripts/sanitize.sh            everything (about 7 minutes on 2 cores)
 #   scripts/sanitize.sh -k fuzz    extra arguments go to pytest
 #
 # LibTorch and CPython are not instrumented: ASan sees every access this

@@ -150,6 +150,13 @@ MUTANTS = [
         ctest="absolute_positions",
     ),
     Mutant(
+        "module: keys rotated into their slot one position late",
+        "src/ops/multi_head_attention.cpp",
+        "    rotary_(heads, inv_freq, std::nullopt, offset.guard_int(__FILE__, __LINE__));",
+        "    rotary_(heads, inv_freq, std::nullopt, offset.guard_int(__FILE__, __LINE__) + 1);",
+        pytest="test_kv_cache.py -k slot",
+    ),
+    Mutant(
         "module: a static cache's unwritten steps are attended",
         "src/ops/multi_head_attention.cpp",
         "                       : key_index <=\n                             positions->select(0, -1)",

@@ -89,6 +89,22 @@ struct Layer {
     return heads.view_symint(t.sym_sizes());
   }
 
+  // rotate(keys, offset) written into `slot`, a contiguous (B, T, n_state)
+  // view of a cache buffer; the keys are rotated in place on the way: no
+  // temporary. The same mm as rotate's matmul (which folds B, T and the heads
+  // into its rows), so the same bits. Inference only (rotary_ refuses tensors
+  // that require grad).
+  at::Tensor rotate_into(
+      const at::Tensor& slot, const at::Tensor& keys, const c10::SymInt& offset) const {
+    at::Tensor heads =
+        keys.view_symint({keys.sym_size(0), keys.sym_size(1), c10::SymInt(n_head), head_dim});
+    rotary_(heads, inv_freq, std::nullopt, offset.guard_int(__FILE__, __LINE__));
+    const c10::SymInt rows = keys.sym_numel() / head_dim;
+    at::Tensor out = slot.view_symint({rows, head_dim});
+    at::mm_out(out, heads.view_symint({rows, head_dim}), rotation_matrix);
+    return slot;
+  }
+
   // causal_offset: absolute position of the first query in a self-attention
   // over cached keys (absolute_positions), else 0 (the original's alignment).
   // positions: a static cache's query positions; keys live in a buffer of
@@ -411,7 +427,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
   } else {
     k = whisper_linear(x_norm, key_weight, std::nullopt);
     v = whisper_linear(x_norm, value_weight, value_bias);
-    if (absolute_positions) {
+    if (absolute_positions && buffered && !fixed && !at::GradMode::is_enabled() &&
+        k.scalar_type() == rotation_matrix.scalar_type() && x.sym_size(0) == 1) {
+      // Decoding at absolute positions (inference, batch 1, whose slot is
+      // contiguous): the new keys are rotated in place and the rotation layer
+      // writes them straight into their slot of the cache.
+      k = layer.rotate_into(
+          key_buffer->slice_symint(1, cache_length, cache_length + x.sym_size(1)), k, first_query);
+    } else if (absolute_positions) {
       k = fixed ? layer.rotate(k, 0, positions) : layer.rotate(k, first_query);
     }
   }
@@ -423,14 +446,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
     // hook stores them), except on a sequence's first call, which reads the
     // fresh keys as the original's first call does.
     const at::Tensor k_new = k.detach(), v_new = v.detach();
+    const c10::SymInt end = cache_length + x.sym_size(1);
+    const bool key_in_slot = k.is_alias_of(*key_buffer); // rotate_into wrote it there
     if (fixed) {
       key_buffer->index_copy_(1, *positions, k_new);
       value_buffer->index_copy_(1, *positions, v_new);
       k_all = *key_buffer;
       v_all = *value_buffer;
     } else {
-      const c10::SymInt end = cache_length + x.sym_size(1);
-      key_buffer->slice_symint(1, cache_length, end).copy_(k_new);
+      if (!key_in_slot) {
+        key_buffer->slice_symint(1, cache_length, end).copy_(k_new);
+      }
       value_buffer->slice_symint(1, cache_length, end).copy_(v_new);
       if (cache_length != 0) {
         k_all = key_buffer->slice_symint(1, 0, end);

@@ -222,3 +222,22 @@ def test_static_cache_on_device(device):
         steps = [layer(x[:, i : i + 1], kv_cache=cache)[0] for i in range(6)]
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
     assert cache.get(layer)[0].device.type == device
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_inference_writes_rotated_keys_into_their_slot_with_the_same_bits(sdpa, dtype):
+    """Under no_grad with batch 1 the operator rotates the new keys in place and the
+    rotation layer writes them straight into the cache (no temporary); with grad on it
+    takes the general path (rotate, then copy). Both give the same bits, outputs and keys."""
+    _, layer = absolute_layer("module", sdpa, seed=9, dtype=dtype)
+    x = torch.randn(1, 12, N_STATE, dtype=dtype)
+    mask = causal_mask(16, dtype)
+    in_slot, general = rotary_attention.KVCache(), rotary_attention.KVCache()
+    parts = chunks(x, [3] + [1] * 9)
+    with torch.no_grad():
+        got = [layer(p, mask=mask, kv_cache=in_slot)[0] for p in parts]
+    with torch.enable_grad():
+        want = [layer(p, mask=mask, kv_cache=general)[0].detach() for p in parts]
+    torch.testing.assert_close(torch.cat(got, 1), torch.cat(want, 1), rtol=0, atol=0)
+    torch.testing.assert_close(in_slot.get(layer)[0], general.get(layer)[0], rtol=0, atol=0)

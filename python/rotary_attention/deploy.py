@@ -5,7 +5,7 @@ RotaryAttention::rotary_attention, so that the operators are registered)."""
 import torch
 from torch import Tensor, nn
 
-from .layers import KVCache, _CacheEntry
+from .layers import KVCache
 
 
 def export_aoti_package(model: nn.Module, args: tuple, path, dynamic_shapes=None) -> str:
@@ -35,7 +35,7 @@ def static_cache_over(buffers: dict) -> KVCache:
         raise ValueError(f"static_cache_over: the buffers' capacities differ: {sorted(capacities)}")
     cache = KVCache(capacities.pop(), static=True)
     for layer, (key, value, filled) in buffers.items():
-        cache._entries[id(layer)] = _CacheEntry(layer, key, value, cross=False, filled=filled)
+        cache._adopt(layer, key, value, filled)
     return cache
 
 

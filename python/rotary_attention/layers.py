@@ -121,6 +121,12 @@ class KVCache:
         self._entries[id(layer)] = entry
         return entry
 
+    def _adopt(self, layer: nn.Module, key: Tensor, value: Tensor, filled: Tensor | None) -> _CacheEntry:
+        """Self-attention: `layer`'s entry over these buffers (and, static, this count)."""
+        entry = _CacheEntry(layer, key, value, cross=False, filled=filled)
+        self._entries[id(layer)] = entry
+        return entry
+
     def _reserve(self, layer: nn.Module, x: Tensor) -> _CacheEntry:
         """Self-attention: buffers with room for x's steps (created, or grown by doubling)."""
         entry = self._entries.get(id(layer))
@@ -133,8 +139,7 @@ class KVCache:
             make = x.new_zeros if self.static else x.new_empty
             key, value = make(shape), make(shape)
             filled = torch.zeros((), dtype=torch.long, device=x.device) if self.static else None
-            entry = _CacheEntry(layer, key, value, cross=False, filled=filled)
-            self._entries[id(layer)] = entry
+            entry = self._adopt(layer, key, value, filled)
         elif not self.static and entry.length + steps > entry.key.shape[1]:
             n = entry.length
             shape = (entry.key.shape[0], max(n + steps, 2 * entry.key.shape[1]), entry.key.shape[2])

@@ -12,4 +12,5 @@ ROOT=$PWD
 source scripts/env.sh
 ra_install_debian_packages
 ra_make_venv
+ra_install_clients
 exec "$RA_PY" scripts/mutants.py --scratch "${RA_MUTANTS_DIR:-/tmp/rotary_attention-mutants}" "$@"

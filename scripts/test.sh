@@ -10,6 +10,7 @@ source scripts/env.sh
 
 ra_install_debian_packages
 ra_make_venv
+ra_install_clients
 ra_build_and_install -DRA_BUILD_TESTS=ON -DRA_BUILD_EXAMPLES=ON
 
 echo "== C++ tests (ctest)"

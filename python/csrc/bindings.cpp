@@ -56,6 +56,13 @@ are computed on the first call and reused.)doc")
       .def("clear", &ra::KVCache::clear, "Forget every cached entry (start a new sequence).")
       .def("__len__", &ra::KVCache::size)
       .def(
+          "reorder",
+          &ra::KVCache::reorder,
+          py::arg("indices"),
+          "Re-index every entry along the batch (beam search, as Whisper's rearrange_kv_cache): "
+          "row i becomes row indices[i]; fewer or repeated rows allowed; cross-attention entries "
+          "of batch 1 serve every row and stay.")
+      .def(
           "length",
           [](const ra::KVCache& c, const ra::MultiHeadAttentionImpl& layer) {
             return c.length(&layer);

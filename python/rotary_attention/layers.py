@@ -108,6 +108,48 @@ class KVCache:
     def clear(self) -> None:
         self._entries.clear()
 
+    def values(self) -> list[Tensor]:
+        """Each layer's cached values, in the order the layers first used the
+        cache (as the dict of Whisper's hooks holds them): Whisper's
+        TextDecoder reads the first one's length as the tokens decoded so far."""
+        return [self.get(entry.layer)[1] for entry in self._entries.values()]
+
+    def reorder(self, indices) -> None:
+        """Re-indexes every entry along the batch for a beam search (what
+        Whisper's `rearrange_kv_cache` does to its dict): row i becomes row
+        `indices[i]`. `indices` (a sequence or an int64 tensor) may select
+        fewer rows (finished beams dropped) or repeat rows. Cross-attention
+        entries of batch 1 serve every row and stay. A static cache keeps its
+        buffers when the batch size stays (rows copied in place, so a compiled
+        step stays valid); the indices are checked before anything changes."""
+        indices = torch.as_tensor(indices)
+        if indices.dim() != 1 or indices.dtype != torch.long:
+            raise ValueError(
+                f"KVCache.reorder: indices must be 1-D integers, got {indices.dtype} of shape {tuple(indices.shape)}"
+            )
+        shared = [e for e in self._entries.values() if not (e.cross and e.key.shape[0] == 1)]
+        for entry in shared:
+            batch = entry.key.shape[0]
+            if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= batch):
+                raise IndexError(
+                    f"KVCache.reorder: indices must be in [0, {batch}) (the cached batch size), got {indices.tolist()}"
+                )
+        for entry in shared:
+            rows = indices.to(entry.key.device)
+            if entry.cross:
+                entry.key, entry.value = entry.key.index_select(0, rows), entry.value.index_select(0, rows)
+            elif self.static and rows.numel() == entry.key.shape[0]:
+                entry.key.copy_(entry.key.index_select(0, rows))
+                entry.value.copy_(entry.value.index_select(0, rows))
+            else:
+                n = self.length(entry.layer)
+                for name in ("key", "value"):
+                    old = getattr(entry, name)
+                    # A static cache's unwritten steps must stay zeros (see _reserve).
+                    new = (old.new_zeros if self.static else old.new_empty)((rows.numel(), *old.shape[1:]))
+                    new[:, :n] = old[:, :n].index_select(0, rows)
+                    setattr(entry, name, new)
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -150,9 +192,35 @@ class KVCache:
         return entry
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Hooks that calling `module` would run."""
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )
+
+
+def _global_hooks() -> bool:
+    """Hooks registered for every module (torch.nn.modules.module.register_module_*_hook)."""
+    g = torch.nn.modules.module
+    return bool(
+        g._global_forward_hooks
+        or g._global_forward_pre_hooks
+        or g._global_backward_hooks
+        or g._global_backward_pre_hooks
+    )
+
+
 class MultiHeadAttention(nn.Module):
-    """The original MultiHeadAttention, its math in the library's
-    `multi_head_attention` operator.
+    """The original MultiHeadAttention, its math in the library's operators.
+
+    Two roads to the same C++ code, chosen per call by inspecting the
+    children (never by a flag): when every child is the plain class the
+    operator assumes (nn.Linear, nn.LayerNorm/GroupNorm as constructed, the
+    library's RotaryEmbedding/RotationLayer, nn.Dropout) and no hook would run,
+    one `multi_head_attention` call (the fast road). Otherwise (hooks on a
+    child or global ones, peft's LoRA layers, quantized or replaced children,
+    a dict kv_cache) the children are called as modules in the original's
+    order and the rest runs in `attention_core` (the faithful road).
 
     `MultiHeadAttention(n_state, n_head, dropout_rate=0.01,
     gradient_checkpointing=False, group_norm=False, sdpa=True,
@@ -205,16 +273,186 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         kv_cache: Any = None,
     ) -> tuple[Tensor, Tensor | None]:
-        # TorchScript compiles the cache-free path only (a scripted layer takes
-        # no kv_cache; decode with the eager module, or export a decode step).
+        # TorchScript compiles the fast road without a cache only (a scripted
+        # layer takes no kv_cache; decode with the eager module, or export a
+        # decode step).
         if not torch.jit.is_scripting():
+            if isinstance(kv_cache, dict):
+                return self._forward_with_cache_dict(x, xa, mask, kv_cache)
+            if kv_cache is not None and not isinstance(kv_cache, KVCache):
+                raise TypeError(
+                    "MultiHeadAttention: kv_cache must be a rotary_attention.KVCache or a dict filled "
+                    f"by forward hooks on key/value (the original's protocol), got {type(kv_cache).__name__}"
+                )
+            attention = self._attention if self._children_are_plain() else self._attention_through_children
             if kv_cache is not None:
-                return self._forward_with_cache(x, xa, mask, kv_cache)
+                return self._forward_with_cache(x, xa, mask, kv_cache, attention)
+            out, qk, _, _ = attention(x, xa, mask, None, None, 0)
+            return out, None if self.sdpa else qk
         out, qk, _, _ = self._attention(x, xa, mask, None, None, 0)
         return out, None if self.sdpa else qk
 
+    def _children_are_plain(self) -> bool:
+        """True when one `multi_head_attention` call computes what calling the
+        children would (the fast road): every child is the class the operator
+        assumes, configured as the operator computes it, and no hook would run."""
+        if _global_hooks():
+            return False
+        m = self._modules
+        for name in ("query", "key", "value", "out"):
+            if type(m[name]) is not nn.Linear or _hooked(m[name]):
+                return False
+        if m["key"].bias is not None:
+            return False
+        norm = m["attn_ln"]
+        if _hooked(norm) or norm.eps != 1e-5:
+            return False
+        if self.group_norm:
+            if type(norm) is not nn.GroupNorm or norm.num_groups != 1:
+                return False
+        elif type(norm) is not nn.LayerNorm or norm.normalized_shape != (self.n_state,):
+            return False
+        return self._rotation_is_plain() and self._dropout_is_plain()
+
+    def _rotation_is_plain(self) -> bool:
+        """The library's rotary embedding and rotation layer, unhooked: the
+        operators apply them (the original calls `rotate_queries_or_keys` as a
+        method, so hooks on rotary_emb never run there either)."""
+        m = self._modules
+        return (
+            type(m["rotary_emb"]) is RotaryEmbedding
+            and type(m["rotation_layer"]) is RotationLayer
+            and not _hooked(m["rotation_layer"])
+            and not _global_hooks()
+        )
+
+    def _dropout_is_plain(self) -> bool:
+        """The original calls `dropout` only on the explicit path."""
+        d = self._modules["dropout"]
+        return self.sdpa or (type(d) is nn.Dropout and not _hooked(d) and not _global_hooks())
+
+    def _forward_with_cache_dict(
+        self, x: Tensor, xa: Tensor | None, mask: Tensor | None, kv_cache: dict
+    ) -> tuple[Tensor, Tensor | None]:
+        """The original's protocol: forward hooks on `key`/`value` fill the dict
+        (Whisper's `install_kv_cache_hooks`); whatever it holds for `self.key`
+        replaces the keys. The children run as modules, in the original's order."""
+        if self.absolute_positions:
+            raise ValueError(
+                "MultiHeadAttention: a dict kv_cache follows the original's semantics (every call rotates "
+                "its queries at 0..T-1); absolute_positions=True needs a rotary_attention.KVCache"
+            )
+        return self._forward_like_the_original(x, xa, mask, kv_cache)
+
+    def _forward_like_the_original(
+        self, x: Tensor, xa: Tensor | None, mask: Tensor | None, kv_cache: dict | None
+    ) -> tuple[Tensor, Tensor | None]:
+        x_norm = self.attn_ln(x)
+        q = self.query(x_norm)
+        k = self.key(x_norm if xa is None else xa)
+        v = self.value(x_norm if xa is None else xa)
+        if kv_cache is not None and self.key in kv_cache:
+            k = kv_cache[self.key]
+            v = kv_cache[self.value]
+        rotate = self._rotation_is_plain()
+        if not rotate or not self._dropout_is_plain():
+            # The original's lines: the rotary and rotation children called by
+            # the layer (queries, then keys).
+            q = q.view(q.shape[0], q.shape[1], self.n_head, -1)
+            k = k.view(k.shape[0], k.shape[1], self.n_head, -1)
+            q = self.rotary_emb.rotate_queries_or_keys(q)
+            k = self.rotary_emb.rotate_queries_or_keys(k)
+            q = self.rotation_layer(q)
+            k = self.rotation_layer(k)
+            q = q.view(q.shape[0], q.shape[1], -1)
+            k = k.view(k.shape[0], k.shape[1], -1)
+            if not self._dropout_is_plain():
+                wv, qk = self._explicit_attention_calling_dropout(q, k, v, mask)
+                return self.out(wv) + x, qk
+        wv, qk, _, _ = self._attention_core(q, k, v, xa is not None, mask, rotate)
+        return self.out(wv) + x, None if self.sdpa else qk
+
+    def _explicit_attention_calling_dropout(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """The original's explicit path, for a replaced or hooked `dropout`
+        child, which no operator can call between the softmax and the values."""
+        n_batch, n_ctx, n_state = q.shape
+        scale = self.temperature
+        q = q.view(n_batch, n_ctx, self.n_head, self.head_dim).permute(0, 2, 1, 3)
+        k = k.view(k.shape[0], k.shape[1], self.n_head, self.head_dim).permute(0, 2, 1, 3)
+        v = v.view(v.shape[0], v.shape[1], self.n_head, self.head_dim).permute(0, 2, 1, 3)
+        qk = (q * scale) @ (k.transpose(-2, -1) * scale)
+        if mask is not None:
+            qk = qk + mask[:n_ctx, :n_ctx]
+        qk = qk.float()
+        w = self.dropout(torch.softmax(qk, dim=-1).to(q.dtype))
+        out = (w @ v).permute(0, 2, 1, 3).reshape(n_batch, n_ctx, n_state)
+        return out, qk.detach()
+
+    def _attention_core(
+        self, q: Tensor, k: Tensor, v: Tensor, cross: bool, mask: Tensor | None, rotate: bool = True, *cache
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # (rotate=False: the children rotated q and k, and may hold no such tensors)
+        unused = q.new_empty(0)
+        return torch.ops.rotary_attention.attention_core(
+            q,
+            k,
+            v,
+            cross,
+            mask,
+            self.rotary_emb.inv_freq if rotate else unused,
+            self.rotation_layer.rotation_matrix if rotate else unused,
+            self.temperature,
+            self.n_head,
+            self.sdpa,
+            getattr(self.dropout, "p", 0.0),  # (sdpa: a replaced dropout is never called)
+            self.training,
+            self.absolute_positions,
+            rotate,
+            *cache,
+        )
+
+    def _attention_through_children(
+        self,
+        x: Tensor,
+        xa: Tensor | None,
+        mask: Tensor | None,
+        cached_key: Tensor | None,
+        cached_value: Tensor | None,
+        query_position: int,
+        key_buffer: Tensor | None = None,
+        value_buffer: Tensor | None = None,
+        cache_length: int = 0,
+        positions: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`_attention`'s result with the norm and the projections called as
+        modules (the faithful road); rotary, the rotation, the cache and
+        attention in `attention_core`."""
+        if not self._rotation_is_plain() or not self._dropout_is_plain():
+            if cached_key is None and key_buffer is None:
+                out, qk = self._forward_like_the_original(x, xa, mask, None)
+                return out, qk, None, None
+            raise ValueError(
+                "MultiHeadAttention: a KVCache needs the library's own RotaryEmbedding and RotationLayer "
+                "without hooks (and an unhooked nn.Dropout on the explicit path): the operator rotates the "
+                "cached keys; use a dict kv_cache with forward hooks instead"
+            )
+        x_norm = self.attn_ln(x)
+        q = self.query(x_norm)
+        if xa is not None and cached_key is not None:
+            k, v = cached_key, cached_value  # a KVCache computes xa's keys once
+        else:
+            k = self.key(x_norm if xa is None else xa)
+            v = self.value(x_norm if xa is None else xa)
+        wv, qk, key, value = self._attention_core(
+            q, k, v, xa is not None, mask, True,
+            cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions,
+        )  # fmt: skip
+        return self.out(wv) + x, qk, key, value
+
     def _forward_with_cache(
-        self, x: Tensor, xa: Tensor | None, mask: Tensor | None, kv_cache: KVCache
+        self, x: Tensor, xa: Tensor | None, mask: Tensor | None, kv_cache: KVCache, attention
     ) -> tuple[Tensor, Tensor | None]:
         steps = x.shape[1]
         if xa is None:
@@ -223,9 +461,7 @@ class MultiHeadAttention(nn.Module):
             positions = None
             if kv_cache.static:
                 positions = entry.filled + torch.arange(steps, device=entry.filled.device)
-            out, qk, _, _ = self._attention(
-                x, None, mask, None, None, 0, entry.key, entry.value, entry.length, positions
-            )
+            out, qk, _, _ = attention(x, None, mask, None, None, 0, entry.key, entry.value, entry.length, positions)
             if kv_cache.static:
                 entry.filled.add_(steps)
             else:
@@ -241,9 +477,7 @@ class MultiHeadAttention(nn.Module):
         cached_key = cached_value = None
         if entry is not None:
             cached_key, cached_value = entry.key, entry.value
-        out, qk, key, value = self._attention(
-            x, xa, mask, cached_key, cached_value, query_position, positions=positions
-        )
+        out, qk, key, value = attention(x, xa, mask, cached_key, cached_value, query_position, positions=positions)
         if entry is None:
             entry = kv_cache._store(self, key, value)
         if kv_cache.static:
@@ -284,7 +518,7 @@ class MultiHeadAttention(nn.Module):
             self.temperature,
             self.n_head,
             self.sdpa,
-            self.dropout.p,
+            getattr(self.dropout, "p", 0.0),  # (sdpa: a replaced dropout is never called)
             self.training,
             self.absolute_positions,
             cached_key,

@@ -156,7 +156,9 @@ def randomize_weights_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def install_kv_cache_hooks(model: nn.Module, n_text_ctx: int = 448, cache: Optional[dict] = None):
+def install_kv_cache_hooks(
+    model: nn.Module, n_text_ctx: int = 448, cache: Optional[dict] = None, layer_type: type = None
+):
     """Whisper's `install_kv_cache_hooks`: returns `(cache, hooks)`.
 
     Each `MultiHeadAttention` in `model` gets forward hooks on `key` and
@@ -164,7 +166,9 @@ def install_kv_cache_hooks(model: nn.Module, n_text_ctx: int = 448, cache: Optio
     longer than `n_text_ctx`, i.e. cross-attention over audio features) and
     otherwise append the new step to what is cached. Pass `cache` as the
     forward's `kv_cache`; call `hook.remove()` on each hook when done.
+    `layer_type`: the attention class to hook (default: the original's).
     """
+    layer_type = MultiHeadAttention if layer_type is None else layer_type
     cache = {} if cache is None else cache
     hooks: List = []
 
@@ -176,7 +180,19 @@ def install_kv_cache_hooks(model: nn.Module, n_text_ctx: int = 448, cache: Optio
         return cache[module]
 
     for layer in model.modules():
-        if isinstance(layer, MultiHeadAttention):
+        if isinstance(layer, layer_type):
             hooks.append(layer.key.register_forward_hook(save_to_cache))
             hooks.append(layer.value.register_forward_hook(save_to_cache))
     return cache, hooks
+
+
+class OriginalGivenOneAudioPerRow(MultiHeadAttention):
+    """The original, handed xa repeated for every row of x. openai-whisper's
+    loop (since 2024-09) passes one audio's features to a whole beam, which the
+    original's `view` cannot broadcast: this is the original's answer for it
+    (what Whisper's loop gave before), for comparisons with a beam search."""
+
+    def forward(self, x, xa=None, mask=None, kv_cache=None):
+        if xa is not None and xa.shape[0] != x.shape[0]:
+            xa = xa.expand(x.shape[0], -1, -1)
+        return super().forward(x, xa, mask, kv_cache)

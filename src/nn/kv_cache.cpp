@@ -86,7 +86,48 @@ const KVCache::Entry& KVCache::append(
 
 const KVCache::Entry& KVCache::store(
     const void* layer, const at::Tensor& key, const at::Tensor& value) {
-  return entries_[layer] = Entry{key, value, key.size(1), 0};
+  return entries_[layer] = Entry{key, value, key.size(1), 0, /*cross=*/true};
+}
+
+void KVCache::reorder(const at::Tensor& indices) {
+  TORCH_CHECK(
+      indices.dim() == 1 && indices.scalar_type() == at::kLong,
+      "KVCache.reorder: indices must be a 1-D int64 tensor, got ",
+      indices.scalar_type(),
+      " of shape ",
+      indices.sizes());
+  // Every entry is checked before any changes, so a bad index leaves the cache as it was.
+  const at::Tensor cpu_indices = indices.cpu();
+  for (const auto& [layer, e] : entries_) {
+    const int64_t batch = e.key_buffer.size(0);
+    if (e.cross && batch == 1) {
+      continue;
+    }
+    TORCH_CHECK(
+        cpu_indices.numel() == 0 ||
+            (cpu_indices.min().item<int64_t>() >= 0 && cpu_indices.max().item<int64_t>() < batch),
+        "KVCache.reorder: indices must be in [0, ",
+        batch,
+        ") (the cached batch size), got ",
+        cpu_indices);
+  }
+  for (auto& [layer, e] : entries_) {
+    if (e.cross && e.key_buffer.size(0) == 1) {
+      continue;
+    }
+    const at::Tensor rows = indices.to(e.key_buffer.device());
+    for (at::Tensor* buffer : {&e.key_buffer, &e.value_buffer}) {
+      if (e.cross) {
+        *buffer = buffer->index_select(0, rows);
+        continue;
+      }
+      // Only the cached steps are gathered; the buffers keep their capacity.
+      at::Tensor reordered =
+          at::empty({rows.size(0), buffer->size(1), buffer->size(2)}, buffer->options());
+      reordered.slice(1, 0, e.length).copy_(buffer->slice(1, 0, e.length).index_select(0, rows));
+      *buffer = reordered;
+    }
+  }
 }
 
 int64_t KVCache::advance_queries(const void* layer, int64_t n) {

@@ -130,10 +130,16 @@ struct Layer {
           "), got shape ",
           mask_opt->sym_sizes());
     }
+    // Cross-attention keys of one row of xa serve every row of x (a beam):
+    // broadcast along the batch, without a copy.
+    const auto rows = [&](const at::Tensor& t) {
+      return t.sym_size(0) == n_batch ? t : t.expand_symint({n_batch, t.sym_size(1), n_state});
+    };
     const auto q = q_in.view_symint({n_batch, n_ctx, n_head, head_dim}).permute({0, 2, 1, 3});
-    const auto k = k_in.view_symint({n_batch, n_keys, n_head, head_dim}).permute({0, 2, 1, 3});
+    const auto k =
+        rows(k_in).view_symint({n_batch, n_keys, n_head, head_dim}).permute({0, 2, 1, 3});
     const auto v =
-        v_in.view_symint({n_batch, v_in.sym_size(1), n_head, head_dim}).permute({0, 2, 1, 3});
+        rows(v_in).view_symint({n_batch, v_in.sym_size(1), n_head, head_dim}).permute({0, 2, 1, 3});
 
     at::Tensor written; // static cache: (T, capacity), keys each query may see
     if (positions.has_value()) {
@@ -247,7 +253,8 @@ CacheUse check_cache_arguments(
       "multi_head_attention: pass both cached_key and cached_value, or neither");
   if (cached) {
     TORCH_CHECK(
-        cached_key->dim() == 3 && cached_key->sym_size(0) == x.sym_size(0) &&
+        cached_key->dim() == 3 &&
+            (cached_key->sym_size(0) == x.sym_size(0) || (cross && cached_key->sym_size(0) == 1)) &&
             cached_key->sym_size(2) == n_state &&
             cached_value->sym_sizes() == cached_key->sym_sizes(),
         "KVCache: cannot use cached keys of shape ",
@@ -329,6 +336,114 @@ CacheUse check_cache_arguments(
   return {cached, buffered, fixed};
 }
 
+// Everything between the projections and the output projection: rotary and
+// the rotation layer, the KV cache, attention. The layer operator calls it
+// after its own projections; attention_core after the caller's (the
+// nn.Module's faithful road, which calls its children as modules). Returns
+// (attention output before `out`, qk, key to cache, value to cache).
+// k, v are not read for cross-attention with cached keys (may be undefined).
+// keys_writable: k is the caller's own temporary, which may be rotated in place.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attend_projected(
+    at::Tensor q,
+    at::Tensor k,
+    at::Tensor v,
+    bool cross,
+    const std::optional<at::Tensor>& mask,
+    const Layer& layer,
+    bool absolute_positions,
+    bool rotate,
+    bool keys_writable,
+    const CacheUse& use,
+    const std::optional<at::Tensor>& cached_key,
+    const std::optional<at::Tensor>& cached_value,
+    const c10::SymInt& query_position,
+    const std::optional<at::Tensor>& key_buffer,
+    const std::optional<at::Tensor>& value_buffer,
+    const c10::SymInt& cache_length,
+    const std::optional<at::Tensor>& positions) {
+  const auto [cached, buffered, fixed] = use;
+  const at::Tensor& rotation_matrix = layer.rotation_matrix;
+  // Absolute position of x's first token: after the buffered steps, or as given.
+  const c10::SymInt first_query = buffered ? cache_length : query_position;
+  // k, v: what to cache (keys rotated only with absolute_positions);
+  // k_attended: the keys attention reads (always rotated).
+  if (cross) {
+    if (cached) {
+      // Keys and values of xa are computed once per sequence.
+      k = *cached_key;
+      v = *cached_value;
+    } else if (absolute_positions) {
+      k = layer.rotate(k, 0);
+    }
+  } else {
+    if (absolute_positions && buffered && !fixed && keys_writable && !at::GradMode::is_enabled() &&
+        k.scalar_type() == rotation_matrix.scalar_type() && q.sym_size(0) == 1) {
+      // Decoding at absolute positions (inference, batch 1, whose slot is
+      // contiguous): the new keys are rotated in place and the rotation layer
+      // writes them straight into their slot of the cache.
+      k = layer.rotate_into(
+          key_buffer->slice_symint(1, cache_length, cache_length + q.sym_size(1)), k, first_query);
+    } else if (absolute_positions) {
+      k = fixed ? layer.rotate(k, 0, positions) : layer.rotate(k, first_query);
+    }
+  }
+  // Keys and values attention reads (k_all, v_all), and those returned to be
+  // cached (k, v: the new ones when buffers hold the cache).
+  at::Tensor k_all = k, v_all = v;
+  if (buffered) {
+    // Written in place; attention reads the buffers (detached, as Whisper's
+    // hook stores them), except on a sequence's first call, which reads the
+    // fresh keys as the original's first call does.
+    const at::Tensor k_new = k.detach(), v_new = v.detach();
+    const c10::SymInt end = cache_length + q.sym_size(1);
+    const bool key_in_slot = k.is_alias_of(*key_buffer); // rotate_into wrote it there
+    if (fixed) {
+      key_buffer->index_copy_(1, *positions, k_new);
+      value_buffer->index_copy_(1, *positions, v_new);
+      k_all = *key_buffer;
+      v_all = *value_buffer;
+    } else {
+      if (!key_in_slot) {
+        key_buffer->slice_symint(1, cache_length, end).copy_(k_new);
+      }
+      value_buffer->slice_symint(1, cache_length, end).copy_(v_new);
+      if (cache_length != 0) {
+        k_all = key_buffer->slice_symint(1, 0, end);
+        v_all = value_buffer->slice_symint(1, 0, end);
+      }
+    }
+  } else if (cached && !cross) {
+    // Whisper's hook: the detached concatenation, which attention then reads.
+    k_all = at::cat({*cached_key, k}, 1).detach();
+    v_all = at::cat({*cached_value, v}, 1).detach();
+    k = k_all;
+    v = v_all;
+  }
+  if (rotate) {
+    const c10::SymInt q_position = absolute_positions ? first_query : c10::SymInt(0);
+    q = fixed ? layer.rotate(q, 0, positions) : layer.rotate(q, q_position);
+  }
+  const at::Tensor k_attended = absolute_positions || !rotate ? k_all : layer.rotate(k_all, 0);
+  const c10::SymInt causal_offset = absolute_positions && !cross ? first_query : c10::SymInt(0);
+
+  auto [wv, qk] = layer.attend(
+      q, k_attended, v_all, mask, causal_offset, fixed && !cross ? positions : std::nullopt);
+  return {wv, qk, k, v};
+}
+
+// Cross-attention reads keys and values of one row of xa for every row of x
+// (a beam), or of xa's own rows.
+void check_cross_batch(const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK(
+      t.sym_size(0) == x.sym_size(0) || t.sym_size(0) == 1,
+      "MultiHeadAttention: ",
+      name,
+      " must have x's batch size ",
+      x.sym_size(0),
+      " or 1 (shared by every row of x), got shape ",
+      t.sym_sizes());
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_composite(
     const at::Tensor& x,
     const std::optional<at::Tensor>& xa_opt,
@@ -370,14 +485,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
   const bool cross = xa_opt.has_value() && xa_opt->defined();
   if (cross) {
     check_input("xa", *xa_opt, n_state);
-    TORCH_CHECK(
-        xa_opt->sym_size(0) == x.sym_size(0),
-        "MultiHeadAttention: xa must have x's batch size ",
-        x.sym_size(0),
-        ", got shape ",
-        xa_opt->sym_sizes());
+    check_cross_batch("xa", *xa_opt, x);
   }
-  const auto [cached, buffered, fixed] = check_cache_arguments(
+  const CacheUse use = check_cache_arguments(
       x,
       cross,
       n_state,
@@ -404,86 +514,142 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
     x_norm = at::layer_norm_symint(x, {n_state}, norm_weight, norm_bias, 1e-5);
   }
 
-  // Absolute position of x's first token: after the buffered steps, or as given.
-  const c10::SymInt first_query = buffered ? cache_length : query_position;
   const Layer layer{
       inv_freq, rotation_matrix, temperature, n_head, n_state / n_head, sdpa, dropout_p, train};
-  at::Tensor q = whisper_linear(x_norm, query_weight, query_bias);
-  // k, v: what to cache (keys rotated only with absolute_positions);
-  // k_attended: the keys attention reads (always rotated).
+  const at::Tensor q = whisper_linear(x_norm, query_weight, query_bias);
   at::Tensor k, v;
-  if (cross) {
-    if (cached) {
-      // Keys and values of xa are computed once per sequence.
-      k = *cached_key;
-      v = *cached_value;
-    } else {
-      k = whisper_linear(*xa_opt, key_weight, std::nullopt);
-      v = whisper_linear(*xa_opt, value_weight, value_bias);
-      if (absolute_positions) {
-        k = layer.rotate(k, 0);
-      }
-    }
-  } else {
-    k = whisper_linear(x_norm, key_weight, std::nullopt);
-    v = whisper_linear(x_norm, value_weight, value_bias);
-    if (absolute_positions && buffered && !fixed && !at::GradMode::is_enabled() &&
-        k.scalar_type() == rotation_matrix.scalar_type() && x.sym_size(0) == 1) {
-      // Decoding at absolute positions (inference, batch 1, whose slot is
-      // contiguous): the new keys are rotated in place and the rotation layer
-      // writes them straight into their slot of the cache.
-      k = layer.rotate_into(
-          key_buffer->slice_symint(1, cache_length, cache_length + x.sym_size(1)), k, first_query);
-    } else if (absolute_positions) {
-      k = fixed ? layer.rotate(k, 0, positions) : layer.rotate(k, first_query);
-    }
+  if (!(cross && use.cached)) {
+    const at::Tensor& source = cross ? *xa_opt : x_norm;
+    k = whisper_linear(source, key_weight, std::nullopt);
+    v = whisper_linear(source, value_weight, value_bias);
   }
-  // Keys and values attention reads (k_all, v_all), and those returned to be
-  // cached (k, v: the new ones when buffers hold the cache).
-  at::Tensor k_all = k, v_all = v;
-  if (buffered) {
-    // Written in place; attention reads the buffers (detached, as Whisper's
-    // hook stores them), except on a sequence's first call, which reads the
-    // fresh keys as the original's first call does.
-    const at::Tensor k_new = k.detach(), v_new = v.detach();
-    const c10::SymInt end = cache_length + x.sym_size(1);
-    const bool key_in_slot = k.is_alias_of(*key_buffer); // rotate_into wrote it there
-    if (fixed) {
-      key_buffer->index_copy_(1, *positions, k_new);
-      value_buffer->index_copy_(1, *positions, v_new);
-      k_all = *key_buffer;
-      v_all = *value_buffer;
-    } else {
-      if (!key_in_slot) {
-        key_buffer->slice_symint(1, cache_length, end).copy_(k_new);
-      }
-      value_buffer->slice_symint(1, cache_length, end).copy_(v_new);
-      if (cache_length != 0) {
-        k_all = key_buffer->slice_symint(1, 0, end);
-        v_all = value_buffer->slice_symint(1, 0, end);
-      }
-    }
-  } else if (cached && !cross) {
-    // Whisper's hook: the detached concatenation, which attention then reads.
-    k_all = at::cat({*cached_key, k}, 1).detach();
-    v_all = at::cat({*cached_value, v}, 1).detach();
-    k = k_all;
-    v = v_all;
-  }
-  const c10::SymInt q_position = absolute_positions ? first_query : c10::SymInt(0);
-  q = fixed ? layer.rotate(q, 0, positions) : layer.rotate(q, q_position);
-  const at::Tensor k_attended = absolute_positions ? k_all : layer.rotate(k_all, 0);
-  const c10::SymInt causal_offset = absolute_positions && !cross ? first_query : c10::SymInt(0);
+  auto [wv, qk, key, value] = attend_projected(
+      q,
+      k,
+      v,
+      cross,
+      mask,
+      layer,
+      absolute_positions,
+      /*rotate=*/true,
+      /*keys_writable=*/true,
+      use,
+      cached_key,
+      cached_value,
+      query_position,
+      key_buffer,
+      value_buffer,
+      cache_length,
+      positions);
+  return {whisper_linear(wv, out_weight, out_bias) + x, qk, key, value};
+}
 
-  auto [wv, qk] = layer.attend(
-      q, k_attended, v_all, mask, causal_offset, fixed && !cross ? positions : std::nullopt);
-  return {whisper_linear(wv, out_weight, out_bias) + x, qk, k, v};
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core_composite(
+    const at::Tensor& q,
+    const at::Tensor& k,
+    const at::Tensor& v,
+    bool cross,
+    const std::optional<at::Tensor>& mask,
+    const at::Tensor& inv_freq,
+    const at::Tensor& rotation_matrix,
+    const at::Tensor& temperature,
+    int64_t n_head,
+    bool sdpa,
+    double dropout_p,
+    bool train,
+    bool absolute_positions,
+    bool rotate,
+    const std::optional<at::Tensor>& cached_key,
+    const std::optional<at::Tensor>& cached_value,
+    c10::SymInt query_position,
+    const std::optional<at::Tensor>& key_buffer,
+    const std::optional<at::Tensor>& value_buffer,
+    c10::SymInt cache_length,
+    const std::optional<at::Tensor>& positions) {
+  TORCH_CHECK(
+      q.dim() == 3,
+      "attention_core: expected q of shape (B, T, n_state), got shape ",
+      q.sym_sizes());
+  const c10::SymInt n_state = q.sym_size(2);
+  TORCH_CHECK(
+      n_head > 0 && n_state % n_head == 0,
+      "attention_core: n_state (",
+      n_state,
+      ") must be divisible by n_head (",
+      n_head,
+      ")");
+  check_input("q", q, n_state);
+  const CacheUse use = check_cache_arguments(
+      q,
+      cross,
+      n_state,
+      absolute_positions,
+      cached_key,
+      cached_value,
+      key_buffer,
+      value_buffer,
+      cache_length,
+      positions);
+  if (!(cross && use.cached)) {
+    check_input("k", k, n_state);
+    check_input("v", v, n_state);
+    TORCH_CHECK(
+        k.sym_sizes() == v.sym_sizes() && k.scalar_type() == q.scalar_type() &&
+            v.scalar_type() == q.scalar_type(),
+        "attention_core: k and v must have the same shape and q's dtype ",
+        q.scalar_type(),
+        ", got k ",
+        k.scalar_type(),
+        " of shape ",
+        k.sym_sizes(),
+        " and v ",
+        v.scalar_type(),
+        " of shape ",
+        v.sym_sizes());
+    if (cross) {
+      check_cross_batch("k", k, q);
+    } else {
+      // (Longer than q when a dict cache's hooks concatenated the cached steps.)
+      TORCH_CHECK(
+          k.sym_size(0) == q.sym_size(0) && (!use.buffered || k.sym_size(1) == q.sym_size(1)),
+          "attention_core: self-attention k and v must have q's batch size ",
+          q.sym_size(0),
+          use.buffered ? " and length (the steps to cache)" : "",
+          ", got shape ",
+          k.sym_sizes());
+    }
+  }
+  TORCH_CHECK(
+      rotate || (!absolute_positions && !use.cached && !use.buffered && !use.fixed),
+      "attention_core: rotate=False (q and k rotated by the caller) takes no cache and no "
+      "absolute_positions: the cache's keys are rotated by the operator");
+  const Layer layer{
+      inv_freq, rotation_matrix, temperature, n_head, n_state / n_head, sdpa, dropout_p, train};
+  return attend_projected(
+      q,
+      k,
+      v,
+      cross,
+      mask,
+      layer,
+      absolute_positions,
+      rotate,
+      /*keys_writable=*/false,
+      use,
+      cached_key,
+      cached_value,
+      query_position,
+      key_buffer,
+      value_buffer,
+      cache_length,
+      positions);
 }
 
 } // namespace
 
 TORCH_LIBRARY_IMPL(rotary_attention, CompositeImplicitAutograd, m) {
   m.impl("multi_head_attention", &multi_head_attention_composite);
+  m.impl("attention_core", &attention_core_composite);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
@@ -539,6 +705,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
       dropout_p,
       train,
       absolute_positions,
+      cached_key,
+      cached_value,
+      std::move(query_position),
+      key_buffer,
+      value_buffer,
+      std::move(cache_length),
+      positions);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core(
+    const at::Tensor& q,
+    const at::Tensor& k,
+    const at::Tensor& v,
+    bool cross,
+    const std::optional<at::Tensor>& mask,
+    const at::Tensor& inv_freq,
+    const at::Tensor& rotation_matrix,
+    const at::Tensor& temperature,
+    int64_t n_head,
+    bool sdpa,
+    double dropout_p,
+    bool train,
+    bool absolute_positions,
+    bool rotate,
+    const std::optional<at::Tensor>& cached_key,
+    const std::optional<at::Tensor>& cached_value,
+    c10::SymInt query_position,
+    const std::optional<at::Tensor>& key_buffer,
+    const std::optional<at::Tensor>& value_buffer,
+    c10::SymInt cache_length,
+    const std::optional<at::Tensor>& positions) {
+  static const auto op =
+      ops::typed_op<decltype(attention_core)>("rotary_attention::attention_core");
+  return op.call(
+      q,
+      k,
+      v,
+      cross,
+      mask,
+      inv_freq,
+      rotation_matrix,
+      temperature,
+      n_head,
+      sdpa,
+      dropout_p,
+      train,
+      absolute_positions,
+      rotate,
       cached_key,
       cached_value,
       std::move(query_position),

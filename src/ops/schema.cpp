@@ -38,6 +38,18 @@ TORCH_LIBRARY(rotary_attention, m) {
       "Tensor? cached_key, Tensor? cached_value, SymInt query_position, "
       "Tensor(a!)? key_buffer=None, Tensor(b!)? value_buffer=None, SymInt cache_length=0, "
       "Tensor? positions=None) -> (Tensor out, Tensor qk, Tensor key, Tensor value)");
+  // Everything between MultiHeadAttention's projections and its `out`: q, k, v
+  // as the query/key/value children returned them (k, v from xa when cross);
+  // rotary, the rotation layer (unless rotate=False: the caller rotated q and
+  // k), the KV cache (the cache arguments as above) and attention. Returns
+  // (attention output, qk, key, value); the layer's output is out(attention) + x.
+  m.def(
+      "attention_core(Tensor q, Tensor k, Tensor v, bool cross, Tensor? mask, Tensor inv_freq, "
+      "Tensor rotation_matrix, Tensor temperature, int n_head, bool sdpa, float dropout_p, "
+      "bool train, bool absolute_positions, bool rotate=True, Tensor? cached_key=None, "
+      "Tensor? cached_value=None, SymInt query_position=0, Tensor(a!)? key_buffer=None, "
+      "Tensor(b!)? value_buffer=None, SymInt cache_length=0, Tensor? positions=None) -> "
+      "(Tensor attention, Tensor qk, Tensor key, Tensor value)");
 }
 
 namespace detail {

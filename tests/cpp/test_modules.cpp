@@ -269,3 +269,67 @@ TEST_CASE(
     REQUIRE(torch::equal(threaded[i], serial[i]));
   }
 }
+
+TEST_CASE(
+    "KVCache::reorder: decode, reorder, decode on equals decoding the reordered rows from scratch",
+    "[mha][cache][reorder]") {
+  torch::manual_seed(21);
+  torch::NoGradGuard no_grad;
+  for (bool absolute : {false, true}) {
+    for (bool shared_audio : {false, true}) {
+      ra::MultiHeadAttention self_attn(
+          ra::MultiHeadAttentionOptions(32, 4).absolute_positions(absolute));
+      ra::MultiHeadAttention cross_attn(
+          ra::MultiHeadAttentionOptions(32, 4).absolute_positions(absolute));
+      self_attn->eval();
+      cross_attn->eval();
+      auto mask = torch::full({8, 8}, -INFINITY).triu(1);
+      // A beam of 3 rows; one audio's features shared by all (a batch of 1) or one per row.
+      auto xa = torch::randn({shared_audio ? 1 : 3, 7, 32});
+      auto prompt = torch::randn({3, 3, 32});
+      // One step of the stack: self-attention over the cache, then cross-attention.
+      auto step = [&](const torch::Tensor& x, const torch::Tensor& audio, ra::KVCache* cache) {
+        auto h = std::get<0>(self_attn->forward(x, {}, mask, cache));
+        return std::get<0>(cross_attn->forward(h, audio, {}, cache));
+      };
+      for (const std::vector<int64_t>& order :
+           std::vector<std::vector<int64_t>>{{2, 0, 0}, {1, 2}, {0, 1, 2}}) {
+        CAPTURE(absolute, shared_audio, order);
+        const auto indices = torch::tensor(order, torch::kLong);
+        const int64_t rows = indices.size(0);
+        auto next = torch::randn({rows, 2, 32});
+        // (Each row's audio goes with it; cross-attention reads the cached keys.)
+        auto audio = shared_audio ? xa : xa.index_select(0, indices);
+        ra::KVCache cache;
+        step(prompt, xa, &cache);
+        cache.reorder(indices);
+        REQUIRE(cache.find(self_attn.get())->key().size(0) == rows);
+        std::vector<torch::Tensor> decoded;
+        for (int64_t t = 0; t < 2; ++t) {
+          decoded.push_back(step(next.narrow(1, t, 1), audio, &cache));
+        }
+        // From scratch: the reordered prompts, then the same tokens.
+        ra::KVCache fresh;
+        step(prompt.index_select(0, indices), audio, &fresh);
+        for (int64_t t = 0; t < 2; ++t) {
+          auto want = step(next.narrow(1, t, 1), audio, &fresh);
+          REQUIRE(torch::allclose(decoded[t], want, 1e-6, 1e-6));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("KVCache::reorder refuses bad indices and changes nothing", "[mha][cache][reorder]") {
+  torch::NoGradGuard no_grad;
+  ra::MultiHeadAttention mha(ra::MultiHeadAttentionOptions(32, 4));
+  ra::KVCache cache;
+  mha->forward(torch::randn({2, 3, 32}), {}, {}, &cache);
+  const auto before = cache.find(mha.get())->key().clone();
+  REQUIRE_THROWS_WITH(
+      cache.reorder(torch::tensor({0, 2}, torch::kLong)),
+      Catch::Contains("indices must be in [0, 2)"));
+  REQUIRE_THROWS_WITH(
+      cache.reorder(torch::tensor({0.0, 1.0})), Catch::Contains("1-D int64 tensor"));
+  REQUIRE(torch::equal(cache.find(mha.get())->key(), before));
+}

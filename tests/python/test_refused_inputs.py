@@ -80,9 +80,25 @@ ROWS = [
     ("MultiHeadAttention forward", "a mask smaller than (T, T) on the explicit path", "adds mask[:T, :T]",
      lambda p: rotary_attention.MultiHeadAttention(16, 2, sdpa=False)(torch.randn(1, 3, 16), mask=torch.zeros(2, 2)),
      RuntimeError),
-    ("MultiHeadAttention forward", "xa with another batch size", "xa must have x's batch size",
-     lambda p: rotary_attention.MultiHeadAttention(16, 2)(torch.randn(2, 3, 16), xa=torch.randn(1, 4, 16)),
+    ("MultiHeadAttention forward", "xa with another batch size, not 1", "xa must have x's batch size 2 or 1",
+     lambda p: rotary_attention.MultiHeadAttention(16, 2)(torch.randn(2, 3, 16), xa=torch.randn(3, 4, 16)),
      RuntimeError),
+    ("MultiHeadAttention forward", "a kv_cache neither a KVCache nor a dict",
+     "kv_cache must be a rotary_attention.KVCache or a dict",
+     lambda p: rotary_attention.MultiHeadAttention(16, 2)(torch.randn(1, 3, 16), kv_cache=[]), TypeError),
+    ("MultiHeadAttention forward", "a KVCache with a hooked rotation_layer",
+     "a KVCache needs the library's own RotaryEmbedding",
+     lambda p: hooked_rotation(rotary_attention.MultiHeadAttention(16, 2))(torch.randn(1, 3, 16),
+                                                                              kv_cache=rotary_attention.KVCache()),
+     ValueError),
+    ("KVCache.reorder", "an index past the cached batch", "indices must be in [0, 1)",
+     lambda p: filled_cache(rotary_attention.KVCache()).reorder([0, 1]), IndexError),
+    ("cpp.KVCache.reorder", "indices that are not int64", "indices must be a 1-D int64 tensor",
+     lambda p: filled_cache(cpp.KVCache()).reorder(torch.tensor([0.0])), RuntimeError),
+    ("attention_core", "rotate=False with a cache", "rotate=False (q and k rotated by the caller) takes no cache",
+     lambda p: torch.ops.rotary_attention.attention_core(
+         *[torch.randn(1, 2, 16)] * 3, False, None, freq(4), torch.eye(8), torch.ones(1), 2, True, 0.0, False, False,
+         False, torch.randn(1, 2, 16), torch.randn(1, 2, 16)), RuntimeError),
     ("load_file / load", "a path that does not exist", "cannot open",
      lambda p: rotary_attention.load_file(p / "missing.pt"), RuntimeError),
     ("load_file / load", "a file in neither format", "neither a torch.save zip file nor a safetensors file",
@@ -132,6 +148,19 @@ def load_with_prefix(p, prefix):
     state = {f"decoder.blocks.0.{k}": v for k, v in rotary_attention.MultiHeadAttention(16, 2).state_dict().items()}
     torch.save(state, path)
     cpp.MultiHeadAttention(16, 2).load(path, prefix=prefix)
+
+
+def hooked_rotation(layer):
+    layer.rotation_layer.register_forward_hook(lambda module, args, out: out)
+    return layer
+
+
+def filled_cache(cache):
+    """A cache holding one step of a batch of 1."""
+    faces = rotary_attention.cpp if isinstance(cache, cpp.KVCache) else rotary_attention
+    with torch.no_grad():
+        faces.MultiHeadAttention(16, 2)(torch.randn(1, 1, 16), kv_cache=cache)
+    return cache
 
 
 def readme_error(error, kind):

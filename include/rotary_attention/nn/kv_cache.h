@@ -30,6 +30,8 @@ class KVCache {
     /// Query tokens this layer has seen (absolute_positions: the position of
     /// the next query, for cross-attention whose keys do not grow).
     int64_t queries = 0;
+    /// Cross-attention keys/values (stored), not self-attention buffers.
+    bool cross = false;
 
     /// The cached steps, (B, length, n_state) views of the buffers.
     at::Tensor key() const;
@@ -61,6 +63,13 @@ class KVCache {
   /// Returns the position of the next `n` queries of `layer` and advances it
   /// by `n`; the entry must exist.
   int64_t advance_queries(const void* layer, int64_t n);
+
+  /// Re-indexes every entry along the batch for a beam search (as Whisper's
+  /// `rearrange_kv_cache`): row i of each entry becomes its row `indices[i]`.
+  /// `indices` (int64, 1-D, on any device) may select fewer rows (finished
+  /// beams dropped) or repeat rows. Cross-attention entries of batch 1 serve
+  /// every row and stay as they are. Checked before anything changes.
+  void reorder(const at::Tensor& indices);
 
   /// Number of cached time steps of `layer` (0 when absent).
   int64_t length(const void* layer) const;

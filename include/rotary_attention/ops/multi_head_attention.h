@@ -21,7 +21,8 @@ namespace rotary_attention {
 /// when `train`. Keys and values:
 /// - self-attention (xa absent): from x; with cached_key/cached_value they are
 ///   appended to the cache (the detached concatenation, as Whisper's hook);
-/// - cross-attention: from xa, or the cached ones when given.
+/// - cross-attention: from xa, or the cached ones when given; xa (or the
+///   cached keys) may have a batch of 1 for any batch of x (a beam).
 /// With `absolute_positions`, queries (and new self-attention keys) are
 /// rotated at `query_position` onward and keys are cached rotated; otherwise
 /// queries and all keys are rotated at 0.. (the original's semantics).
@@ -69,6 +70,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
     const std::optional<at::Tensor>& cached_key,
     const std::optional<at::Tensor>& cached_value,
     c10::SymInt query_position,
+    const std::optional<at::Tensor>& key_buffer = std::nullopt,
+    const std::optional<at::Tensor>& value_buffer = std::nullopt,
+    c10::SymInt cache_length = 0,
+    const std::optional<at::Tensor>& positions = std::nullopt);
+
+/// MultiHeadAttention between its projections and its output projection, the
+/// same code `multi_head_attention` runs after its own projections:
+/// `torch.ops.rotary_attention.attention_core`. q, k, v are what the query,
+/// key and value projections returned ((B, T, n_state); k and v from xa when
+/// `cross`, where a batch of 1 serves every row of q, as a beam search passes
+/// one audio's features). Rotary and the rotation layer are applied to q and k
+/// (unless `rotate` is false: the caller rotated them, and then no cache and
+/// no absolute_positions); the cache arguments are multi_head_attention's (k
+/// and v are not read for cross-attention with cached keys). Returns
+/// (attention, qk, key, value): the layer's output is out(attention) + x.
+/// The Python nn.Module calls it when its children must run as modules
+/// (hooks, LoRA, quantized or replaced children).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core(
+    const at::Tensor& q,
+    const at::Tensor& k,
+    const at::Tensor& v,
+    bool cross,
+    const std::optional<at::Tensor>& mask,
+    const at::Tensor& inv_freq,
+    const at::Tensor& rotation_matrix,
+    const at::Tensor& temperature,
+    int64_t n_head,
+    bool sdpa,
+    double dropout_p,
+    bool train,
+    bool absolute_positions,
+    bool rotate = true,
+    const std::optional<at::Tensor>& cached_key = std::nullopt,
+    const std::optional<at::Tensor>& cached_value = std::nullopt,
+    c10::SymInt query_position = 0,
     const std::optional<at::Tensor>& key_buffer = std::nullopt,
     const std::optional<at::Tensor>& value_buffer = std::nullopt,
     c10::SymInt cache_length = 0,

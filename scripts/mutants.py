@@ -170,6 +170,22 @@ MUTANTS = [
         "      grown.slice(1, 0, e.length).zero_();",
         pytest="test_kv_cache.py -k 'cpp and (growth or doubling)'",
     ),
+    Mutant(
+        "module: a beam's shared audio features broadcast wrongly",
+        "src/ops/multi_head_attention.cpp",
+        "t.sym_size(0) == n_batch ? t : t.expand_symint({n_batch, t.sym_size(1), n_state});",
+        "t.sym_size(0) == n_batch ? t\n"
+        "          : t.repeat_interleave(n_batch, 1).view_symint({n_batch, t.sym_size(1), n_state});",
+        pytest="test_children_as_modules.py test_whisper_decoding.py -k 'batch_1 or beam'",
+    ),
+    Mutant(
+        "KVCache (C++): reorder takes each row's neighbour",
+        "src/nn/kv_cache.cpp",
+        "    const at::Tensor rows = indices.to(e.key_buffer.device());",
+        "    const at::Tensor rows = (indices.to(e.key_buffer.device()) + 1).remainder(e.key_buffer.size(0));",
+        pytest="test_children_as_modules.py -k 'reorder and cpp'",
+        ctest="reorder",
+    ),
     # Weight loading
     Mutant(
         "loader: copies matching tensors before it fails on a mismatch",
@@ -246,6 +262,34 @@ MUTANTS = [
         "            self.group_norm,\n",
         "            False,\n",
         pytest="test_parity.py -k 'group_norm and module'",
+    ),
+    Mutant(
+        "python: fast road despite a child's forward hook",
+        "python/rotary_attention/layers.py",
+        "        module._forward_hooks or module._forward_pre_hooks or",
+        "        module._forward_pre_hooks or",
+        pytest="test_children_as_modules.py -k 'forward_hook or hook_on'",
+    ),
+    Mutant(
+        "python: fast road despite a global hook",
+        "python/rotary_attention/layers.py",
+        "        g._global_forward_hooks\n        or ",
+        "        ",
+        pytest="test_children_as_modules.py -k global",
+    ),
+    Mutant(
+        "python: KVCache.reorder drops the last cached step",
+        "python/rotary_attention/layers.py",
+        "                    new[:, :n] = old[:, :n].index_select(0, rows)",
+        "                    new[:, : n - 1] = old[:, : n - 1].index_select(0, rows)",
+        pytest="test_children_as_modules.py test_whisper_decoding.py -k '(reorder and module) or beam'",
+    ),
+    Mutant(
+        "python: a dict kv_cache's keys are not used",
+        "python/rotary_attention/layers.py",
+        "        if kv_cache is not None and self.key in kv_cache:",
+        "        if False:",
+        pytest="test_children_as_modules.py test_whisper_decoding.py -k 'dict_kv_cache or (greedy and sdpa)'",
     ),
     Mutant(
         "python: parity weights with an orthogonal rotation",

@@ -112,8 +112,60 @@ LoadResult load_state_dict(
   return result;
 }
 
-std::unordered_map<std::string, torch::Tensor> load_tensors(const std::string& path) {
-  std::unordered_map<std::string, torch::Tensor> state;
+namespace {
+
+// "blocks.1" addresses "blocks.1.x", never "blocks.10.x".
+std::string with_dot(const std::string& prefix) {
+  return prefix.empty() || prefix.back() == '.' ? prefix : prefix + ".";
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) {
+    row[j] = j;
+  }
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// The dotted prefixes that hold tensors nearest to `wanted`: first those that
+// end with it (the same layer inside a wrapper, e.g. "model_state_dict."),
+// then by edit distance.
+std::vector<std::string> nearest_prefixes(
+    const std::vector<std::string>& paths, const std::string& wanted, size_t n) {
+  std::set<std::string> prefixes;
+  for (const auto& path : paths) {
+    for (size_t dot = path.find('.'); dot != std::string::npos; dot = path.find('.', dot + 1)) {
+      prefixes.insert(path.substr(0, dot + 1));
+    }
+  }
+  std::vector<std::pair<std::pair<bool, size_t>, std::string>> scored;
+  for (const auto& p : prefixes) {
+    const bool ends_with =
+        p.size() >= wanted.size() && p.compare(p.size() - wanted.size(), wanted.size(), wanted) == 0;
+    scored.push_back({{!ends_with, ends_with ? p.size() : edit_distance(p, wanted)}, p});
+  }
+  std::sort(scored.begin(), scored.end());
+  std::vector<std::string> out;
+  for (size_t i = 0; i < scored.size() && i < n; ++i) {
+    out.push_back(scored[i].second);
+  }
+  return out;
+}
+
+} // namespace
+
+std::unordered_map<std::string, torch::Tensor> load_tensors(
+    const std::string& path, const std::string& prefix_in) {
+  const std::string prefix = with_dot(prefix_in);
   // The format is read from the content: a zip is torch.save's, an 8-byte
   // length followed by '{' is safetensors'.
   std::string first(9, '\0');
@@ -123,11 +175,21 @@ std::unordered_map<std::string, torch::Tensor> load_tensors(const std::string& p
     in.read(first.data(), static_cast<std::streamsize>(first.size()));
     first.resize(static_cast<size_t>(in.gcount()));
   }
-  std::vector<std::pair<std::string, at::Tensor>> read;
+  detail::TorchSaveContents read;
   const bool zip = first.rfind("PK\x03\x04", 0) == 0;
   if (zip || detail::starts_like_safetensors(first)) {
     try {
-      read = zip ? detail::read_torch_save_dict(path) : detail::read_safetensors(path);
+      if (zip) {
+        read = detail::read_torch_save(path, prefix);
+      } else {
+        for (auto& [key, tensor] : detail::read_safetensors(path)) {
+          read.top_level_keys.push_back(key);
+          read.tensor_paths.push_back(key);
+          if (key.compare(0, prefix.size(), prefix) == 0 && key.size() > prefix.size()) {
+            read.tensors.emplace_back(key.substr(prefix.size()), tensor);
+          }
+        }
+      }
     } catch (const c10::Error& e) {
       // Errors from LibTorch itself (as_strided's bounds check on a
       // tensor's sizes, strides and offset) get the loader's prefix and the
@@ -146,15 +208,39 @@ std::unordered_map<std::string, torch::Tensor> load_tensors(const std::string& p
         "' is neither a torch.save zip file nor a safetensors file (files from torch.save ",
         "with _use_new_zipfile_serialization=False are not read: save them again without it)");
   }
-  for (auto& [key, tensor] : read) {
+  if (!prefix.empty() && read.tensors.empty()) {
+    std::vector<std::string> top(
+        read.top_level_keys.begin(),
+        read.top_level_keys.begin() + std::min<size_t>(read.top_level_keys.size(), 20));
     TORCH_CHECK(
-        state.emplace(key, tensor).second, "load_tensors: '", path, "' names \"", key, "\" twice");
+        false,
+        "load_tensors: no entry of '",
+        path,
+        "' is a tensor under the prefix \"",
+        prefix,
+        "\"; its top-level keys: [",
+        join(top),
+        read.top_level_keys.size() > top.size() ? ", ..." : "",
+        "]; the nearest prefixes that hold tensors: [",
+        join(nearest_prefixes(read.tensor_paths, prefix, 3)),
+        "]");
+  }
+  std::unordered_map<std::string, torch::Tensor> state;
+  for (auto& [key, tensor] : read.tensors) {
+    TORCH_CHECK(
+        state.emplace(key, tensor).second,
+        "load_tensors: '",
+        path,
+        "' names \"",
+        prefix + key,
+        "\" twice");
   }
   return state;
 }
 
 std::unordered_map<std::string, torch::Tensor> entries_under(
-    const std::unordered_map<std::string, torch::Tensor>& state, const std::string& prefix) {
+    const std::unordered_map<std::string, torch::Tensor>& state, const std::string& prefix_in) {
+  const std::string prefix = with_dot(prefix_in);
   std::unordered_map<std::string, torch::Tensor> under;
   for (const auto& [key, tensor] : state) {
     if (key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0) {
@@ -166,18 +252,7 @@ std::unordered_map<std::string, torch::Tensor> entries_under(
 
 void load_state_dict(
     torch::nn::Module& module, const std::string& path, const std::string& prefix) {
-  auto state = load_tensors(path);
-  if (!prefix.empty()) {
-    state = entries_under(state, prefix);
-    TORCH_CHECK(
-        !state.empty(),
-        "load_state_dict: no entry of '",
-        path,
-        "' has a key starting with \"",
-        prefix,
-        "\"; nothing was loaded");
-  }
-  load_state_dict(module, state, /*strict=*/true);
+  load_state_dict(module, load_tensors(path, prefix), /*strict=*/true);
 }
 
 void save_tensors(

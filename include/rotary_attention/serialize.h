@@ -34,20 +34,36 @@ LoadResult load_state_dict(
 /// for a path ending in ".safetensors", torch.save's otherwise.
 enum class WeightFileFormat { from_extension, torch_save, safetensors };
 
-/// Reads named tensors from a file written by Python's `torch.save(d, path)`
-/// (a state dict, an OrderedDict or a plain dict with string keys) or by
-/// safetensors' `save_file`; the format is read from the content. Every size
+/// Reads named tensors from a file written by Python's `torch.save(obj, path)`
+/// or by safetensors' `save_file`; the format is read from the content.
+/// `obj` may nest dicts (OrderedDicts; string or integer keys), lists and
+/// tuples of tensors and plain values (numbers, strings, bytes, None) to any
+/// depth, as checkpoints do (openai-whisper's `{"dims", "model_state_dict"}`,
+/// Lightning's `{"state_dict", "epoch", "optimizer_states", ...}`): tensors
+/// are named by dotted paths through them ("model_state_dict.decoder.ln.weight",
+/// "optimizer_states.0.state.3.exp_avg"); plain values are skipped. Globals
+/// are refused by name unless torch.load(weights_only=True) allows them
+/// (tensors, storages, OrderedDict), before any object is built. Every size
 /// and offset is checked against the file before anything is allocated.
-std::unordered_map<std::string, torch::Tensor> load_tensors(const std::string& path);
+/// With a `prefix` ("model_state_dict.decoder.blocks.3.attn", with or without
+/// the final dot, which is implied: "blocks.1" never matches "blocks.10"),
+/// only the tensors under it, the prefix removed; no other tensor is read.
+/// A prefix with nothing under it is an error listing the top-level keys and
+/// the nearest prefixes that hold tensors.
+std::unordered_map<std::string, torch::Tensor> load_tensors(
+    const std::string& path, const std::string& prefix = "");
 
 /// Reads a file written by Python's `torch.save(module.state_dict(), path)`
 /// or safetensors' `save_file` and loads it strictly. With a `prefix` (e.g.
-/// "decoder.blocks.3.attn."), the file is a whole model's checkpoint: the entries whose keys start
-/// with the prefix are loaded, the prefix removed, strictly; the rest is ignored.
+/// "model_state_dict.decoder.blocks.3.attn."), the file is a whole model's
+/// checkpoint: the tensors under the prefix are loaded (see load_tensors),
+/// the prefix removed, strictly; the rest is ignored. On any error the module
+/// is unchanged.
 void load_state_dict(
     torch::nn::Module& module, const std::string& path, const std::string& prefix = "");
 
-/// The entries of `state` whose keys start with `prefix`, the prefix removed.
+/// The entries of `state` whose keys start with `prefix` (the final dot
+/// implied, as in load_tensors), the prefix removed.
 std::unordered_map<std::string, torch::Tensor> entries_under(
     const std::unordered_map<std::string, torch::Tensor>& state, const std::string& prefix);
 

@@ -188,8 +188,7 @@ are computed on the first call and reused.)doc")
   m.def(
       "_load_file",
       [](const std::string& path, const std::string& prefix) {
-        auto state = ra::load_tensors(path);
-        return prefix.empty() ? state : ra::entries_under(state, prefix);
+        return ra::load_tensors(path, prefix);
       },
       py::arg("path"),
       py::arg("prefix") = "");

@@ -31,12 +31,17 @@ cpu_kernel_capability = _C.cpu_kernel_capability
 
 
 def load_file(path, prefix=""):
-    """The tensors of a `torch.save`d dict (a state dict) or of a safetensors
-    file (the format is read from the content), read by the library's C++
-    reader (no Python unpickling): `dict[str, Tensor]`. With a prefix (e.g.
-    "decoder.blocks.3.attn."), only the entries under it, the prefix removed:
-    `layer.load_state_dict(load_file(path, "decoder.blocks.3.attn."))` loads one
-    layer out of a whole model's checkpoint (strict within the prefix)."""
+    """The tensors of a `torch.save`d checkpoint or of a safetensors file (the
+    format is read from the content), read by the library's C++ reader (no
+    Python unpickling): `dict[str, Tensor]`. Nested dicts, lists and tuples
+    (openai-whisper's `{"dims", "model_state_dict"}`, Lightning's checkpoints)
+    name their tensors by dotted paths ("model_state_dict.decoder.ln.weight");
+    plain values are skipped; globals other than tensors, storages and
+    OrderedDict are refused by name, as `torch.load(weights_only=True)` does.
+    With a prefix (e.g. "model_state_dict.decoder.blocks.3.attn", the final dot
+    implied), only the tensors under it, the prefix removed, and no others are
+    read: `layer.load_state_dict(load_file(path, prefix))` loads one layer out
+    of a whole model's checkpoint (strict within the prefix)."""
     return _C._load_file(str(path), prefix)
 
 

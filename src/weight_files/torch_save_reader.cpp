@@ -8,6 +8,8 @@
 #include <iterator>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <variant>
 
 namespace rotary_attention::detail {
@@ -29,8 +31,26 @@ struct List {
 struct Dict {
   std::vector<std::pair<ValuePtr, ValuePtr>> items;
 };
+struct Bytes {
+  std::string data;
+};
+// A storage named by the pickle: its record is checked when it is named, and
+// read only when a tensor over it is selected (a prefix leaves the rest of a
+// checkpoint unread).
+struct LazyStorage {
+  std::string record;
+  c10::ScalarType dtype;
+  int64_t numel;
+  at::Tensor flat; // 1-D over the whole storage, once read
+};
 struct Storage {
-  at::Tensor flat; // 1-D tensor over the whole storage
+  std::shared_ptr<LazyStorage> storage;
+};
+// A tensor as _rebuild_tensor_v2 describes it, built when selected.
+struct TensorRecord {
+  std::shared_ptr<LazyStorage> storage;
+  int64_t offset;
+  std::vector<int64_t> sizes, strides;
 };
 
 struct Value {
@@ -40,13 +60,14 @@ struct Value {
       int64_t,
       double,
       std::string,
+      Bytes,
       Global,
       Mark,
       Tuple,
       List,
       Dict,
       Storage,
-      at::Tensor>
+      TensorRecord>
       v;
   ~Value();
 };
@@ -136,6 +157,26 @@ bool is_utf8(const std::string& s) {
   return true;
 }
 
+// The globals a file may name: no wider than torch.load(weights_only=True)'s.
+// Anything else is refused when the pickle names it, before any object of it
+// exists.
+bool is_storage_type(const std::string& name);
+
+void check_allowed(const Global& g) {
+  const bool allowed = (g.module == "collections" && g.name == "OrderedDict") ||
+      (g.module == "torch._utils" &&
+       (g.name == "_rebuild_tensor_v2" || g.name == "_rebuild_parameter")) ||
+      (g.module == "torch" && is_storage_type(g.name));
+  TORCH_CHECK(
+      allowed,
+      "load_tensors: the file names the global ",
+      g.module,
+      ".",
+      g.name,
+      ", which is not allowed (only tensors, their storages, OrderedDict and plain containers "
+      "and values are read, as torch.load(weights_only=True) reads them); nothing of it was built");
+}
+
 c10::ScalarType storage_dtype(const std::string& name) {
   for (auto t :
        {at::kFloat,
@@ -155,6 +196,15 @@ c10::ScalarType storage_dtype(const std::string& name) {
     }
   }
   TORCH_CHECK(false, "load_tensors: unsupported storage type torch.", name);
+}
+
+bool is_storage_type(const std::string& name) {
+  try {
+    storage_dtype(name);
+    return true;
+  } catch (const c10::Error&) {
+    return false;
+  }
 }
 
 class Reader {
@@ -186,14 +236,27 @@ class Reader {
           return pop(); // STOP
         case 'c': {     // GLOBAL
           std::string module = line();
-          push(make(Global{module, line()}));
+          Global g{module, line()};
+          check_allowed(g);
+          push(make(std::move(g)));
           break;
         }
         case 0x93: { // STACK_GLOBAL
           std::string name = as<std::string>(pop(), "a name");
-          push(make(Global{as<std::string>(pop(), "a module"), name}));
+          Global g{as<std::string>(pop(), "a module"), name};
+          check_allowed(g);
+          push(make(std::move(g)));
           break;
         }
+        case '0':
+          pop();
+          break; // POP
+        case '1':
+          pop_to_mark();
+          break; // POP_MARK
+        case '2':
+          push(top());
+          break; // DUP
         case 'q':
           memo_[u8()] = top();
           break; // BINPUT
@@ -251,6 +314,18 @@ class Reader {
         case 0x8c:
           push(make(utf8(read(u8()))));
           break; // SHORT_BINUNICODE
+        case 0x8d:
+          push(make(utf8(read(u64()))));
+          break; // BINUNICODE8
+        case 'C':
+          push(make(Bytes{read(u8())}));
+          break; // SHORT_BINBYTES
+        case 'B':
+          push(make(Bytes{read(u32())}));
+          break; // BINBYTES
+        case 0x8e:
+          push(make(Bytes{read(u64())}));
+          break; // BINBYTES8
         case 't':
           push(make(Tuple{pop_to_mark()}));
           break;
@@ -319,26 +394,21 @@ class Reader {
     }
     if (g.module == "torch._utils" && g.name == "_rebuild_tensor_v2") {
       TORCH_CHECK(args.size() >= 4, "load_tensors: malformed tensor record");
-      const at::Tensor& flat = as<Storage>(args[0], "a storage").flat;
-      const int64_t offset = as<int64_t>(args[1], "an offset");
-      std::vector<int64_t> sizes, strides;
+      TensorRecord t{as<Storage>(args[0], "a storage").storage, as<int64_t>(args[1], "an offset")};
       for (const auto& s : as<Tuple>(args[2], "sizes").items)
-        sizes.push_back(as<int64_t>(s, "a size"));
+        t.sizes.push_back(as<int64_t>(s, "a size"));
       for (const auto& s : as<Tuple>(args[3], "strides").items)
-        strides.push_back(as<int64_t>(s, "a stride"));
-      return make(flat.as_strided(sizes, strides, offset));
+        t.strides.push_back(as<int64_t>(s, "a stride"));
+      TORCH_CHECK(
+          t.sizes.size() == t.strides.size(), "load_tensors: malformed tensor record (sizes, strides)");
+      return make(std::move(t));
     }
     if (g.module == "torch._utils" && g.name == "_rebuild_parameter") {
-      return make(as<at::Tensor>(args.at(0), "a tensor"));
+      TORCH_CHECK(!args.empty(), "load_tensors: malformed parameter record");
+      return make(as<TensorRecord>(args[0], "a tensor"));
     }
-    // Tensor backward hooks are pickled as an empty OrderedDict; anything else is unsupported.
-    TORCH_CHECK(
-        false,
-        "load_tensors: unsupported object ",
-        g.module,
-        ".",
-        g.name,
-        " (the file should hold a dict of tensors saved with torch.save)");
+    // (Storage types are allowed globals, but only as persistent ids.)
+    TORCH_CHECK(false, "load_tensors: malformed pickle (", g.module, ".", g.name, " called)");
   }
 
   ValuePtr persistent_load(const ValuePtr& id) {
@@ -352,7 +422,7 @@ class Reader {
     auto it = storages_.find(key);
     if (it != storages_.end()) {
       TORCH_CHECK(
-          it->second.scalar_type() == dtype && it->second.numel() == numel,
+          it->second->dtype == dtype && it->second->numel == numel,
           "load_tensors: storage ",
           key,
           " is named twice with different types or sizes");
@@ -376,13 +446,28 @@ class Reader {
         numel,
         " elements of ",
         dtype);
-    at::Tensor flat = at::empty({numel}, at::TensorOptions().dtype(dtype));
-    if (nbytes > 0) {
-      zip_.read(record, flat.data_ptr(), nbytes);
-    }
-    storages_.emplace(key, flat);
-    return make(Storage{flat});
+    auto storage = std::make_shared<LazyStorage>(LazyStorage{record, dtype, numel, {}});
+    storages_.emplace(key, storage);
+    return make(Storage{storage});
   }
+
+ public:
+  // The tensor a record describes, its storage read on first use. Its sizes,
+  // strides and offset are checked against the storage by as_strided.
+  at::Tensor materialize(const TensorRecord& t) const {
+    LazyStorage& s = *t.storage;
+    if (!s.flat.defined()) {
+      at::Tensor flat = at::empty({s.numel}, at::TensorOptions().dtype(s.dtype));
+      const uint64_t nbytes = static_cast<uint64_t>(s.numel) * c10::elementSize(s.dtype);
+      if (nbytes > 0) {
+        zip_.read(s.record, flat.data_ptr(), nbytes);
+      }
+      s.flat = flat;
+    }
+    return s.flat.as_strided(t.sizes, t.strides, t.offset);
+  }
+
+ private:
 
   std::vector<ValuePtr>& list_of(const ValuePtr& p) {
     auto* l = std::get_if<List>(&p->v);
@@ -455,6 +540,11 @@ class Reader {
   uint32_t u32() {
     return static_cast<uint32_t>(little_endian(4));
   }
+  size_t u64() {
+    const uint64_t n = little_endian(8);
+    TORCH_CHECK(n <= data_.size(), "load_tensors: truncated pickle");
+    return static_cast<size_t>(n);
+  }
   int64_t long1() {
     const size_t n = u8();
     TORCH_CHECK(n <= 8, "load_tensors: integer too large");
@@ -487,12 +577,30 @@ class Reader {
   size_t pos_ = 0;
   std::vector<ValuePtr> stack_;
   std::map<size_t, ValuePtr> memo_;
-  std::map<std::string, at::Tensor> storages_;
+  std::map<std::string, std::shared_ptr<LazyStorage>> storages_;
 };
+
+// A dict key as a component of a dotted path: strings and integers (an
+// optimizer state's parameter ids); tensors under other keys have no path.
+std::optional<std::string> path_component(const ValuePtr& key) {
+  if (const auto* k = std::get_if<std::string>(&key->v)) {
+    return *k;
+  }
+  if (const auto* k = std::get_if<int64_t>(&key->v)) {
+    return std::to_string(*k);
+  }
+  return std::nullopt;
+}
+
+// No more container entries than this are visited: shared containers (the
+// memo) can make a small pickle describe an exponentially large tree. Paths
+// are built per level, so depth is bounded too.
+constexpr size_t kMaxEntries = 10'000'000;
+constexpr size_t kMaxDepth = 10'000;
 
 } // namespace
 
-std::vector<std::pair<std::string, at::Tensor>> read_torch_save_dict(const std::string& path) {
+TorchSaveContents read_torch_save(const std::string& path, const std::string& prefix) {
   const ZipArchive zip(path);
   TORCH_CHECK(zip.has("data.pkl"), "load_tensors: '", path, "' has no data.pkl record");
   std::string pkl(zip.size("data.pkl"), '\0');
@@ -501,21 +609,83 @@ std::vector<std::pair<std::string, at::Tensor>> read_torch_save_dict(const std::
   }
   Reader reader(zip, std::move(pkl));
   const ValuePtr root = reader.run();
-  const auto* dict = std::get_if<Dict>(&root->v);
-  TORCH_CHECK(dict != nullptr, "load_tensors: '", path, "' does not hold a dict of tensors");
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& [k, v] : dict->items) {
-    const auto* key = std::get_if<std::string>(&k->v);
-    TORCH_CHECK(key != nullptr, "load_tensors: '", path, "' has a non-string key");
-    const auto* tensor = std::get_if<at::Tensor>(&v->v);
+  TORCH_CHECK(
+      std::holds_alternative<Dict>(root->v) || std::holds_alternative<List>(root->v) ||
+          std::holds_alternative<Tuple>(root->v),
+      "load_tensors: '",
+      path,
+      "' does not hold a dict (or list) of tensors");
+
+  // Depth first, iteratively (nesting can be deep), in file order; a container
+  // met again inside itself is a cycle.
+  TorchSaveContents out;
+  struct Frame {
+    ValuePtr value;
+    std::string path;
+    bool leaving;
+    size_t depth;
+  };
+  std::vector<Frame> pending{{root, "", false, 0}};
+  std::set<const Value*> open;
+  size_t visited = 0;
+  while (!pending.empty()) {
+    Frame f = std::move(pending.back());
+    pending.pop_back();
+    const Value* v = f.value.get();
+    if (f.leaving) {
+      open.erase(v);
+      continue;
+    }
     TORCH_CHECK(
-        tensor != nullptr,
-        "load_tensors: the value of \"",
-        *key,
-        "\" in '",
+        ++visited <= kMaxEntries,
+        "load_tensors: '",
         path,
-        "' is not a tensor");
-    out.emplace_back(*key, *tensor);
+        "' describes more than ",
+        kMaxEntries,
+        " entries");
+    if (const auto* t = std::get_if<TensorRecord>(&v->v)) {
+      out.tensor_paths.push_back(f.path);
+      if (f.path.compare(0, prefix.size(), prefix) == 0 && f.path.size() > prefix.size()) {
+        out.tensors.emplace_back(f.path.substr(prefix.size()), reader.materialize(*t));
+      }
+      continue;
+    }
+    std::vector<std::pair<std::string, ValuePtr>> children;
+    if (const auto* d = std::get_if<Dict>(&v->v)) {
+      for (const auto& [key, value] : d->items) {
+        if (auto component = path_component(key)) {
+          children.emplace_back(*component, value);
+        }
+      }
+    } else if (const auto* l = std::get_if<List>(&v->v)) {
+      for (size_t i = 0; i < l->items.size(); ++i) {
+        children.emplace_back(std::to_string(i), l->items[i]);
+      }
+    } else if (const auto* tu = std::get_if<Tuple>(&v->v)) {
+      for (size_t i = 0; i < tu->items.size(); ++i) {
+        children.emplace_back(std::to_string(i), tu->items[i]);
+      }
+    } else {
+      continue; // a plain value (number, string, bytes, None): no tensor
+    }
+    TORCH_CHECK(open.insert(v).second, "load_tensors: '", path, "' holds a container inside itself");
+    TORCH_CHECK(
+        f.depth < kMaxDepth,
+        "load_tensors: '",
+        path,
+        "' nests containers deeper than ",
+        kMaxDepth,
+        " levels");
+    if (v == root.get()) {
+      for (const auto& [component, value] : children) {
+        out.top_level_keys.push_back(component);
+      }
+    }
+    pending.push_back({f.value, "", true, f.depth});
+    for (auto it = children.rbegin(); it != children.rend(); ++it) {
+      pending.push_back(
+          {it->second, f.path.empty() ? it->first : f.path + "." + it->first, false, f.depth + 1});
+    }
   }
   return out;
 }

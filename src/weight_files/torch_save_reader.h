@@ -1,8 +1,10 @@
 #pragma once
-// Reader for files written by Python's torch.save(dict_of_tensors): the zip
+// Reader for files written by Python's torch.save (state dicts, and the
+// nested checkpoints of openai-whisper, Lightning and others): the zip
 // container with data.pkl and one record per storage. LibTorch's own
 // unpickler turns collections.OrderedDict (what state_dict() returns) into
-// None, so state dicts need this small reader of the pickle subset they use.
+// None and runs any global, so checkpoints need this small reader of the
+// pickle subset they use, restricted as torch.load(weights_only=True).
 
 #include <ATen/core/Tensor.h>
 
@@ -12,7 +14,20 @@
 
 namespace rotary_attention::detail {
 
-/// (key, tensor) pairs in file order; tensors are on the CPU.
-std::vector<std::pair<std::string, at::Tensor>> read_torch_save_dict(const std::string& path);
+/// What a weight file holds, tensors addressed by dotted paths through nested
+/// containers (dict keys that are strings or integers, list and tuple indices).
+struct TorchSaveContents {
+  std::vector<std::string> top_level_keys; ///< the root container's keys, in file order
+  std::vector<std::string> tensor_paths;   ///< every tensor's path, in file order
+  /// The tensors whose paths start with `prefix` (which ends with '.' or is
+  /// empty), the prefix removed, on the CPU; no other storage is read.
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+};
+
+/// Reads a file written by Python's torch.save: dicts (OrderedDicts), lists
+/// and tuples of tensors and plain values (numbers, strings, bytes, None),
+/// nested to any depth. Any global beyond tensors, storages and OrderedDict is
+/// refused by name when the pickle names it.
+TorchSaveContents read_torch_save(const std::string& path, const std::string& prefix);
 
 } // namespace rotary_attention::detail

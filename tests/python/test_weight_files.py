@@ -57,7 +57,7 @@ def test_one_layer_out_of_a_whole_model_checkpoint(tmp_path):
     before = {k: v.clone() for k, v in cpp_layer.state_dict().items()}
     with pytest.raises(RuntimeError, match="size mismatch"):
         rotary_attention.cpp.MultiHeadAttention(64, 4).load(str(path), prefix="blocks.1.")
-    with pytest.raises(RuntimeError, match='no entry .* starting with "blocks.7."'):
+    with pytest.raises(RuntimeError, match='no entry .* under the prefix "blocks.7."'):
         cpp_layer.load(str(path), prefix="blocks.7.")
     with pytest.raises(RuntimeError, match="unexpected keys"):
         cpp_layer.load(str(path), prefix="blocks.")  # "0.query.weight", ...: not this layer's keys

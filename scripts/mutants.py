@@ -174,8 +174,7 @@ MUTANTS = [
         "module: a beam's shared audio features broadcast wrongly",
         "src/ops/multi_head_attention.cpp",
         "t.sym_size(0) == n_batch ? t : t.expand_symint({n_batch, t.sym_size(1), n_state});",
-        "t.sym_size(0) == n_batch ? t\n"
-        "          : t.repeat_interleave(n_batch, 1).view_symint({n_batch, t.sym_size(1), n_state});",
+        "t.sym_size(0) == n_batch ? t : t.narrow(1, 0, 1).expand_symint({n_batch, t.sym_size(1), n_state});",
         pytest="test_children_as_modules.py test_whisper_decoding.py -k 'batch_1 or beam'",
     ),
     Mutant(
@@ -212,6 +211,24 @@ MUTANTS = [
         "      entry.begin <= entry.end && entry.end <= data_bytes,",
         "      entry.begin <= entry.end,",
         pytest="test_weight_file_fuzzing.py -k safetensors_headers",
+    ),
+    Mutant(
+        "loader: a plain value taken for a tensor",
+        "src/weight_files/torch_save_reader.cpp",
+        "      continue; // a plain value (number, string, bytes, None): no tensor",
+        "      if (const auto* i = std::get_if<int64_t>(&v->v)) {\n"
+        "        out.tensors.emplace_back(f.path.substr(std::min(prefix.size(), f.path.size())),"
+        " at::scalar_tensor(*i));\n"
+        "      }\n"
+        "      continue;",
+        pytest="test_checkpoint_files.py -k 'lightning or nested'",
+    ),
+    Mutant(
+        "loader: a prefix matched without its dot boundary",
+        "src/serialize.cpp",
+        "  return prefix.empty() || prefix.back() == '.' ? prefix : prefix + \".\";",
+        "  return prefix;",
+        pytest="test_checkpoint_files.py -k dot_boundary",
     ),
     # Python layer
     Mutant(

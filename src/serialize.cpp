@@ -149,8 +149,8 @@ std::vector<std::string> nearest_prefixes(
   }
   std::vector<std::pair<std::pair<bool, size_t>, std::string>> scored;
   for (const auto& p : prefixes) {
-    const bool ends_with =
-        p.size() >= wanted.size() && p.compare(p.size() - wanted.size(), wanted.size(), wanted) == 0;
+    const bool ends_with = p.size() >= wanted.size() &&
+                           p.compare(p.size() - wanted.size(), wanted.size(), wanted) == 0;
     scored.push_back({{!ends_with, ends_with ? p.size() : edit_distance(p, wanted)}, p});
   }
   std::sort(scored.begin(), scored.end());

@@ -163,7 +163,9 @@ bool is_utf8(const std::string& s) {
 bool is_storage_type(const std::string& name);
 
 void check_allowed(const Global& g) {
-  const bool allowed = (g.module == "collections" && g.name == "OrderedDict") ||
+  const bool allowed =
+      (g.module == "collections" && g.name == "OrderedDict") ||
+      (g.module == "_codecs" && g.name == "encode") || // bytes, in pickle protocol 2
       (g.module == "torch._utils" &&
        (g.name == "_rebuild_tensor_v2" || g.name == "_rebuild_parameter")) ||
       (g.module == "torch" && is_storage_type(g.name));
@@ -175,6 +177,24 @@ void check_allowed(const Global& g) {
       g.name,
       ", which is not allowed (only tensors, their storages, OrderedDict and plain containers "
       "and values are read, as torch.load(weights_only=True) reads them); nothing of it was built");
+}
+
+// UTF-8 text whose code points are all below 256, as those bytes.
+std::string latin1(const std::string& utf8) {
+  std::string out;
+  for (size_t i = 0; i < utf8.size(); ++i) {
+    const auto c = static_cast<uint8_t>(utf8[i]);
+    if (c < 0x80) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      TORCH_CHECK(
+          (c & 0xfe) == 0xc2 && i + 1 < utf8.size(),
+          "load_tensors: malformed pickle (latin1 bytes above 255)");
+      out.push_back(
+          static_cast<char>(((c & 0x03) << 6) | (static_cast<uint8_t>(utf8[++i]) & 0x3f)));
+    }
+  }
+  return out;
 }
 
 c10::ScalarType storage_dtype(const std::string& name) {
@@ -392,6 +412,14 @@ class Reader {
     if (g.module == "collections" && g.name == "OrderedDict") {
       return make(Dict{});
     }
+    if (g.module == "_codecs" && g.name == "encode") {
+      // Protocol 2 writes bytes as _codecs.encode(text, "latin1"): each code
+      // point below 256 is one byte.
+      TORCH_CHECK(
+          args.size() == 2 && as<std::string>(args[1], "an encoding") == "latin1",
+          "load_tensors: _codecs.encode is read only as pickle protocol 2 writes bytes");
+      return make(Bytes{latin1(as<std::string>(args[0], "a string"))});
+    }
     if (g.module == "torch._utils" && g.name == "_rebuild_tensor_v2") {
       TORCH_CHECK(args.size() >= 4, "load_tensors: malformed tensor record");
       TensorRecord t{as<Storage>(args[0], "a storage").storage, as<int64_t>(args[1], "an offset")};
@@ -400,7 +428,8 @@ class Reader {
       for (const auto& s : as<Tuple>(args[3], "strides").items)
         t.strides.push_back(as<int64_t>(s, "a stride"));
       TORCH_CHECK(
-          t.sizes.size() == t.strides.size(), "load_tensors: malformed tensor record (sizes, strides)");
+          t.sizes.size() == t.strides.size(),
+          "load_tensors: malformed tensor record (sizes, strides)");
       return make(std::move(t));
     }
     if (g.module == "torch._utils" && g.name == "_rebuild_parameter") {
@@ -468,7 +497,6 @@ class Reader {
   }
 
  private:
-
   std::vector<ValuePtr>& list_of(const ValuePtr& p) {
     auto* l = std::get_if<List>(&p->v);
     TORCH_CHECK(l != nullptr, "load_tensors: malformed APPEND");
@@ -668,7 +696,8 @@ TorchSaveContents read_torch_save(const std::string& path, const std::string& pr
     } else {
       continue; // a plain value (number, string, bytes, None): no tensor
     }
-    TORCH_CHECK(open.insert(v).second, "load_tensors: '", path, "' holds a container inside itself");
+    TORCH_CHECK(
+        open.insert(v).second, "load_tensors: '", path, "' holds a container inside itself");
     TORCH_CHECK(
         f.depth < kMaxDepth,
         "load_tensors: '",

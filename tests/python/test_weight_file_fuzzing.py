@@ -28,8 +28,8 @@ def test_thousands_of_mutated_weight_files_give_clear_errors_and_leave_the_modul
     assert "5000 cases, all loads returned or raised the loader's error" in run.stdout
     # Every kind of mutation ran, and each produced both refusals and successful loads
     # (harmless mutations of tensor data load), so the cases are neither all broken nor all benign.
-    for kind in ("torch.save bytes", "torch.save pickle", "torch.save crafted", "safetensors bytes",
-                 "safetensors crafted"):  # fmt: skip
+    for kind in ("torch.save bytes", "torch.save pickle", "torch.save crafted", "torch.save nested",
+                 "safetensors bytes", "safetensors crafted"):  # fmt: skip
         lines = [line for line in run.stdout.splitlines() if kind in line]
         assert any("load_tensors:" in line for line in lines), kind
     assert any(" ok" in line for line in run.stdout.splitlines() if "torch.save bytes" in line)

@@ -142,6 +142,41 @@ def mutate_pickle(rng: random.Random, saved: bytes) -> bytes:
     return buf.getvalue()
 
 
+PLAIN_VALUES = [None, True, False, 0, -1, 7, 2**40, -(2**63), 1.5, float("nan"), "", "text", "é€😀", b"\x00\xff",
+                (), []]  # fmt: skip
+
+
+def random_checkpoint(rng: random.Random, depth: int = 0):
+    """A random nest of dicts (string, integer, tuple and None keys), OrderedDicts,
+    lists and tuples holding tensors of every storage type and plain values, the
+    shapes checkpoints take; tensors sometimes repeated (tied) or views."""
+    kind = rng.random()
+    if depth > 4 or kind < 0.3:
+        if rng.random() < 0.5:
+            dtype = rng.choice([torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64,
+                                torch.int32, torch.uint8, torch.bool, torch.complex64])  # fmt: skip
+            generator = torch.Generator().manual_seed(rng.getrandbits(31))
+            t = torch.randn(rng.randint(0, 3), rng.randint(1, 4), generator=generator).to(dtype)
+            return t[:, ::2] if rng.random() < 0.2 else t
+        return rng.choice(PLAIN_VALUES)
+    n = rng.randint(0, 4)
+    items = [random_checkpoint(rng, depth + 1) for _ in range(n)]
+    if kind < 0.6:
+        # (Keys that render to distinct paths: "1" beside 1 would name one path twice.)
+        keys = [rng.choice([f"k{i}", i, -i - 1, (i, "t"), None]) for i in range(n)]
+        d = (collections.OrderedDict if rng.random() < 0.3 else dict)(zip(keys, items, strict=True))
+        if d and rng.random() < 0.2:
+            d["tied"] = next(iter(d.values()))
+        return d
+    return items if kind < 0.8 else tuple(items)
+
+
+def random_checkpoint_file(rng: random.Random) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"root": random_checkpoint(rng)}, buf)
+    return buf.getvalue()
+
+
 def safetensors_bytes(header, data: bytes, length=None) -> bytes:
     text = header if isinstance(header, bytes) else json.dumps(header).encode()
     return struct.pack("<Q", len(text) if length is None else length) + text + data
@@ -240,6 +275,7 @@ def main(argv=None) -> int:
         ("torch.save bytes", lambda rng: mutate_bytes(rng, saved)),
         ("torch.save pickle", lambda rng: mutate_pickle(rng, saved)),
         ("torch.save crafted", crafted_torch_save),
+        ("torch.save nested", lambda rng: mutate_pickle(rng, random_checkpoint_file(rng))),
         ("safetensors bytes", lambda rng: mutate_bytes(rng, safetensors_saved)),
         ("safetensors crafted", crafted_safetensors),
     ]

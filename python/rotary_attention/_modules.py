@@ -121,10 +121,11 @@ class _CppModule:
         _C._save_state_dict_file(self, str(path), format or "")
 
     def load(self, path, prefix: str = "") -> None:
-        """Reads a state dict (torch.save or safetensors, told by content)
-        strictly, from C++; on error the module is unchanged. With a prefix
-        (e.g. "decoder.blocks.3.attn."), loads that part of a whole model's
-        checkpoint: keys outside it are ignored, strict within it."""
+        """Reads a state dict or checkpoint (torch.save or safetensors, told by
+        content) strictly, from C++; on error the module is unchanged. With a
+        prefix (e.g. "model_state_dict.decoder.blocks.3.attn", the final dot
+        implied), loads that layer out of a whole model's checkpoint, nested
+        containers addressed by dotted paths: the rest is ignored, strict within."""
         _C._load_state_dict_file(self, str(path), prefix)
 
 

@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+import weight_file_fuzzer as fuzzer
 
 import rotary_attention
 from rotary_attention import cpp
@@ -101,6 +102,10 @@ ROWS = [
          False, torch.randn(1, 2, 16), torch.randn(1, 2, 16)), RuntimeError),
     ("load_file / load", "a path that does not exist", "cannot open",
      lambda p: rotary_attention.load_file(p / "missing.pt"), RuntimeError),
+    ("load_file / load", "a pickle naming a global weights_only refuses",
+     "names the global posix.system, which is not allowed",
+     lambda p: rotary_attention.load_file(write_bytes(p, "w.pt", fuzzer.zip_torch_save(
+         b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.", {}))), RuntimeError),
     ("load_file / load", "a file in neither format", "neither a torch.save zip file nor a safetensors file",
      lambda p: rotary_attention.load_file(write_bytes(p, "w.bin", b"not weights at all")), RuntimeError),
     ("load_file / load", "a storage size its record does not hold", "which do not hold",

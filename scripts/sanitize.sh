@@ -28,6 +28,7 @@ source scripts/env.sh
 
 ra_install_debian_packages
 ra_make_venv
+ra_install_clients
 
 flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 pkg="$RA_BUILD_DIR/pkg"
@@ -57,7 +58,7 @@ py_status=0
     "$RA_PY" -m pytest -q -p no:cacheprovider \
     test_rotary_op.py test_rotary_positions_and_layouts.py test_multi_head_attention_op.py \
     test_parity.py test_decoding.py test_kv_cache.py test_threads.py test_refused_inputs.py \
-    test_weight_files.py test_weight_file_fuzzing.py \
+    test_weight_files.py test_weight_file_fuzzing.py test_checkpoint_files.py test_children_as_modules.py \
     -k "not compile and not export" "$@"
 ) 2>&1 | tee -a "$log" || py_status=$?
 

@@ -118,6 +118,33 @@ def test_treated_children_gradients_match_the_original(treatment, sdpa):
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=rtol, atol=atol, msg=name)
 
 
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+@pytest.mark.parametrize("kind", ["full backward hook on query", "backward pre-hook on out"])
+def test_backward_hooks_on_children_run_as_on_the_original(kind, sdpa):
+    ref, port = make_pair(N_STATE, N_HEAD, sdpa=sdpa, dtype=torch.float64, seed=5)
+    calls = {"original": 0, "port": 0}
+    x = torch.randn(2, 5, N_STATE, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for label, m in (("original", ref), ("port", port)):
+
+        def scale(module, grad, *rest, label=label):
+            calls[label] += 1
+            return (grad[0] * 3.0,)
+
+        if kind == "full backward hook on query":
+            m.query.register_full_backward_hook(scale)  # (module, grad_input, grad_output)
+        else:
+            m.out.register_full_backward_pre_hook(scale)  # (module, grad_output)
+        x.grad = None
+        with original_sdpa(sdpa):
+            m(x, mask=causal_mask(8, torch.float64))[0].square().sum().backward()
+        grads[label] = {"x": x.grad.clone(), **{n: p.grad for n, p in m.named_parameters() if p.grad is not None}}
+    assert calls == {"original": 1, "port": 1}
+    rtol, atol = grad_tolerances(sdpa)
+    for name, g in grads["original"].items():
+        torch.testing.assert_close(grads["port"][name], g, rtol=rtol, atol=atol, msg=name)
+
+
 @contextlib.contextmanager
 def global_forward_hook(hook):
     handle = nn.modules.module.register_module_forward_hook(hook)

@@ -240,3 +240,18 @@ def test_random_nested_checkpoints_are_read_as_torch_load_reads_them(tmp_path, s
     path = tmp_path / "random.pt"
     path.write_bytes(fuzzer.random_checkpoint_file(random.Random(seed)))
     assert_read_like_torch_load(path)
+
+
+def test_tensors_outside_the_prefix_are_not_built(tmp_path):
+    """b.w claims 5 elements of a 4-element storage: building it fails, so a
+    load under the prefix "a" succeeds only because b.w is never built."""
+    state = collections.OrderedDict()
+    state["a"] = {"w": fuzzer._TensorRecord(fuzzer._Storage(torch.FloatStorage, "0", 4), 0, (4,), (1,))}
+    state["b"] = {"w": fuzzer._TensorRecord(fuzzer._Storage(torch.FloatStorage, "1", 4), 0, (5,), (1,))}
+    buffer = io.BytesIO()
+    fuzzer._Pickler(buffer, protocol=2).dump(state)
+    path = tmp_path / "w.pt"
+    path.write_bytes(fuzzer.zip_torch_save(buffer.getvalue(), {"0": bytes(16), "1": bytes(16)}))
+    assert torch.equal(rotary_attention.load_file(path, "a")["w"], torch.zeros(4))
+    with pytest.raises(RuntimeError, match="load_tensors: .* is malformed"):
+        rotary_attention.load_file(path)

@@ -236,17 +236,36 @@ struct CacheUse {
   bool fixed;    // a static cache's positions given
 };
 
+// The cache arguments both operators take, as their schemas name them.
+struct CacheArguments {
+  const std::optional<at::Tensor>& cached_key;
+  const std::optional<at::Tensor>& cached_value;
+  const c10::SymInt& query_position;
+  const std::optional<at::Tensor>& key_buffer;
+  const std::optional<at::Tensor>& value_buffer;
+  const c10::SymInt& cache_length;
+  const std::optional<at::Tensor>& positions;
+};
+
+void check_heads(const char* op, const c10::SymInt& n_state, int64_t n_head) {
+  TORCH_CHECK(
+      n_head > 0 && n_state % n_head == 0,
+      op,
+      ": n_state (",
+      n_state,
+      ") must be divisible by n_head (",
+      n_head,
+      ")");
+}
+
 CacheUse check_cache_arguments(
     const at::Tensor& x,
     bool cross,
     const c10::SymInt& n_state,
     bool absolute_positions,
-    const std::optional<at::Tensor>& cached_key,
-    const std::optional<at::Tensor>& cached_value,
-    const std::optional<at::Tensor>& key_buffer,
-    const std::optional<at::Tensor>& value_buffer,
-    const c10::SymInt& cache_length,
-    const std::optional<at::Tensor>& positions) {
+    const CacheArguments& cache) {
+  const auto& [cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions] =
+      cache;
   const bool cached = cached_key.has_value() && cached_key->defined();
   TORCH_CHECK(
       cached == (cached_value.has_value() && cached_value->defined()),
@@ -354,14 +373,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attend_projected(
     bool rotate,
     bool keys_writable,
     const CacheUse& use,
-    const std::optional<at::Tensor>& cached_key,
-    const std::optional<at::Tensor>& cached_value,
-    const c10::SymInt& query_position,
-    const std::optional<at::Tensor>& key_buffer,
-    const std::optional<at::Tensor>& value_buffer,
-    const c10::SymInt& cache_length,
-    const std::optional<at::Tensor>& positions) {
+    const CacheArguments& cache) {
   const auto [cached, buffered, fixed] = use;
+  const auto& [cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions] =
+      cache;
   const at::Tensor& rotation_matrix = layer.rotation_matrix;
   // Absolute position of x's first token: after the buffered steps, or as given.
   const c10::SymInt first_query = buffered ? cache_length : query_position;
@@ -474,30 +489,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
     c10::SymInt cache_length,
     const std::optional<at::Tensor>& positions) {
   const c10::SymInt n_state = query_weight.sym_size(0);
-  TORCH_CHECK(
-      n_head > 0 && n_state % n_head == 0,
-      "multi_head_attention: n_state (",
-      n_state,
-      ") must be divisible by n_head (",
-      n_head,
-      ")");
+  check_heads("multi_head_attention", n_state, n_head);
   check_input("x", x, n_state);
   const bool cross = xa_opt.has_value() && xa_opt->defined();
   if (cross) {
     check_input("xa", *xa_opt, n_state);
     check_cross_batch("xa", *xa_opt, x);
   }
-  const CacheUse use = check_cache_arguments(
-      x,
-      cross,
-      n_state,
-      absolute_positions,
-      cached_key,
-      cached_value,
-      key_buffer,
-      value_buffer,
-      cache_length,
-      positions);
+  const CacheArguments cache{
+      cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions};
+  const CacheUse use = check_cache_arguments(x, cross, n_state, absolute_positions, cache);
 
   at::Tensor x_norm;
   if (group_norm) {
@@ -534,13 +535,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
       /*rotate=*/true,
       /*keys_writable=*/true,
       use,
-      cached_key,
-      cached_value,
-      query_position,
-      key_buffer,
-      value_buffer,
-      cache_length,
-      positions);
+      cache);
   return {whisper_linear(wv, out_weight, out_bias) + x, qk, key, value};
 }
 
@@ -571,25 +566,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core_compos
       "attention_core: expected q of shape (B, T, n_state), got shape ",
       q.sym_sizes());
   const c10::SymInt n_state = q.sym_size(2);
-  TORCH_CHECK(
-      n_head > 0 && n_state % n_head == 0,
-      "attention_core: n_state (",
-      n_state,
-      ") must be divisible by n_head (",
-      n_head,
-      ")");
+  check_heads("attention_core", n_state, n_head);
   check_input("q", q, n_state);
-  const CacheUse use = check_cache_arguments(
-      q,
-      cross,
-      n_state,
-      absolute_positions,
-      cached_key,
-      cached_value,
-      key_buffer,
-      value_buffer,
-      cache_length,
-      positions);
+  const CacheArguments cache{
+      cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions};
+  const CacheUse use = check_cache_arguments(q, cross, n_state, absolute_positions, cache);
   if (!(cross && use.cached)) {
     check_input("k", k, n_state);
     check_input("v", v, n_state);
@@ -636,13 +617,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core_compos
       rotate,
       /*keys_writable=*/false,
       use,
-      cached_key,
-      cached_value,
-      query_position,
-      key_buffer,
-      value_buffer,
-      cache_length,
-      positions);
+      cache);
 }
 
 } // namespace

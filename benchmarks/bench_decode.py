@@ -8,13 +8,19 @@
    the original's results: it rotates the whole cache again at every step).
 2. A 448-token decode from a 4-token prompt (Whisper's text context), each contender
    from an empty cache, with the ratios to the original.
+3. Against the memory floor: the time to read K and V of n steps once (a sum over each,
+   ATen's vectorized, threaded reduction, the same bytes) beside
+   - what 1950 more cached steps add to a decode step (default cache, 50 -> 2000);
+   - rotary_attention.decode_attention alone (one query, batch 1) at 2000 and 8000 cached
+     steps, in GB/s of K and V read;
+   - the static cache's compiled step at 100 cached steps with capacity 256 and 4096.
 
     python benchmarks/bench_decode.py [--reps 5] [--plot docs/decode_step_time.png]
 
 Contenders take turns within each repetition (rotating order); medians over repetitions.
 The static cache holds 2048 + steps positions at every length (one capacity, as a user sets
-it), so its attention reads the whole capacity: its per-step time does not depend on the
-cache length. --plot draws the curve (needs matplotlib, an optional dependency).
+it); decode_attention reads only the steps written. --plot draws the curve (needs
+matplotlib, an optional dependency).
 """
 
 import argparse
@@ -27,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rotary_attention  # noqa: E402
-from common import machine_line  # noqa: E402
+from common import machine_line, median_seconds  # noqa: E402
 from rotary_attention import reference  # noqa: E402
 
 N_STATE, N_HEAD = 512, 8
@@ -141,6 +147,74 @@ def plot(curves, path):
     print(f"wrote {path}")
 
 
+def floor_section(module, curves, reps):
+    """Section 3: the targets measured against reading K and V once, in this run."""
+    default = curves["nn.Module, default cache"]
+
+    def cache_of(steps):
+        return torch.randn(1, steps, N_STATE), torch.randn(1, steps, N_STATE)
+
+    def read_once(k, v):
+        return lambda: (k.sum(), v.sum())
+
+    k, v = cache_of(LENGTHS[-1] - LENGTHS[0])
+    floor = median_seconds(read_once(k, v), reps=reps)
+    added = default[-1] - default[0]
+    print(f"\nagainst the memory floor ({2 * k.numel() * 4 / 1e6:.1f} MB of K and V for "
+          f"{LENGTHS[-1] - LENGTHS[0]} steps)")  # fmt: skip
+    print(f"  per-step growth {LENGTHS[0]} -> {LENGTHS[-1]} cached (default cache): "
+          f"{default[-1] / default[0]:.2f}x (target <= 2x)")  # fmt: skip
+    print(f"  {LENGTHS[-1] - LENGTHS[0]} more cached steps add {added * 1e6:.0f} us to a step; reading their K and V "
+          f"once takes {floor * 1e6:.0f} us: {added / floor:.2f}x (target <= 1.5x)")  # fmt: skip
+
+    print("  decode_attention alone (batch 1, one query, 8 heads) against reading K and V once:")
+    print(f"  {'cached':>8} {'kernel us':>10} {'GB/s':>7} {'floor us':>9} {'GB/s':>7} {'kernel/floor':>13}")
+    for steps in (LENGTHS[-1], 8000):
+        k, v = cache_of(steps)
+        q = torch.randn(1, 1, N_STATE)
+        lengths = torch.tensor([steps])
+        timings = {}
+        contenders = {
+            "kernel": lambda q=q, k=k, v=v, lengths=lengths: rotary_attention.decode_attention(
+                q, k, v, lengths, N_HEAD
+            ),
+            "floor": read_once(k, v),
+        }
+        for rep in range(reps):  # interleaved
+            for name in list(contenders)[rep % 2 :] + list(contenders)[: rep % 2]:
+                timings.setdefault(name, []).append(median_seconds(contenders[name], reps=3, min_time=0.02))
+        kernel, read = (statistics.median(timings[n]) for n in ("kernel", "floor"))
+        gbytes = 2 * k.numel() * 4 / 1e9
+        print(f"  {steps:8d} {kernel * 1e6:10.1f} {gbytes / kernel:7.1f} {read * 1e6:9.1f} {gbytes / read:7.1f} "
+              f"{read / kernel:12.2f}x (target >= 0.67x)")  # fmt: skip
+
+    # The compiled static step at 100 cached steps, at two capacities.
+    tokens = torch.randn(1, 132, N_STATE)
+    steps_at = {}
+    for capacity in (256, 4096):
+        cache = rotary_attention.KVCache(capacity, static=True)
+
+        def step(token, cache=cache):
+            return module(token, kv_cache=cache)[0]
+
+        steps_at[capacity] = (cache, torch.compile(step, fullgraph=True))
+    samples = {c: [] for c in steps_at}
+    for rep in range(reps):
+        for capacity in (256, 4096) if rep % 2 == 0 else (4096, 256):
+            cache, compiled = steps_at[capacity]
+            cache.clear()
+            module(tokens[:, :100], kv_cache=cache)
+            times = []
+            for i in range(100, 132):
+                start = time.perf_counter()
+                compiled(tokens[:, i : i + 1])
+                times.append(time.perf_counter() - start)
+            samples[capacity].append(statistics.median(times))
+    small, large = (statistics.median(samples[c]) for c in (256, 4096))
+    print(f"  compiled static step at 100 cached: capacity 256 {small * 1e6:.0f} us, capacity 4096 "
+          f"{large * 1e6:.0f} us: {large / small:.2f}x (target <= 1.2x)")  # fmt: skip
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5)
@@ -194,6 +268,8 @@ def main():
     for name, t in totals.items():
         m = statistics.median(t)
         print(f"{name:30} {m * 1e3:9.1f} {base / m:11.2f}x")
+    with torch.no_grad():
+        floor_section(module, curves, args.reps)
     if args.plot:
         plot(curves, args.plot)
 

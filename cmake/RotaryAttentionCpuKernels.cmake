@@ -1,8 +1,8 @@
-# The CPU rotation loop (src/ops/cpu/rotary_loop.cpp) is compiled once per
+# The CPU loops (src/ops/cpu/rotary_loop.cpp, decode_attention_loop.cpp) are compiled once per
 # instruction set, as ATen compiles its kernels (cmake/Codegen.cmake there):
 # one object library per capability, each with its flags, CPU_CAPABILITY (the
 # namespace its entry point and at::vec's code live in) and the at::vec
-# implementation it uses. src/ops/cpu/rotary_kernel.cpp picks one at run time.
+# implementation it uses. src/ops/cpu/cpu_capability.h picks one at run time.
 #
 #   DEFAULT       at::vec's portable code, any CPU
 #   AVX2          AVX2 + FMA + F16C
@@ -38,8 +38,8 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
 endif()
 
 foreach(cap IN LISTS RA_CPU_CAPABILITIES)
-  set(lib rotary_loop_${cap})
-  add_library(${lib} OBJECT src/ops/cpu/rotary_loop.cpp)
+  set(lib cpu_loops_${cap})
+  add_library(${lib} OBJECT src/ops/cpu/rotary_loop.cpp src/ops/cpu/decode_attention_loop.cpp)
   set_target_properties(${lib} PROPERTIES POSITION_INDEPENDENT_CODE ON)
   # torch for its headers; OpenMP so that at::parallel_for (inline) runs in parallel.
   target_link_libraries(${lib} PRIVATE torch OpenMP::OpenMP_CXX)
@@ -51,4 +51,4 @@ foreach(cap IN LISTS RA_CPU_CAPABILITIES)
   target_sources(rotary_attention PRIVATE $<TARGET_OBJECTS:${lib}>)
   target_compile_definitions(rotary_attention PRIVATE RA_CPU_LOOP_${cap})
 endforeach()
-message(STATUS "rotary_attention: CPU loop built for ${RA_CPU_CAPABILITIES}")
+message(STATUS "rotary_attention: CPU loops built for ${RA_CPU_CAPABILITIES}")

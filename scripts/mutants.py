@@ -4,7 +4,9 @@ Run through scripts/mutants.sh. Each mutant is one small edit (an exact text
 replacement) in a scratch copy of the repository; the copy is rebuilt when the
 edit touches C++, then the tests that should see the bug run. A mutant is
 killed when they fail. Prints one line per mutant and exits non-zero if any
-survives (or if an edit no longer applies: the list has gone stale).
+survives (or if an edit no longer applies: the list has gone stale). A mutant
+in code this CPU cannot run (an AVX-512 build on an AVX2-only CPU) is reported
+as not reachable here, with the CPU features it lacks, not run.
 
     python scripts/mutants.py --scratch DIR [--only NAME ...]
 """
@@ -29,6 +31,19 @@ class Mutant:
     new: str
     pytest: str = ""  # pytest arguments (run in tests/python), or ""
     ctest: str = ""  # ctest -R regex, or ""
+    needs: tuple = ()  # CPU features (/proc/cpuinfo flags) without which the code never runs
+
+
+AVX512 = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+AVX512_BF16 = AVX512 + ("avx512_bf16",)
+
+
+def cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
 
 
 MUTANTS = [
@@ -62,6 +77,7 @@ MUTANTS = [
         "        o1 = _mm512_sub_ps(high_as_float(_mm512_castps_si512(_mm512_mul_ps(x1, c))),"
         " high_as_float(_mm512_castps_si512(_mm512_mul_ps(x2, s))));",
         pytest="test_rotary_positions_and_layouts.py -k 'property or every_kernel_path'",
+        needs=AVX512,
     ),
     Mutant(
         "kernel: hardware bf16 rounding without the denormal/NaN fallback",
@@ -69,6 +85,51 @@ MUTANTS = [
         "  return (_mm512_fpclass_ps_mask(a, nan_or_denormal)",
         "  return true || (_mm512_fpclass_ps_mask(a, nan_or_denormal)",
         pytest="test_rotary_positions_and_layouts.py -k every_cpu_build",
+        needs=AVX512_BF16,
+    ),
+    # The decode-attention loop
+    Mutant(
+        "decode: a row's length ignored (every row reads the longest's keys)",
+        "src/ops/cpu/decode_attention_loop.cpp",
+        "const int64_t first = blk * block, last = std::min(first + block, lengths[b]);",
+        "const int64_t first = blk * block, last = std::min(first + block, longest);",
+        pytest="test_decode_attention.py -k 'h8d64 and T1 and full'",
+    ),
+    Mutant(
+        "decode: the last key of each row left out (off-by-one length)",
+        "src/ops/cpu/decode_attention_loop.cpp",
+        "const int64_t first = blk * block, last = std::min(first + block, lengths[b]);",
+        "const int64_t first = blk * block, last = std::min(first + block, lengths[b] - 1);",
+        pytest="test_decode_attention.py -k 'h8d64 and T1 and full'",
+    ),
+    Mutant(
+        "decode: blocks merged without their max's rescale",
+        "src/ops/cpu/decode_attention_loop.cpp",
+        "            const float w = std::exp(part[0] - M);",
+        "            const float w = 1.f;",
+        pytest="test_decode_attention.py -k many_blocks",
+    ),
+    Mutant(
+        "decode: a chunk's new max does not rescale the values summed so far",
+        "src/ops/cpu/decode_attention_loop.cpp",
+        "              scale_row(part + 2, factor, D);",
+        "",
+        pytest="test_decode_attention.py -k 'h8d64 and T1 and full'",
+    ),
+    Mutant(
+        "decode: causal queries see the whole row",
+        "src/ops/cpu/decode_attention_loop.cpp",
+        "return a.causal ? std::max<int64_t>(lengths[b] - (Tq - 1 - t), 0) : lengths[b];",
+        "return lengths[b];",
+        pytest="test_decode_attention.py -k 'h8d64 and T3 and causal'",
+    ),
+    Mutant(
+        "module: rows of different lengths written at the longest row's position",
+        "src/ops/multi_head_attention.cpp",
+        "    const at::Tensor at_rows = rows.unsqueeze(1) + at::arange(c10::Scalar(n_ctx), rows.options());",
+        "    const at::Tensor at_rows = rows.max() + at::arange(c10::Scalar(n_ctx), rows.options()).expand_symint("
+        "{rows.sym_size(0), n_ctx});",
+        pytest="test_ragged_decoding.py -k 'different_lengths and float32 and sdpa and static'",
     ),
     Mutant(
         "kernel: backward reads and writes the forward's layouts",
@@ -377,9 +438,15 @@ def main():
             sys.exit(f"the tests {selection} fail on the unmutated copy: see {log}")
     print("== every test selection passes on the unmutated copy", flush=True)
 
-    survived, stale = [], []
+    survived, stale, unreachable = [], [], {}
     binary_mutated = False  # the built library holds a restored C++ mutant
+    flags = cpu_flags()
     for m in mutants:
+        lacking = [f for f in m.needs if f not in flags]
+        if lacking:
+            unreachable[m.name] = lacking
+            print(f"NOT HERE  {m.name}: this CPU lacks {', '.join(lacking)}, so the code never runs", flush=True)
+            continue
         path = os.path.join(src, m.path)
         with open(path) as f:
             pristine = f.read()
@@ -416,11 +483,17 @@ def main():
         print(f"{how:9} {m.name}  [{tests}] {time.time() - start:.0f} s", flush=True)
     if binary_mutated:
         rebuild()  # leave the scratch build unmutated
-    killed_count = len(mutants) - len(survived) - len(stale)
+    killed_count = len(mutants) - len(survived) - len(stale) - len(unreachable)
+    missing = sorted({f for lacking in unreachable.values() for f in lacking})
     print(
-        f"== {killed_count} of {len(mutants)} mutants killed"
+        f"== {killed_count} of {len(mutants) - len(unreachable)} mutants reachable on this CPU killed"
         + (f"; survived: {survived}" if survived else "")
         + (f"; stale or not building: {stale}" if stale else "")
+        + (
+            f"; {len(unreachable)} not reachable on this CPU (it lacks {', '.join(missing)}): {list(unreachable)}"
+            if unreachable
+            else ""
+        )
     )
     sys.exit(1 if survived or stale else 0)
 

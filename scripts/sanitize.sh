@@ -57,7 +57,8 @@ py_status=0
     ASAN_OPTIONS="$common:detect_leaks=0" \
     "$RA_PY" -m pytest -q -p no:cacheprovider \
     test_rotary_op.py test_rotary_positions_and_layouts.py test_multi_head_attention_op.py \
-    test_parity.py test_decoding.py test_kv_cache.py test_threads.py test_refused_inputs.py \
+    test_parity.py test_decoding.py test_kv_cache.py test_decode_attention.py test_ragged_decoding.py \
+    test_threads.py test_refused_inputs.py \
     test_weight_files.py test_weight_file_fuzzing.py test_checkpoint_files.py test_children_as_modules.py \
     -k "not compile and not export" "$@"
 ) 2>&1 | tee -a "$log" || py_status=$?

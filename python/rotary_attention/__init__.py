@@ -8,7 +8,8 @@ implementation, and the `torch.ops.rotary_attention.*` operators.
 - `rotary_attention.reference`: the original PyTorch layers, for parity checks.
 - `rotary(...)`: the operator (`torch.ops.rotary_attention.rotary`), with
   `rotary_` (in place, inference) and `rotary_qk` (queries and keys in one
-  call); `multi_head_attention(...)`, the layer math as one operator.
+  call); `multi_head_attention(...)`, the layer math as one operator;
+  `decode_attention(...)`, a few queries over a KV cache with a length per row.
 - `export_aoti_package`, `StaticDecodeStep`: deployment to C++ through
   torch.export and AOTInductor.
 """
@@ -26,6 +27,7 @@ rotary = torch.ops.rotary_attention.rotary
 rotary_backward = torch.ops.rotary_attention.rotary_backward
 rotary_qk = torch.ops.rotary_attention.rotary_qk
 multi_head_attention = torch.ops.rotary_attention.multi_head_attention
+decode_attention = torch.ops.rotary_attention.decode_attention
 built_with_cuda = _C.built_with_cuda
 cpu_kernel_capability = _C.cpu_kernel_capability
 
@@ -74,6 +76,7 @@ __all__ = [
     "built_with_cuda",
     "cpu_kernel_capability",
     "cpp",
+    "decode_attention",
     "export_aoti_package",
     "load_file",
     "multi_head_attention",

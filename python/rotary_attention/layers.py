@@ -51,9 +51,15 @@ class _CacheEntry:
     key: Tensor  # self-attention: (B, capacity, n_state) buffer; cross-attention: xa's keys
     value: Tensor
     cross: bool
-    length: int = 0  # cached steps (self-attention, default cache)
+    length: int = 0  # cached steps (self-attention, default cache; rows of different lengths: the longest)
     queries: int = 0  # query tokens seen (cross-attention positions with absolute_positions)
-    filled: Tensor | None = None  # static cache: steps written (self) or queries seen (cross), as data
+    # Steps written (self) or queries seen (cross) as data: a static cache's (a scalar,
+    # or one per row), or each row's when rows differ (after crop).
+    filled: Tensor | None = None
+
+    def rows(self, batch: int) -> Tensor:
+        """`filled` per row, (batch,)."""
+        return self.filled.expand(batch) if self.filled.dim() == 0 else self.filled
 
 
 class KVCache:
@@ -77,7 +83,12 @@ class KVCache:
     mask makes attention causal at the queries' positions, as with the default
     cache; the explicit path adds the mask's rows at the queries' positions
     over all `capacity` columns, so pass a mask of at least
-    (capacity, capacity)."""
+    (capacity, capacity).
+
+    Rows of different lengths (`crop`, e.g. after a batch of prompts padded on
+    the right): each row's new steps go to its own positions and attention
+    reads each row's own steps; decoding the batch in one call equals decoding
+    each row alone (absolute_positions=True layers)."""
 
     def __init__(self, capacity: int | None = None, static: bool = False):
         if capacity is not None and capacity < 0:
@@ -103,7 +114,55 @@ class KVCache:
             return 0
         if entry.cross:
             return entry.key.shape[1]
-        return int(entry.filled) if entry.filled is not None else entry.length
+        return int(entry.filled.max()) if entry.filled is not None else entry.length
+
+    def row_lengths(self, layer: nn.Module) -> Tensor | None:
+        """Each row's cached time steps of `layer`'s self-attention, (B,) int64, or None when absent."""
+        entry = self._entries.get(id(layer))
+        if entry is None or entry.cross:
+            return None
+        if entry.filled is not None:
+            return entry.rows(entry.key.shape[0]).clone()
+        return torch.full((entry.key.shape[0],), entry.length, dtype=torch.long, device=entry.key.device)
+
+    def crop(self, lengths) -> None:
+        """Keeps the first `lengths[b]` cached steps of each row b (a sequence or an int64
+        tensor of the batch size; an int: every row), for every layer: the steps after
+        them are overwritten by the row's next ones. Cross-attention entries keep xa's
+        keys and count lengths[b] queries seen. For a batch of prompts padded on the
+        right: run the padded batch, then `crop(prompt_lengths)`; each row then decodes
+        from its own position, in one batched call per step (absolute_positions=True
+        layers). Checked before anything changes."""
+        lengths = torch.as_tensor(lengths)
+        if lengths.dtype not in (torch.int64, torch.int32) or lengths.dim() > 1:
+            raise ValueError(
+                f"KVCache.crop: lengths must be an int or 1-D integers, got {lengths.dtype} of shape "
+                f"{tuple(lengths.shape)}"
+            )
+        lengths = lengths.long()
+        for entry in self._entries.values():
+            if entry.cross:
+                continue
+            have = self.row_lengths(entry.layer).cpu()
+            rows = lengths.expand(have.shape) if lengths.dim() == 0 else lengths
+            if rows.shape != have.shape or bool((rows < 0).any()) or bool((rows > have).any()):
+                raise ValueError(
+                    f"KVCache.crop: lengths must be {have.numel()} values in [0, each row's cached steps "
+                    f"{have.tolist()}], got {lengths.tolist()}"
+                )
+        uniform = lengths.numel() == 0 or lengths.dim() == 0 or bool((lengths == lengths[0]).all())
+        for entry in self._entries.values():
+            if entry.filled is not None and (lengths.dim() == 0 or entry.filled.shape == lengths.shape):
+                entry.filled.copy_(lengths)  # the same tensor: a compiled step stays valid
+            elif uniform and not self.static:
+                entry.filled = None
+            else:
+                entry.filled = lengths.to(entry.key.device, copy=True)
+            n = int(lengths.max()) if lengths.numel() else 0
+            if entry.cross:
+                entry.queries = n
+            else:
+                entry.length = n
 
     def clear(self) -> None:
         self._entries.clear()
@@ -134,6 +193,13 @@ class KVCache:
                 raise IndexError(
                     f"KVCache.reorder: indices must be in [0, {batch}) (the cached batch size), got {indices.tolist()}"
                 )
+        for entry in self._entries.values():
+            if entry.filled is not None and entry.filled.dim() == 1:  # each row's count
+                rows = indices.to(entry.filled.device)
+                if rows.numel() == entry.filled.numel():
+                    entry.filled.copy_(entry.filled.index_select(0, rows))
+                else:
+                    entry.filled = entry.filled.index_select(0, rows)
         for entry in shared:
             rows = indices.to(entry.key.device)
             if entry.cross:
@@ -145,8 +211,7 @@ class KVCache:
                 n = self.length(entry.layer)
                 for name in ("key", "value"):
                     old = getattr(entry, name)
-                    # A static cache's unwritten steps must stay zeros (see _reserve).
-                    new = (old.new_zeros if self.static else old.new_empty)((rows.numel(), *old.shape[1:]))
+                    new = old.new_zeros((rows.numel(), *old.shape[1:]))  # (see _reserve)
                     new[:, :n] = old[:, :n].index_select(0, rows)
                     setattr(entry, name, new)
 
@@ -176,17 +241,17 @@ class KVCache:
         if entry is None:
             capacity = self.capacity if self.static else max(self.capacity, steps)
             shape = (x.shape[0], capacity, x.shape[2])
-            # A static cache's attention reads unwritten steps with zero weight:
-            # they must be finite (0 * NaN is NaN), so zeros, not empty memory.
-            make = x.new_zeros if self.static else x.new_empty
-            key, value = make(shape), make(shape)
+            # Attention over whole buffers (a static cache's, or rows of different
+            # lengths) reads steps a row has not written with zero weight: they must
+            # be finite (0 * NaN is NaN), so zeros, not empty memory.
+            key, value = x.new_zeros(shape), x.new_zeros(shape)
             filled = torch.zeros((), dtype=torch.long, device=x.device) if self.static else None
             entry = self._adopt(layer, key, value, filled)
         elif not self.static and entry.length + steps > entry.key.shape[1]:
             n = entry.length
             shape = (entry.key.shape[0], max(n + steps, 2 * entry.key.shape[1]), entry.key.shape[2])
             for name in ("key", "value"):
-                grown = getattr(entry, name).new_empty(shape)
+                grown = getattr(entry, name).new_zeros(shape)
                 grown[:, :n].copy_(getattr(entry, name)[:, :n])
                 setattr(entry, name, grown)
         return entry
@@ -425,6 +490,7 @@ class MultiHeadAttention(nn.Module):
         value_buffer: Tensor | None = None,
         cache_length: int = 0,
         positions: Tensor | None = None,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """`_attention`'s result with the norm and the projections called as
         modules (the faithful road); rotary, the rotation, the cache and
@@ -447,7 +513,7 @@ class MultiHeadAttention(nn.Module):
             v = self.value(x_norm if xa is None else xa)
         wv, qk, key, value = self._attention_core(
             q, k, v, xa is not None, mask, True,
-            cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions,
+            cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions, lengths,
         )  # fmt: skip
         return self.out(wv) + x, qk, key, value
 
@@ -458,21 +524,26 @@ class MultiHeadAttention(nn.Module):
         if xa is None:
             # Self-attention: the new keys go into the cache's buffers, in place.
             entry = kv_cache._reserve(self, x)
-            positions = None
-            if kv_cache.static:
-                positions = entry.filled + torch.arange(steps, device=entry.filled.device)
-            out, qk, _, _ = attention(x, None, mask, None, None, 0, entry.key, entry.value, entry.length, positions)
-            if kv_cache.static:
+            if entry.filled is not None:
+                # Each row's count as data (a static cache's, or rows of different lengths).
+                lengths = entry.rows(x.shape[0])
+                out, qk, _, _ = attention(x, None, mask, None, None, 0, entry.key, entry.value, 0, None, lengths)
                 entry.filled.add_(steps)
             else:
+                out, qk, _, _ = attention(x, None, mask, None, None, 0, entry.key, entry.value, entry.length)
+            if not kv_cache.static:  # (a static cache counts in `filled` only: a compiled step stays one graph)
                 entry.length += steps
             return out, None if self.sdpa else qk
         # Cross-attention: xa's keys and values, computed on the first call.
         entry = kv_cache._entry(self)
         positions = None
-        if kv_cache.static and self.absolute_positions:
-            seen = entry.filled if entry is not None else torch.zeros((), dtype=torch.long, device=x.device)
-            positions = seen + torch.arange(steps, device=seen.device)
+        seen = entry.filled if entry is not None else None
+        if seen is None and entry is None and kv_cache.static:
+            seen = torch.zeros((), dtype=torch.long, device=x.device)
+        if seen is not None and self.absolute_positions:
+            # The queries' positions as data: (T,), or (B, T) when rows differ.
+            at = torch.arange(steps, device=seen.device)
+            positions = seen + at if seen.dim() == 0 else seen.unsqueeze(1) + at
         query_position = entry.queries if entry is not None and self.absolute_positions else 0
         cached_key = cached_value = None
         if entry is not None:
@@ -480,7 +551,7 @@ class MultiHeadAttention(nn.Module):
         out, qk, key, value = attention(x, xa, mask, cached_key, cached_value, query_position, positions=positions)
         if entry is None:
             entry = kv_cache._store(self, key, value)
-        if kv_cache.static:
+        if entry.filled is not None:
             entry.filled.add_(steps)
         else:
             entry.queries += steps
@@ -498,6 +569,7 @@ class MultiHeadAttention(nn.Module):
         value_buffer: Tensor | None = None,
         cache_length: int = 0,
         positions: Tensor | None = None,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return torch.ops.rotary_attention.multi_head_attention(
             x,
@@ -528,6 +600,7 @@ class MultiHeadAttention(nn.Module):
             value_buffer,
             cache_length,
             positions,
+            lengths,
         )
 
     def extra_repr(self) -> str:

@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "rotary_attention/ops/decode_attention.h"
 #include "rotary_attention/ops/multi_head_attention.h"
 #include "rotary_attention/ops/rotary.h"
 #include "typed_op.h"
@@ -55,6 +56,10 @@ void check_input(const char* name, const at::Tensor& t, const c10::SymInt& n_sta
       " must be a floating tensor, got ",
       t.scalar_type());
 }
+
+// The most queries a call decodes with decode_attention (decoding, or a few
+// speculative tokens); longer blocks are SDPA's strength.
+constexpr int64_t kMaxDecodeQueries = 16;
 
 struct Layer {
   const at::Tensor& inv_freq;
@@ -107,9 +112,10 @@ struct Layer {
 
   // causal_offset: absolute position of the first query in a self-attention
   // over cached keys (absolute_positions), else 0 (the original's alignment).
-  // positions: a static cache's query positions; keys live in a buffer of
-  // fixed capacity, the ones past the last query's position are not yet
-  // written and are masked out (and, when causal, those past each query's).
+  // positions: (B, T), each row's query positions when the keys are a cache's
+  // whole buffers (a static cache, or rows of different lengths): the keys
+  // past a row's last query are not its own yet and are masked out (and, when
+  // causal, those past each query's).
   std::tuple<at::Tensor, at::Tensor> attend(
       const at::Tensor& q_in,
       const at::Tensor& k_in,
@@ -141,15 +147,16 @@ struct Layer {
     const auto v =
         rows(v_in).view_symint({n_batch, v_in.sym_size(1), n_head, head_dim}).permute({0, 2, 1, 3});
 
-    at::Tensor written; // static cache: (T, capacity), keys each query may see
+    at::Tensor written; // (B, 1, T, capacity): the keys each query may see
     if (positions.has_value()) {
-      const auto key_index = at::arange(c10::Scalar(n_keys), positions->options()).unsqueeze(0);
+      const auto key_index =
+          at::arange(c10::Scalar(n_keys), positions->options()).view_symint({1, 1, n_keys});
       // Causal on the SDPA path as below; the explicit path takes its causality
       // from the mask's values.
       const bool causal = sdpa && has_mask && n_ctx > 1;
-      written = causal ? key_index <= positions->unsqueeze(1)
-                       : key_index <=
-                             positions->select(0, -1).unsqueeze(0).expand_symint({n_ctx, n_keys});
+      written = (causal ? key_index <= positions->unsqueeze(2)
+                        : key_index <= positions->narrow(1, -1, 1).unsqueeze(2))
+                    .unsqueeze(1);
     }
 
     if (sdpa) {
@@ -184,7 +191,9 @@ struct Layer {
             n_keys,
             " cached steps; pass a mask of at least (capacity, capacity), got shape ",
             mask_opt->sym_sizes());
-        qk += mask_opt->index_select(0, *positions).slice_symint(1, 0, n_keys);
+        qk += mask_opt->index_select(0, positions->flatten())
+                  .slice_symint(1, 0, n_keys)
+                  .view_symint({n_batch, 1, n_ctx, n_keys});
       }
       qk.masked_fill_(written.logical_not(), -std::numeric_limits<double>::infinity());
     } else if (has_mask) {
@@ -229,11 +238,12 @@ struct Layer {
 
 // Which cache the call uses, its arguments checked: none, cross-attention
 // keys (cached_key/cached_value), or self-attention buffers (key_buffer/
-// value_buffer at cache_length, or at `positions` for a static cache).
+// value_buffer at cache_length, or at each row's `lengths`).
 struct CacheUse {
   bool cached;   // cached_key/cached_value given
   bool buffered; // key_buffer/value_buffer given
-  bool fixed;    // a static cache's positions given
+  bool fixed;    // the cross-attention queries' positions given (a static cache's)
+  bool per_row;  // self-attention lengths per row given (a static cache, or rows that differ)
 };
 
 // The cache arguments both operators take, as their schemas name them.
@@ -245,6 +255,7 @@ struct CacheArguments {
   const std::optional<at::Tensor>& value_buffer;
   const c10::SymInt& cache_length;
   const std::optional<at::Tensor>& positions;
+  const std::optional<at::Tensor>& lengths;
 };
 
 void check_heads(const char* op, const c10::SymInt& n_state, int64_t n_head) {
@@ -264,7 +275,7 @@ CacheUse check_cache_arguments(
     const c10::SymInt& n_state,
     bool absolute_positions,
     const CacheArguments& cache) {
-  const auto& [cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions] =
+  const auto& [cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions, lengths] =
       cache;
   const bool cached = cached_key.has_value() && cached_key->defined();
   TORCH_CHECK(
@@ -289,6 +300,23 @@ CacheUse check_cache_arguments(
       buffered == (value_buffer.has_value() && value_buffer->defined()),
       "multi_head_attention: pass both key_buffer and value_buffer, or neither");
   const bool fixed = positions.has_value() && positions->defined();
+  const bool per_row = lengths.has_value() && lengths->defined();
+  if (per_row) {
+    TORCH_CHECK(
+        buffered && absolute_positions,
+        "KVCache(static=True) (as rows of different lengths) needs absolute_positions=True (the "
+        "original's semantics rotate the whole cache again at every step) and self-attention "
+        "buffers: lengths go with key_buffer/value_buffer");
+    TORCH_CHECK(
+        lengths->dim() == 1 && lengths->sym_size(0) == x.sym_size(0) &&
+            lengths->scalar_type() == at::kLong && lengths->device() == x.device(),
+        "multi_head_attention: lengths must be an int64 tensor of shape (B,) = (",
+        x.sym_size(0),
+        ",) on x's device, got ",
+        lengths->scalar_type(),
+        " of shape ",
+        lengths->sym_sizes());
+  }
   if (buffered) {
     TORCH_CHECK(
         !cross && !cached,
@@ -315,7 +343,7 @@ CacheUse check_cache_arguments(
         "): was the cache filled by a layer of another size or dtype? call clear() between "
         "sequences");
     TORCH_CHECK(
-        fixed || cache_length + x.sym_size(1) <= key_buffer->sym_size(1),
+        per_row || cache_length + x.sym_size(1) <= key_buffer->sym_size(1),
         "multi_head_attention: ",
         x.sym_size(1),
         " new steps after ",
@@ -325,34 +353,34 @@ CacheUse check_cache_arguments(
   }
   if (fixed) {
     TORCH_CHECK(
-        absolute_positions,
-        "KVCache(static=True) needs absolute_positions=True: the original's semantics rotate "
-        "the whole cache again at every step");
+        absolute_positions && cross,
+        "multi_head_attention: positions (the queries' positions of a static cache's "
+        "cross-attention) need xa and absolute_positions=True; self-attention takes lengths");
     TORCH_CHECK(
-        positions->dim() == 1 && positions->sym_size(0) == x.sym_size(1) && x.sym_size(1) > 0 &&
-            positions->scalar_type() == at::kLong,
+        positions->scalar_type() == at::kLong && x.sym_size(1) > 0 &&
+            ((positions->dim() == 1 && positions->sym_size(0) == x.sym_size(1)) ||
+             (positions->dim() == 2 && positions->sym_size(0) == x.sym_size(0) &&
+              positions->sym_size(1) == x.sym_size(1))),
         "multi_head_attention: positions must be an int64 tensor of shape (T,) = (",
         x.sym_size(1),
-        ",), got ",
+        ",) or (B, T), got ",
         positions->scalar_type(),
         " of shape ",
         positions->sym_sizes());
-    TORCH_CHECK(
-        buffered || cross,
-        "multi_head_attention: positions (a static cache's) need key_buffer and value_buffer "
-        "for self-attention");
-    if (buffered) {
-      // The positions are data, so this check runs with the step (also in a
-      // compiled or exported graph) rather than while tracing it.
-      at::_assert_async(
-          positions->select(0, -1) < key_buffer->sym_size(1),
-          c10::str(
-              "KVCache: the static cache's capacity of ",
-              key_buffer->sym_size(1),
-              " steps is full; create it with a larger capacity"));
-    }
   }
-  return {cached, buffered, fixed};
+  if (per_row) {
+    // The lengths are data, so this check runs with the step (also in a
+    // compiled or exported graph) rather than while tracing it.
+    at::_assert_async(
+        (*lengths + x.sym_size(1) <= key_buffer->sym_size(1)).all(),
+        c10::str(
+            "KVCache: the cache's capacity of ",
+            key_buffer->sym_size(1),
+            " steps is full (",
+            x.sym_size(1),
+            " new steps do not fit a row); create it with a larger capacity"));
+  }
+  return {cached, buffered, fixed, per_row};
 }
 
 // Everything between the projections and the output projection: rotary and
@@ -362,6 +390,16 @@ CacheUse check_cache_arguments(
 // (attention output before `out`, qk, key to cache, value to cache).
 // k, v are not read for cross-attention with cached keys (may be undefined).
 // keys_writable: k is the caller's own temporary, which may be rotated in place.
+// Decoding over a cache's buffers goes to decode_attention when it computes
+// what SDPA would: the SDPA path, few queries (a static count: a dynamic one
+// keeps an exported graph general), inference.
+bool decodes_over_buffers(const Layer& layer, const at::Tensor& q) {
+  const auto steps = q.sym_size(1).maybe_as_int();
+  const auto type = q.scalar_type();
+  return layer.sdpa && steps.has_value() && *steps <= kMaxDecodeQueries && !q.requires_grad() &&
+         (type == at::kFloat || type == at::kBFloat16 || type == at::kHalf);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attend_projected(
     at::Tensor q,
     at::Tensor k,
@@ -374,10 +412,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attend_projected(
     bool keys_writable,
     const CacheUse& use,
     const CacheArguments& cache) {
-  const auto [cached, buffered, fixed] = use;
-  const auto& [cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions] =
+  const auto [cached, buffered, fixed, per_row] = use;
+  const auto& [cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions, lengths] =
       cache;
   const at::Tensor& rotation_matrix = layer.rotation_matrix;
+  const bool has_mask = mask.has_value() && mask->defined();
+  const c10::SymInt n_ctx = q.sym_size(1);
+  if (per_row) {
+    // Each row's new steps at its own positions lengths[b].. (absolute_positions):
+    // rotated there, written there, and attention reads each row's own steps.
+    const at::Tensor rows = *lengths;
+    const at::Tensor at_rows = rows.unsqueeze(1) + at::arange(c10::Scalar(n_ctx), rows.options());
+    k = layer.rotate(k, 0, at_rows);
+    q = layer.rotate(q, 0, at_rows);
+    const at::Tensor slots = at_rows.unsqueeze(2).expand_symint(k.sym_sizes());
+    key_buffer->scatter_(1, slots, k.detach());
+    value_buffer->scatter_(1, slots, v.detach());
+    at::Tensor wv, qk;
+    if (decodes_over_buffers(layer, q)) {
+      wv = decode_attention(
+          q, *key_buffer, *value_buffer, rows + n_ctx, layer.n_head, has_mask && n_ctx > 1);
+      qk = at::empty({0}, q.options().dtype(at::kFloat));
+    } else {
+      std::tie(wv, qk) = layer.attend(q, *key_buffer, *value_buffer, mask, 0, at_rows);
+    }
+    return {wv, qk, k, v};
+  }
   // Absolute position of x's first token: after the buffered steps, or as given.
   const c10::SymInt first_query = buffered ? cache_length : query_position;
   // k, v: what to cache (keys rotated only with absolute_positions);
@@ -391,41 +451,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attend_projected(
       k = layer.rotate(k, 0);
     }
   } else {
-    if (absolute_positions && buffered && !fixed && keys_writable && !at::GradMode::is_enabled() &&
+    if (absolute_positions && buffered && keys_writable && !at::GradMode::is_enabled() &&
         k.scalar_type() == rotation_matrix.scalar_type() && q.sym_size(0) == 1) {
       // Decoding at absolute positions (inference, batch 1, whose slot is
       // contiguous): the new keys are rotated in place and the rotation layer
       // writes them straight into their slot of the cache.
       k = layer.rotate_into(
-          key_buffer->slice_symint(1, cache_length, cache_length + q.sym_size(1)), k, first_query);
+          key_buffer->slice_symint(1, cache_length, cache_length + n_ctx), k, first_query);
     } else if (absolute_positions) {
-      k = fixed ? layer.rotate(k, 0, positions) : layer.rotate(k, first_query);
+      k = layer.rotate(k, first_query);
     }
   }
   // Keys and values attention reads (k_all, v_all), and those returned to be
   // cached (k, v: the new ones when buffers hold the cache).
   at::Tensor k_all = k, v_all = v;
+  const c10::SymInt end = cache_length + n_ctx;
   if (buffered) {
     // Written in place; attention reads the buffers (detached, as Whisper's
     // hook stores them), except on a sequence's first call, which reads the
     // fresh keys as the original's first call does.
-    const at::Tensor k_new = k.detach(), v_new = v.detach();
-    const c10::SymInt end = cache_length + q.sym_size(1);
-    const bool key_in_slot = k.is_alias_of(*key_buffer); // rotate_into wrote it there
-    if (fixed) {
-      key_buffer->index_copy_(1, *positions, k_new);
-      value_buffer->index_copy_(1, *positions, v_new);
-      k_all = *key_buffer;
-      v_all = *value_buffer;
-    } else {
-      if (!key_in_slot) {
-        key_buffer->slice_symint(1, cache_length, end).copy_(k_new);
-      }
-      value_buffer->slice_symint(1, cache_length, end).copy_(v_new);
-      if (cache_length != 0) {
-        k_all = key_buffer->slice_symint(1, 0, end);
-        v_all = value_buffer->slice_symint(1, 0, end);
-      }
+    if (!k.is_alias_of(*key_buffer)) { // (rotate_into wrote them there)
+      key_buffer->slice_symint(1, cache_length, end).copy_(k.detach());
+    }
+    value_buffer->slice_symint(1, cache_length, end).copy_(v.detach());
+    if (cache_length != 0) {
+      k_all = key_buffer->slice_symint(1, 0, end);
+      v_all = value_buffer->slice_symint(1, 0, end);
     }
   } else if (cached && !cross) {
     // Whisper's hook: the detached concatenation, which attention then reads.
@@ -438,11 +489,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attend_projected(
     const c10::SymInt q_position = absolute_positions ? first_query : c10::SymInt(0);
     q = fixed ? layer.rotate(q, 0, positions) : layer.rotate(q, q_position);
   }
+  if (buffered && absolute_positions && decodes_over_buffers(layer, q)) {
+    // The cache's own kernel reads the first `end` steps of every row once.
+    const at::Tensor rows =
+        at::full_symint({q.sym_size(0)}, c10::Scalar(end), q.options().dtype(at::kLong));
+    const at::Tensor wv =
+        decode_attention(q, *key_buffer, *value_buffer, rows, layer.n_head, has_mask && n_ctx > 1);
+    return {wv, at::empty({0}, q.options().dtype(at::kFloat)), k, v};
+  }
   const at::Tensor k_attended = absolute_positions || !rotate ? k_all : layer.rotate(k_all, 0);
   const c10::SymInt causal_offset = absolute_positions && !cross ? first_query : c10::SymInt(0);
 
-  auto [wv, qk] = layer.attend(
-      q, k_attended, v_all, mask, causal_offset, fixed && !cross ? positions : std::nullopt);
+  auto [wv, qk] = layer.attend(q, k_attended, v_all, mask, causal_offset);
   return {wv, qk, k, v};
 }
 
@@ -487,7 +545,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
     const std::optional<at::Tensor>& key_buffer,
     const std::optional<at::Tensor>& value_buffer,
     c10::SymInt cache_length,
-    const std::optional<at::Tensor>& positions) {
+    const std::optional<at::Tensor>& positions,
+    const std::optional<at::Tensor>& lengths) {
   const c10::SymInt n_state = query_weight.sym_size(0);
   check_heads("multi_head_attention", n_state, n_head);
   check_input("x", x, n_state);
@@ -497,7 +556,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
     check_cross_batch("xa", *xa_opt, x);
   }
   const CacheArguments cache{
-      cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions};
+      cached_key,
+      cached_value,
+      query_position,
+      key_buffer,
+      value_buffer,
+      cache_length,
+      positions,
+      lengths};
   const CacheUse use = check_cache_arguments(x, cross, n_state, absolute_positions, cache);
 
   at::Tensor x_norm;
@@ -560,7 +626,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core_compos
     const std::optional<at::Tensor>& key_buffer,
     const std::optional<at::Tensor>& value_buffer,
     c10::SymInt cache_length,
-    const std::optional<at::Tensor>& positions) {
+    const std::optional<at::Tensor>& positions,
+    const std::optional<at::Tensor>& lengths) {
   TORCH_CHECK(
       q.dim() == 3,
       "attention_core: expected q of shape (B, T, n_state), got shape ",
@@ -569,7 +636,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core_compos
   check_heads("attention_core", n_state, n_head);
   check_input("q", q, n_state);
   const CacheArguments cache{
-      cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions};
+      cached_key,
+      cached_value,
+      query_position,
+      key_buffer,
+      value_buffer,
+      cache_length,
+      positions,
+      lengths};
   const CacheUse use = check_cache_arguments(q, cross, n_state, absolute_positions, cache);
   if (!(cross && use.cached)) {
     check_input("k", k, n_state);
@@ -655,7 +729,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
     const std::optional<at::Tensor>& key_buffer,
     const std::optional<at::Tensor>& value_buffer,
     c10::SymInt cache_length,
-    const std::optional<at::Tensor>& positions) {
+    const std::optional<at::Tensor>& positions,
+    const std::optional<at::Tensor>& lengths) {
   static const auto op =
       ops::typed_op<decltype(multi_head_attention)>("rotary_attention::multi_head_attention");
   return op.call(
@@ -686,7 +761,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
       key_buffer,
       value_buffer,
       std::move(cache_length),
-      positions);
+      positions,
+      lengths);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core(
@@ -710,7 +786,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core(
     const std::optional<at::Tensor>& key_buffer,
     const std::optional<at::Tensor>& value_buffer,
     c10::SymInt cache_length,
-    const std::optional<at::Tensor>& positions) {
+    const std::optional<at::Tensor>& positions,
+    const std::optional<at::Tensor>& lengths) {
   static const auto op =
       ops::typed_op<decltype(attention_core)>("rotary_attention::attention_core");
   return op.call(
@@ -734,7 +811,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core(
       key_buffer,
       value_buffer,
       std::move(cache_length),
-      positions);
+      positions,
+      lengths);
 }
 
 } // namespace rotary_attention

@@ -25,6 +25,11 @@ TORCH_LIBRARY(rotary_attention, m) {
   m.def(
       "rotary_qk(Tensor q, Tensor k, Tensor inv_freq, Tensor? positions=None, int offset=0, "
       "str layout=\"interleaved_to_half\", int rotary_dim=-1) -> (Tensor, Tensor)");
+  // A few queries over a KV cache of per-row lengths (ops/decode_attention.h);
+  // inference only.
+  m.def(
+      "decode_attention(Tensor q, Tensor key_cache, Tensor value_cache, Tensor lengths, "
+      "int n_head, bool causal=False, float? scale=None) -> Tensor");
   // The layer math of MultiHeadAttention (ops/multi_head_attention.h); qk is
   // empty on the SDPA path; key and value are what a cache holds next (the
   // new steps when key_buffer/value_buffer hold the cache: they are written
@@ -37,7 +42,8 @@ TORCH_LIBRARY(rotary_attention, m) {
       "int n_head, bool sdpa, float dropout_p, bool train, bool absolute_positions, "
       "Tensor? cached_key, Tensor? cached_value, SymInt query_position, "
       "Tensor(a!)? key_buffer=None, Tensor(b!)? value_buffer=None, SymInt cache_length=0, "
-      "Tensor? positions=None) -> (Tensor out, Tensor qk, Tensor key, Tensor value)");
+      "Tensor? positions=None, Tensor? lengths=None) -> (Tensor out, Tensor qk, Tensor key, Tensor "
+      "value)");
   // Everything between MultiHeadAttention's projections and its `out`: q, k, v
   // as the query/key/value children returned them (k, v from xa when cross);
   // rotary, the rotation layer (unless rotate=False: the caller rotated q and
@@ -48,7 +54,8 @@ TORCH_LIBRARY(rotary_attention, m) {
       "Tensor rotation_matrix, Tensor temperature, int n_head, bool sdpa, float dropout_p, "
       "bool train, bool absolute_positions, bool rotate=True, Tensor? cached_key=None, "
       "Tensor? cached_value=None, SymInt query_position=0, Tensor(a!)? key_buffer=None, "
-      "Tensor(b!)? value_buffer=None, SymInt cache_length=0, Tensor? positions=None) -> "
+      "Tensor(b!)? value_buffer=None, SymInt cache_length=0, Tensor? positions=None, "
+      "Tensor? lengths=None) -> "
       "(Tensor attention, Tensor qk, Tensor key, Tensor value)");
 }
 

@@ -229,7 +229,9 @@ def test_static_cache_on_device(device):
 def test_inference_writes_rotated_keys_into_their_slot_with_the_same_bits(sdpa, dtype):
     """Under no_grad with batch 1 the operator rotates the new keys in place and the
     rotation layer writes them straight into the cache (no temporary); with grad on it
-    takes the general path (rotate, then copy). Both give the same bits, outputs and keys."""
+    takes the general path (rotate, then copy). Both cache the same bits; the outputs are
+    the same bits too where both attend alike (without grad, fp32 on the SDPA path runs
+    decode_attention, not SDPA: equal to fp32 rounding)."""
     _, layer = absolute_layer("module", sdpa, seed=9, dtype=dtype)
     x = torch.randn(1, 12, N_STATE, dtype=dtype)
     mask = causal_mask(16, dtype)
@@ -239,5 +241,7 @@ def test_inference_writes_rotated_keys_into_their_slot_with_the_same_bits(sdpa, 
         got = [layer(p, mask=mask, kv_cache=in_slot)[0] for p in parts]
     with torch.enable_grad():
         want = [layer(p, mask=mask, kv_cache=general)[0].detach() for p in parts]
-    torch.testing.assert_close(torch.cat(got, 1), torch.cat(want, 1), rtol=0, atol=0)
+    exact = not (sdpa and dtype == torch.float32)
+    tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.cat(got, 1), torch.cat(want, 1), **tol)
     torch.testing.assert_close(in_slot.get(layer)[0], general.get(layer)[0], rtol=0, atol=0)

@@ -34,12 +34,19 @@ namespace rotary_attention {
 /// cache_length + T steps (the buffers must have room: the caller grows them);
 /// with absolute_positions, x's first token is at position cache_length
 /// (query_position is not used).
-/// A static cache (fixed shapes for compiled decoding, absolute_positions
-/// only): `positions`, an int64 tensor (T,), holds the queries' absolute
-/// positions; new keys/values are written there, attention reads the whole
-/// buffers with the steps not yet written masked out (they must hold finite
-/// values, e.g. zeros: a zero weight times NaN is NaN), and a full cache fails
-/// when the step runs (`_assert_async`, also in compiled graphs).
+/// Each row's own count (absolute_positions only): `lengths`, an int64 tensor
+/// (B,), holds the steps each row has cached, as data (a static cache's, for
+/// compiled decoding with fixed shapes, or rows of different lengths);
+/// cache_length is then not used. Row b's new keys/values are written at
+/// [lengths[b], lengths[b] + T) and its queries are rotated there; a full row
+/// fails when the step runs (`_assert_async`, also in compiled graphs).
+/// Attention over a cache's buffers on the SDPA path, inference, T <= 16:
+/// `decode_attention` reads each row's own steps and nothing past them.
+/// Otherwise attention reads the whole buffers (per-row lengths) with the steps
+/// a row has not written masked out: they must hold finite values (e.g.
+/// zeros: a zero weight times NaN is NaN).
+/// `positions`: a static cache's cross-attention queries' positions, int64
+/// (T,) or (B, T).
 ///
 /// Returns (out, qk, key, value): out = out(attention) + x; qk the fp32
 /// pre-softmax logits on the explicit path (an empty tensor on the SDPA
@@ -73,7 +80,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
     const std::optional<at::Tensor>& key_buffer = std::nullopt,
     const std::optional<at::Tensor>& value_buffer = std::nullopt,
     c10::SymInt cache_length = 0,
-    const std::optional<at::Tensor>& positions = std::nullopt);
+    const std::optional<at::Tensor>& positions = std::nullopt,
+    const std::optional<at::Tensor>& lengths = std::nullopt);
 
 /// MultiHeadAttention between its projections and its output projection, the
 /// same code `multi_head_attention` runs after its own projections:
@@ -108,6 +116,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core(
     const std::optional<at::Tensor>& key_buffer = std::nullopt,
     const std::optional<at::Tensor>& value_buffer = std::nullopt,
     c10::SymInt cache_length = 0,
-    const std::optional<at::Tensor>& positions = std::nullopt);
+    const std::optional<at::Tensor>& positions = std::nullopt,
+    const std::optional<at::Tensor>& lengths = std::nullopt);
 
 } // namespace rotary_attention

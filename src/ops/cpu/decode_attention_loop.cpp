@@ -67,40 +67,84 @@ inline float dot(const float* q, const T* k, int64_t D) {
   return s;
 }
 
-// acc[0..D) += sum over n keys of p[j] * v[j * v_step + 0..D).
+// acc[0..D) += w * v[0..D).
 template <typename T>
-inline void accumulate(
-    float* acc, const float* p, const T* v, int64_t v_step, int64_t n, int64_t D) {
+inline void add_scaled(float* acc, float w, const T* v, int64_t D) {
+  const VecF vw(w);
   int64_t d = 0;
-  for (; d + 4 * VF <= D; d += 4 * VF) {
-    VecF a0 = VecF::loadu(acc + d), a1 = VecF::loadu(acc + d + VF);
-    VecF a2 = VecF::loadu(acc + d + 2 * VF), a3 = VecF::loadu(acc + d + 3 * VF);
-    for (int64_t j = 0; j < n; ++j) {
-      const VecF w(p[j]);
-      const T* row = v + j * v_step + d;
-      a0 = at::vec::fmadd(w, load_float(row), a0);
-      a1 = at::vec::fmadd(w, load_float(row + VF), a1);
-      a2 = at::vec::fmadd(w, load_float(row + 2 * VF), a2);
-      a3 = at::vec::fmadd(w, load_float(row + 3 * VF), a3);
-    }
-    a0.store(acc + d);
-    a1.store(acc + d + VF);
-    a2.store(acc + d + 2 * VF);
-    a3.store(acc + d + 3 * VF);
+  for (; d + 2 * VF <= D; d += 2 * VF) {
+    at::vec::fmadd(vw, load_float(v + d), VecF::loadu(acc + d)).store(acc + d);
+    at::vec::fmadd(vw, load_float(v + d + VF), VecF::loadu(acc + d + VF)).store(acc + d + VF);
   }
   for (; d + VF <= D; d += VF) {
-    VecF a = VecF::loadu(acc + d);
-    for (int64_t j = 0; j < n; ++j) {
-      a = at::vec::fmadd(VecF(p[j]), load_float(v + j * v_step + d), a);
-    }
-    a.store(acc + d);
+    at::vec::fmadd(vw, load_float(v + d), VecF::loadu(acc + d)).store(acc + d);
   }
   for (; d < D; ++d) {
-    float s = acc[d];
-    for (int64_t j = 0; j < n; ++j) {
-      s += p[j] * static_cast<float>(v[j * v_step + d]);
+    acc[d] += w * static_cast<float>(v[d]);
+  }
+}
+
+// The same for four steps at once, v_step apart: acc is read and written once.
+template <typename T>
+inline void add_scaled4(float* acc, const float* w, const T* v, int64_t v_step, int64_t D) {
+  const VecF w0(w[0]), w1(w[1]), w2(w[2]), w3(w[3]);
+  const T* v1 = v + v_step;
+  const T* v2 = v + 2 * v_step;
+  const T* v3 = v + 3 * v_step;
+  int64_t d = 0;
+  for (; d + VF <= D; d += VF) {
+    VecF a = at::vec::fmadd(w0, load_float(v + d), VecF::loadu(acc + d));
+    a = at::vec::fmadd(w1, load_float(v1 + d), a);
+    a = at::vec::fmadd(w2, load_float(v2 + d), a);
+    at::vec::fmadd(w3, load_float(v3 + d), a).store(acc + d);
+  }
+  for (; d < D; ++d) {
+    acc[d] += w[0] * static_cast<float>(v[d]) + w[1] * static_cast<float>(v1[d]) +
+              w[2] * static_cast<float>(v2[d]) + w[3] * static_cast<float>(v3[d]);
+  }
+}
+
+// out[i] = the sum of a_i's lanes. On x86 the four sums share their shuffles
+// (horizontal adds of the four vectors together).
+inline void sum_lanes4(const VecF& a0, const VecF& a1, const VecF& a2, const VecF& a3, float* out) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  const auto halves = [](const VecF& a) {
+#if defined(CPU_CAPABILITY_AVX512)
+    const __m512 v = a;
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+#else
+    return static_cast<__m256>(a);
+#endif
+  };
+  const __m256 pairs = _mm256_hadd_ps(
+      _mm256_hadd_ps(halves(a0), halves(a1)), _mm256_hadd_ps(halves(a2), halves(a3)));
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1)));
+#else
+  const auto sum = [](VecF x, VecF y) { return x + y; };
+  out[0] = at::vec::vec_reduce_all<float>(sum, a0);
+  out[1] = at::vec::vec_reduce_all<float>(sum, a1);
+  out[2] = at::vec::vec_reduce_all<float>(sum, a2);
+  out[3] = at::vec::vec_reduce_all<float>(sum, a3);
+#endif
+}
+
+// Four dot products of D features: q + i * D with k + i * D, i = 0..3 (four
+// heads of one query and one key).
+template <typename T>
+inline void dot4(const float* q, const T* k, int64_t D, float* out) {
+  VecF a0(0.f), a1(0.f), a2(0.f), a3(0.f);
+  int64_t d = 0;
+  for (; d + VF <= D; d += VF) {
+    a0 = at::vec::fmadd(VecF::loadu(q + d), load_float(k + d), a0);
+    a1 = at::vec::fmadd(VecF::loadu(q + D + d), load_float(k + D + d), a1);
+    a2 = at::vec::fmadd(VecF::loadu(q + 2 * D + d), load_float(k + 2 * D + d), a2);
+    a3 = at::vec::fmadd(VecF::loadu(q + 3 * D + d), load_float(k + 3 * D + d), a3);
+  }
+  sum_lanes4(a0, a1, a2, a3, out);
+  for (; d < D; ++d) {
+    for (int64_t i = 0; i < 4; ++i) {
+      out[i] += q[i * D + d] * static_cast<float>(k[i * D + d]);
     }
-    acc[d] = s;
   }
 }
 
@@ -179,8 +223,13 @@ void decode_typed(const DecodeAttentionArgs& a) {
     return partial.data() + (((b * blocks + blk) * H + h) * Tq + t) * stride;
   };
 
+  // A chunk's keys and values are read whole rows at a time, in address order
+  // (all heads of a step together): the hardware prefetchers follow that
+  // stream, where one head's columns of many steps (a stride of n_state) would
+  // defeat them once the cache outgrows the last-level cache.
   at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
-    float p[kChunk];
+    std::vector<float> p(H * Tq * kChunk); // logits, then weights, per (h, t)
+    std::vector<int64_t> seen(Tq);         // keys of the chunk query t sees
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / blocks, blk = task % blocks;
       const int64_t first = blk * block, last = std::min(first + block, lengths[b]);
@@ -192,22 +241,43 @@ void decode_typed(const DecodeAttentionArgs& a) {
         }
       }
       for (int64_t start = first; start < last; start += kChunk) {
+        int64_t n_max = 0;
+        for (int64_t t = 0; t < Tq; ++t) {
+          seen[t] = std::max<int64_t>(0, std::min({kChunk, last - start, visible(b, t) - start}));
+          n_max = std::max(n_max, seen[t]);
+        }
         const T* k_chunk = keys + b * k_row + start * k_step;
         const T* v_chunk = values + b * v_row + start * v_step;
+        // Logits: one step's row at a time, four heads at once.
+        for (int64_t j = 0; j < n_max; ++j) {
+          const T* k_row_j = k_chunk + j * k_step;
+          for (int64_t t = 0; t < Tq; ++t) {
+            if (j >= seen[t]) {
+              continue;
+            }
+            const float* q_row = qf.data() + (b * Tq + t) * n_state;
+            int64_t h = 0;
+            for (; h + 4 <= H; h += 4) {
+              float four[4];
+              dot4(q_row + h * D, k_row_j + h * D, D, four);
+              for (int64_t i = 0; i < 4; ++i) {
+                p[((h + i) * Tq + t) * kChunk + j] = four[i];
+              }
+            }
+            for (; h < H; ++h) {
+              p[(h * Tq + t) * kChunk + j] = dot(q_row + h * D, k_row_j + h * D, D);
+            }
+          }
+        }
         for (int64_t h = 0; h < H; ++h) {
           for (int64_t t = 0; t < Tq; ++t) {
-            const int64_t n = std::min({kChunk, last - start, visible(b, t) - start});
-            if (n <= 0) {
+            const int64_t n = seen[t];
+            if (n == 0) {
               continue;
             }
             float* part = partial_at(b, blk, h, t);
-            const float* q_row = qf.data() + (b * Tq + t) * n_state + h * D;
-            float chunk_max = kNegInf;
-            for (int64_t j = 0; j < n; ++j) {
-              p[j] = dot(q_row, k_chunk + j * k_step + h * D, D);
-              chunk_max = std::max(chunk_max, p[j]);
-            }
-            const float m = std::max(part[0], chunk_max);
+            float* w = p.data() + (h * Tq + t) * kChunk;
+            const float m = std::max(part[0], *std::max_element(w, w + n));
             if (m > part[0]) {
               // exp(-inf) = 0 before the first chunk: the empty sums stay 0.
               const float factor = std::exp(part[0] - m);
@@ -215,8 +285,24 @@ void decode_typed(const DecodeAttentionArgs& a) {
               scale_row(part + 2, factor, D);
               part[0] = m;
             }
-            part[1] += exp_shifted(p, n, m);
-            accumulate(part + 2, p, v_chunk + h * D, v_step, n, D);
+            part[1] += exp_shifted(w, n, m);
+          }
+        }
+        // Weighted values, four steps at a time (each head's sums are read and
+        // written once per four steps).
+        for (int64_t j = 0; j < n_max; j += 4) {
+          for (int64_t h = 0; h < H; ++h) {
+            for (int64_t t = 0; t < Tq; ++t) {
+              float* acc = partial_at(b, blk, h, t) + 2;
+              const float* w = p.data() + (h * Tq + t) * kChunk + j;
+              if (j + 4 <= seen[t]) {
+                add_scaled4(acc, w, v_chunk + j * v_step + h * D, v_step, D);
+              } else {
+                for (int64_t i = j; i < seen[t]; ++i) {
+                  add_scaled(acc, w[i - j], v_chunk + i * v_step + h * D, D);
+                }
+              }
+            }
           }
         }
       }

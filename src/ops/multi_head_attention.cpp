@@ -425,9 +425,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attend_projected(
     const at::Tensor at_rows = rows.unsqueeze(1) + at::arange(c10::Scalar(n_ctx), rows.options());
     k = layer.rotate(k, 0, at_rows);
     q = layer.rotate(q, 0, at_rows);
-    const at::Tensor slots = at_rows.unsqueeze(2).expand_symint(k.sym_sizes());
-    key_buffer->scatter_(1, slots, k.detach());
-    value_buffer->scatter_(1, slots, v.detach());
+    // index_put_, which compiled graphs keep in place (a functionalized scatter_
+    // would copy the whole buffers at every step).
+    const c10::List<std::optional<at::Tensor>> slots{
+        at::arange(c10::Scalar(rows.sym_size(0)), rows.options()).unsqueeze(1), at_rows};
+    key_buffer->index_put_(slots, k.detach());
+    value_buffer->index_put_(slots, v.detach());
     at::Tensor wv, qk;
     if (decodes_over_buffers(layer, q)) {
       wv = decode_attention(

@@ -310,7 +310,9 @@ void decode_typed(const DecodeAttentionArgs& a) {
   });
 
   // Merge the blocks: out = sum_k acc_k e^(m_k - M) / sum_k l_k e^(m_k - M).
-  at::parallel_for(0, B * Tq, 1, [&](int64_t begin, int64_t end) {
+  // (Little work for a decode step: on the calling thread, no second parallel region.)
+  const int64_t merge_grain = std::max<int64_t>(1, 32768 / (H * blocks * stride));
+  at::parallel_for(0, B * Tq, merge_grain, [&](int64_t begin, int64_t end) {
     std::vector<float> o(D);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / Tq, t = row % Tq;

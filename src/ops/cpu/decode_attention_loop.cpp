@@ -168,9 +168,13 @@ inline float exp_shifted(float* s, int64_t n, float m) {
     sum = sum + p;
   }
   float total = at::vec::vec_reduce_all<float>([](VecF x, VecF y) { return x + y; }, sum);
-  for (; i < n; ++i) {
-    s[i] = std::exp(s[i] - m);
-    total += s[i];
+  if (i < n) { // the last few, as one partial vector
+    float tail[VF];
+    (VecF::loadu(s + i, n - i) - VecF(m)).exp_u20().store(tail);
+    for (int64_t r = 0; r < n - i; ++r) {
+      s[i + r] = tail[r];
+      total += tail[r];
+    }
   }
   return total;
 }

@@ -333,3 +333,44 @@ TEST_CASE("KVCache::reorder refuses bad indices and changes nothing", "[mha][cac
       cache.reorder(torch::tensor({0.0, 1.0})), Catch::Contains("1-D int64 tensor"));
   REQUIRE(torch::equal(cache.find(mha.get())->key(), before));
 }
+
+TEST_CASE(
+    "decode_attention equals SDPA over each row's own keys; refuses grad and bad lengths",
+    "[decode]") {
+  torch::manual_seed(5);
+  torch::NoGradGuard no_grad;
+  const int64_t n_head = 4, head_dim = 32, n_state = n_head * head_dim, steps = 3;
+  const auto q = torch::randn({3, steps, n_state});
+  const auto keys = torch::randn({3, 700, n_state});
+  const auto values = torch::randn({3, 700, n_state});
+  const std::vector<int64_t> rows = {1, 300, 699}; // past a block (256) and a chunk (32)
+  const auto lengths = torch::tensor(rows);
+  for (const bool causal : {false, true}) {
+    const auto got = ra::decode_attention(q, keys, values, lengths, n_head, causal);
+    for (int64_t b = 0; b < 3; ++b) {
+      for (int64_t t = 0; t < steps; ++t) {
+        const int64_t seen = causal ? std::max<int64_t>(rows[b] - (steps - 1 - t), 0) : rows[b];
+        const auto heads = [&](const torch::Tensor& x, int64_t n) {
+          return x.reshape({n, n_head, head_dim}).transpose(0, 1).to(torch::kDouble);
+        };
+        const auto want = seen == 0 ? torch::zeros({n_head, 1, head_dim}, torch::kDouble)
+                                    : torch::scaled_dot_product_attention(
+                                          heads(q[b][t], 1),
+                                          heads(keys[b].slice(0, 0, seen), seen),
+                                          heads(values[b].slice(0, 0, seen), seen));
+        REQUIRE(
+            torch::allclose(
+                got[b][t].to(torch::kDouble), want.transpose(0, 1).reshape({n_state}), 1e-5, 1e-5));
+      }
+    }
+  }
+  {
+    torch::AutoGradMode grad(true);
+    REQUIRE_THROWS_WITH(
+        ra::decode_attention(q.clone().requires_grad_(), keys, values, lengths, n_head),
+        Catch::Contains("for inference and has no backward"));
+  }
+  REQUIRE_THROWS_WITH(
+      ra::decode_attention(q, keys, values, torch::tensor({1, 2, 701}), n_head),
+      Catch::Contains("lengths must lie in [0, capacity=700]"));
+}

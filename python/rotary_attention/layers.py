@@ -147,8 +147,8 @@ class KVCache:
             rows = lengths.expand(have.shape) if lengths.dim() == 0 else lengths
             if rows.shape != have.shape or bool((rows < 0).any()) or bool((rows > have).any()):
                 raise ValueError(
-                    f"KVCache.crop: lengths must be {have.numel()} values in [0, each row's cached steps "
-                    f"{have.tolist()}], got {lengths.tolist()}"
+                    f"KVCache.crop: lengths must give each of the {have.numel()} rows a value in [0, its cached "
+                    f"steps] (the rows hold {have.tolist()}), got {lengths.tolist()}"
                 )
         uniform = lengths.numel() == 0 or lengths.dim() == 0 or bool((lengths == lengths[0]).all())
         for entry in self._entries.values():

@@ -167,8 +167,13 @@ def test_crop_checks_before_changing_anything():
     cache = rotary_attention.KVCache()
     with torch.no_grad():
         layer(torch.randn(2, 4, N_STATE), kv_cache=cache)
-    for bad, message in [([5, 1], r"values in \[0"), ([1, 2, 3], "2 values"), ([-1, 0], r"values in \[0"),
-                         (torch.tensor([1.0, 2.0]), "must be an int or 1-D integers")]:  # fmt: skip
+    refused = [
+        ([5, 1], r"a value in \[0, its cached steps\]"),
+        ([1, 2, 3], "each of the 2 rows"),
+        ([-1, 0], r"hold \[4, 4\]"),
+        (torch.tensor([1.0, 2.0]), "must be an int or 1-D integers"),
+    ]
+    for bad, message in refused:
         with pytest.raises(ValueError, match=message):
             cache.crop(bad)
         assert cache.row_lengths(layer).tolist() == [4, 4]

@@ -96,6 +96,22 @@ ROWS = [
      lambda p: filled_cache(rotary_attention.KVCache()).reorder([0, 1]), IndexError),
     ("cpp.KVCache.reorder", "indices that are not int64", "indices must be a 1-D int64 tensor",
      lambda p: filled_cache(cpp.KVCache()).reorder(torch.tensor([0.0])), RuntimeError),
+    ("KVCache.crop", "a length past a row's cached steps",
+     "lengths must give each of the 1 rows a value in [0, its cached steps]",
+     lambda p: filled_cache(rotary_attention.KVCache()).crop([2]), ValueError),
+    ("decode_attention", "lengths that are not (B,) integers", "lengths must be an int64 or int32 tensor of shape (B,)",
+     lambda p: rotary_attention.decode_attention(x4(2, 1, 16), x4(2, 4, 16), x4(2, 4, 16), torch.tensor([1.0, 2.0]), 2),
+     RuntimeError),
+    ("decode_attention", "a length past the capacity", "lengths must lie in [0, capacity=4]",
+     lambda p: rotary_attention.decode_attention(x4(1, 1, 16), x4(1, 4, 16), x4(1, 4, 16), torch.tensor([5]), 2),
+     RuntimeError),
+    ("decode_attention", "a cache of another dtype", "key_cache must have q's dtype and device",
+     lambda p: rotary_attention.decode_attention(
+         x4(1, 1, 16), x4(1, 4, 16, dtype=torch.float64), x4(1, 4, 16), torch.tensor([1]), 2),
+     RuntimeError),
+    ("decode_attention", "inputs that require grad", "decode_attention is for inference and has no backward",
+     lambda p: rotary_attention.decode_attention(
+         x4(1, 1, 16).requires_grad_(), x4(1, 4, 16), x4(1, 4, 16), torch.tensor([1]), 2), RuntimeError),
     ("attention_core", "rotate=False with a cache", "rotate=False (q and k rotated by the caller) takes no cache",
      lambda p: torch.ops.rotary_attention.attention_core(
          *[torch.randn(1, 2, 16)] * 3, False, None, freq(4), torch.eye(8), torch.ones(1), 2, True, 0.0, False, False,

@@ -3,6 +3,9 @@ masks, rotary references written independently of the kernels, and the
 `device` parameter (CUDA cases skip, with the reason, where there is no GPU)."""
 
 import contextlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -146,3 +149,23 @@ def assert_rotation_close(got, want, x, f):
     bound = rotation_error_bound(want, x, f, got.dtype)
     worst = (err / bound).max().item() if err.numel() else 0.0
     assert worst <= 1.0, f"error {worst:.2f}x the bound for {got.dtype} (max error {err.max().item():.3g})"
+
+
+CPU_BUILDS = ["default", "avx2", "avx512", "avx512_bf16"]
+
+
+def outputs_of_each_cpu_build(script, tmp_path):
+    """Runs `script` (which saves its outputs with torch.save to sys.argv[1] and prints
+    rotary_attention.cpu_kernel_capability()) once per CPU build of the loops, each forced
+    with ROTARY_ATTENTION_CPU_CAPABILITY in its own process (a build this CPU cannot run
+    gives the best one it can). Returns {the build that ran: its outputs}."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    pythonpath = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    results = {}
+    for cap in CPU_BUILDS:
+        path = tmp_path / f"{cap}.pt"
+        env = dict(os.environ, ROTARY_ATTENTION_CPU_CAPABILITY=cap, PYTHONPATH=pythonpath)
+        run = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        results[run.stdout.strip()] = torch.load(path)
+    return results

@@ -5,15 +5,11 @@ a bound derived from the kernel's arithmetic (see `error_bound`); lengths 0, 1, 
 around the loop's chunk (32) and block (256) boundaries; heads 1..16, head_dim 32..256; fp32,
 bf16 and fp16 caches; every CPU build of the loop; one and several threads."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 import rotary_attention
-from conftest import DEVICES
+from conftest import DEVICES, outputs_of_each_cpu_build
 
 decode_attention = rotary_attention.decode_attention
 U = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float64: 2.0**-53}
@@ -268,21 +264,13 @@ def test_every_cpu_build_of_the_loop_is_within_the_bound(tmp_path):
     its own vector width, so results differ in the last bits: each is held to the bound.
     A build this CPU cannot run is reported as the best one it can, and the set of builds
     seen names what ran."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    seen = set()
-    for cap in ["default", "avx2", "avx512", "avx512_bf16"]:
-        path = tmp_path / f"{cap}.pt"
-        pythonpath = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, ROTARY_ATTENTION_CPU_CAPABILITY=cap, PYTHONPATH=pythonpath)
-        run = subprocess.run([sys.executable, "-c", BUILDS_SCRIPT, str(path)], env=env, capture_output=True, text=True)
-        assert run.returncode == 0, run.stderr
-        seen.add(run.stdout.strip())
-        outs = torch.load(path)
+    results = outputs_of_each_cpu_build(BUILDS_SCRIPT, tmp_path)
+    for outs in results.values():
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             for i, lengths in enumerate(LENGTH_SETS):
                 q, k, v, n = make_case(4, 2, 640, 5, 80, dtype, seed=i, lengths=lengths)
                 assert_within_bound(outs[(str(dtype), i)], q, k, v, n, 5, True)
-    assert "DEFAULT" in seen and rotary_attention.cpu_kernel_capability() in seen
+    assert "DEFAULT" in results and rotary_attention.cpu_kernel_capability() in results
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -4,17 +4,21 @@ independent formulations (a gathered cos/sin table) on every device, plus
 property tests over random shapes, strides, dtypes and positions, and the CPU
 loop's instruction-set builds against each other."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rotary_attention
-from conftest import DEVICES, DTYPES, LAYOUTS, assert_rotation_close, inv_freq, table_reference
+from conftest import (
+    DEVICES,
+    DTYPES,
+    LAYOUTS,
+    assert_rotation_close,
+    inv_freq,
+    outputs_of_each_cpu_build,
+    table_reference,
+)
 
 rotary = torch.ops.rotary_attention.rotary
 
@@ -241,15 +245,7 @@ def test_every_cpu_build_of_the_loop_gives_the_same_results(tmp_path):
     """The loop is compiled per instruction set; each build, forced with
     ROTARY_ATTENTION_CPU_CAPABILITY in its own process, must give the same
     values (NaN where NaN, denormals kept) as every other."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    results = {}
-    for cap in ["default", "avx2", "avx512", "avx512_bf16"]:
-        path = tmp_path / f"{cap}.pt"
-        pythonpath = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, ROTARY_ATTENTION_CPU_CAPABILITY=cap, PYTHONPATH=pythonpath)
-        run = subprocess.run([sys.executable, "-c", BUILDS_SCRIPT, str(path)], env=env, capture_output=True, text=True)
-        assert run.returncode == 0, run.stderr
-        results[run.stdout.strip()] = torch.load(path)
+    results = outputs_of_each_cpu_build(BUILDS_SCRIPT, tmp_path)
     assert "DEFAULT" in results
     assert rotary_attention.cpu_kernel_capability() in results
     with open("/proc/cpuinfo") as f:

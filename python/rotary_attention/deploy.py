@@ -17,10 +17,7 @@ def export_aoti_package(model: nn.Module, args: tuple, path, dynamic_shapes=None
     static cache's buffers as visible mutations; `rotary` and `decode_attention` stay one
     node each, with their own kernels, which AOTInductor calls through its proxy executor
     (it finds them in the dispatcher when the package is loaded)."""
-    # Inference: traced without grad, so that a decode step keeps decode_attention (which
-    # refuses inputs that require grad) and the graph holds no autograd bookkeeping.
-    with torch.no_grad():
-        program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes).run_decompositions()
+    program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes).run_decompositions()
     # A dynamic size may be 1 (a batch of one) when the package checks its inputs
     # (AOTI_RUNTIME_CHECK_INPUTS=1); export's own lower bound for dynamic sizes is 2.
     return torch._inductor.aoti_compile_and_package(

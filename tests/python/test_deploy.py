@@ -119,6 +119,8 @@ def test_aoti_package_matches_eager_and_refuses_inputs_outside_the_exported_rang
 
 
 def test_static_decode_step_exported_once_decodes_like_eager():
+    """The exported step calls decode_attention, one node per layer, which reads only the
+    steps written (the static cache's count is its lengths), and decodes like eager."""
     layers = [
         randomized(rotary_attention.MultiHeadAttention(N_STATE, N_HEAD, absolute_positions=True), s) for s in (3, 4)
     ]
@@ -127,6 +129,8 @@ def test_static_decode_step_exported_once_decodes_like_eager():
     program = torch.export.export(step, (torch.randn(2, 1, N_STATE), *cache)).run_decompositions()
     mutated = set(program.graph_signature.user_inputs_to_mutate.values())
     assert len(mutated) == 6  # every layer's key and value buffers and counter, written in place
+    nodes = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert nodes.count("rotary_attention.decode_attention.default") == 2
     tokens = torch.randn(2, 12, N_STATE)
     eager = rotary_attention.KVCache()
     run = program.module()

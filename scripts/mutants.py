@@ -91,15 +91,15 @@ MUTANTS = [
     Mutant(
         "decode: a row's length ignored (every row reads the longest's keys)",
         "src/ops/cpu/decode_attention_loop.cpp",
-        "const int64_t first = blk * block, last = std::min(first + block, lengths[b]);",
-        "const int64_t first = blk * block, last = std::min(first + block, longest);",
+        "return a.causal ? std::max<int64_t>(lengths[b] - (Tq - 1 - t), 0) : lengths[b];",
+        "return a.causal ? std::max<int64_t>(lengths[b] - (Tq - 1 - t), 0) : longest;",
         pytest="test_decode_attention.py -k 'h8d64 and T1 and full'",
     ),
     Mutant(
         "decode: the last key of each row left out (off-by-one length)",
         "src/ops/cpu/decode_attention_loop.cpp",
-        "const int64_t first = blk * block, last = std::min(first + block, lengths[b]);",
-        "const int64_t first = blk * block, last = std::min(first + block, lengths[b] - 1);",
+        "last = std::min(first + block, visible(b, Tq - 1));",
+        "last = std::min(first + block, visible(b, Tq - 1) - 1);",
         pytest="test_decode_attention.py -k 'h8d64 and T1 and full'",
     ),
     Mutant(

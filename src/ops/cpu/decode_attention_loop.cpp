@@ -191,15 +191,15 @@ void decode_typed(const DecodeAttentionArgs& a) {
   const int64_t* lengths = a.lengths.const_data_ptr<int64_t>();
   T* out = a.out.mutable_data_ptr<T>();
 
+  int64_t longest = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    longest = std::max(longest, lengths[b]);
+  }
   // Keys query t of row b sees: the first `visible(b, t)` (bottom-right causal:
   // query t sits at position lengths[b] - Tq + t).
   const auto visible = [&](int64_t b, int64_t t) {
     return a.causal ? std::max<int64_t>(lengths[b] - (Tq - 1 - t), 0) : lengths[b];
   };
-  int64_t longest = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    longest = std::max(longest, lengths[b]);
-  }
 
   // Scaled fp32 queries, (B, Tq, n_state).
   std::vector<float> qf(B * Tq * n_state);
@@ -236,7 +236,8 @@ void decode_typed(const DecodeAttentionArgs& a) {
     std::vector<int64_t> seen(Tq);         // keys of the chunk query t sees
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / blocks, blk = task % blocks;
-      const int64_t first = blk * block, last = std::min(first + block, lengths[b]);
+      // (visible(b, Tq - 1) is the row's length: its last query sees every step.)
+      const int64_t first = blk * block, last = std::min(first + block, visible(b, Tq - 1));
       for (int64_t h = 0; h < H; ++h) {
         for (int64_t t = 0; t < Tq; ++t) {
           float* part = partial_at(b, blk, h, t);

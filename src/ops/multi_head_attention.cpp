@@ -304,9 +304,9 @@ CacheUse check_cache_arguments(
   if (per_row) {
     TORCH_CHECK(
         buffered && absolute_positions,
-        "KVCache(static=True) (as rows of different lengths) needs absolute_positions=True (the "
-        "original's semantics rotate the whole cache again at every step) and self-attention "
-        "buffers: lengths go with key_buffer/value_buffer");
+        "KVCache(static=True) needs absolute_positions=True, as rows of different lengths do "
+        "(the original's semantics rotate the whole cache again at every step); lengths go with "
+        "self-attention's key_buffer/value_buffer");
     TORCH_CHECK(
         lengths->dim() == 1 && lengths->sym_size(0) == x.sym_size(0) &&
             lengths->scalar_type() == at::kLong && lengths->device() == x.device(),
@@ -383,13 +383,6 @@ CacheUse check_cache_arguments(
   return {cached, buffered, fixed, per_row};
 }
 
-// Everything between the projections and the output projection: rotary and
-// the rotation layer, the KV cache, attention. The layer operator calls it
-// after its own projections; attention_core after the caller's (the
-// nn.Module's faithful road, which calls its children as modules). Returns
-// (attention output before `out`, qk, key to cache, value to cache).
-// k, v are not read for cross-attention with cached keys (may be undefined).
-// keys_writable: k is the caller's own temporary, which may be rotated in place.
 // Decoding over a cache's buffers goes to decode_attention when it computes
 // what SDPA would: the SDPA path, few queries (a static count: a dynamic one
 // keeps an exported graph general), inference.
@@ -400,6 +393,13 @@ bool decodes_over_buffers(const Layer& layer, const at::Tensor& q) {
          (type == at::kFloat || type == at::kBFloat16 || type == at::kHalf);
 }
 
+// Everything between the projections and the output projection: rotary and
+// the rotation layer, the KV cache, attention. The layer operator calls it
+// after its own projections; attention_core after the caller's (the
+// nn.Module's faithful road, which calls its children as modules). Returns
+// (attention output before `out`, qk, key to cache, value to cache).
+// k, v are not read for cross-attention with cached keys (may be undefined).
+// keys_writable: k is the caller's own temporary, which may be rotated in place.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attend_projected(
     at::Tensor q,
     at::Tensor k,

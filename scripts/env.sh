@@ -7,6 +7,9 @@ RA_VENV=${RA_VENV:-$ROOT/.venv}
 # compiled against it even where no GPU exists.
 RA_TORCH=${RA_TORCH:-torch==2.14.1}
 RA_PY=$RA_VENV/bin/python
+# ccache caches compiles that use a precompiled header only when told to
+# (cmake/RotaryAttentionPrecompiledHeaders.cmake; ccache's manual, "Precompiled headers").
+export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}
 
 ra_install_debian_packages() {
   local need=()

@@ -1,0 +1,2 @@
+// Empty: the translation unit that builds the programs' precompiled header
+// (cmake/RotaryAttentionPrecompiledHeaders.cmake).

@@ -198,8 +198,8 @@ MUTANTS = [
     Mutant(
         "module: cache keeps the autograd graph",
         "src/ops/multi_head_attention.cpp",
-        "    const at::Tensor k_new = k.detach(), v_new = v.detach();",
-        "    const at::Tensor k_new = k, v_new = v.detach();",
+        "      key_buffer->slice_symint(1, cache_length, end).copy_(k.detach());",
+        "      key_buffer->slice_symint(1, cache_length, end).copy_(k);",
         pytest="test_decoding.py -k detached",
     ),
     Mutant(
@@ -220,8 +220,8 @@ MUTANTS = [
     Mutant(
         "module: a static cache's unwritten steps are attended",
         "src/ops/multi_head_attention.cpp",
-        "                       : key_index <=\n                             positions->select(0, -1)",
-        "                       : key_index >=\n                             positions->select(0, -1)",
+        ": key_index <= positions->narrow(1, -1, 1).unsqueeze(2))",
+        ": key_index >= positions->narrow(1, -1, 1).unsqueeze(2))",
         pytest="test_kv_cache.py -k 'one_causal_pass and static'",
     ),
     Mutant(
@@ -316,8 +316,8 @@ MUTANTS = [
     Mutant(
         "python: a static cache decodes with positions ignored",
         "python/rotary_attention/layers.py",
-        "                positions = entry.filled + torch.arange(steps, device=entry.filled.device)\n",
-        "                positions = torch.arange(steps, device=entry.filled.device)\n",
+        "                lengths = entry.rows(x.shape[0])\n",
+        "                lengths = torch.zeros_like(entry.rows(x.shape[0]))\n",
         pytest="test_kv_cache.py -k 'one_causal_pass and static'",
     ),
     Mutant(

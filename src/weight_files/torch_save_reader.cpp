@@ -422,7 +422,8 @@ class Reader {
     }
     if (g.module == "torch._utils" && g.name == "_rebuild_tensor_v2") {
       TORCH_CHECK(args.size() >= 4, "load_tensors: malformed tensor record");
-      TensorRecord t{as<Storage>(args[0], "a storage").storage, as<int64_t>(args[1], "an offset"), {}, {}};
+      TensorRecord t{
+          as<Storage>(args[0], "a storage").storage, as<int64_t>(args[1], "an offset"), {}, {}};
       for (const auto& s : as<Tuple>(args[2], "sizes").items)
         t.sizes.push_back(as<int64_t>(s, "a size"));
       for (const auto& s : as<Tuple>(args[3], "strides").items)

@@ -53,12 +53,10 @@ CpuLoop<Fn> pick_cpu_loop(Fn avx512_bf16, Fn avx512, Fn avx2, Fn portable) {
 #endif
 
 // pick_cpu_loop over the builds of the function `fn` (declared in each
-// capability's namespace).
-#define RA_PICK_CPU_LOOP(fn)                   \
-  ::rotary_attention::ops::cpu::pick_cpu_loop( \
-      RA_CPU_BUILD_AVX512_BF16(fn),            \
-      RA_CPU_BUILD_AVX512(fn),                 \
-      RA_CPU_BUILD_AVX2(fn),                   \
-      static_cast<decltype(&DEFAULT::fn)>(&DEFAULT::fn))
+// capability's namespace). The type is explicit: a build CMake did not make
+// is a nullptr.
+#define RA_PICK_CPU_LOOP(fn)                                           \
+  ::rotary_attention::ops::cpu::pick_cpu_loop<decltype(&DEFAULT::fn)>( \
+      RA_CPU_BUILD_AVX512_BF16(fn), RA_CPU_BUILD_AVX512(fn), RA_CPU_BUILD_AVX2(fn), &DEFAULT::fn)
 
 } // namespace rotary_attention::ops::cpu

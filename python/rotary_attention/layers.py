@@ -537,9 +537,10 @@ class MultiHeadAttention(nn.Module):
         # Cross-attention: xa's keys and values, computed on the first call.
         entry = kv_cache._entry(self)
         positions = None
-        seen = entry.filled if entry is not None else None
-        if seen is None and entry is None and kv_cache.static:
-            seen = torch.zeros((), dtype=torch.long, device=x.device)
+        if entry is not None:
+            seen = entry.filled  # (None: a default cache with one count, entry.queries)
+        else:
+            seen = torch.zeros((), dtype=torch.long, device=x.device) if kv_cache.static else None
         if seen is not None and self.absolute_positions:
             # The queries' positions as data: (T,), or (B, T) when rows differ.
             at = torch.arange(steps, device=seen.device)

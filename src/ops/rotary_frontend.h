@@ -15,18 +15,9 @@
 #include <optional>
 #include <utility>
 
+#include "pair_layout.h"
+
 namespace rotary_attention::ops {
-
-// Where the two members of rotation pair j live inside the rotated features.
-enum class PairLayout {
-  Interleaved, // (2j, 2j + 1)
-  Half,        // (j, j + rotary_dim / 2)
-};
-
-struct Layouts {
-  PairLayout in;
-  PairLayout out;
-};
 
 inline Layouts parse_layout(c10::string_view layout) {
   if (layout == "interleaved_to_half") {

@@ -30,10 +30,10 @@ ra_make_venv() {
     echo "== creating $RA_VENV"
     python3 -m venv "$RA_VENV"
   fi
-  if ! "$RA_PY" -c "import torch, pytest, numpy, setuptools, wheel, hypothesis, expecttest, safetensors" >/dev/null 2>&1 ||
+  if ! "$RA_PY" -c "import torch, pytest, xdist, numpy, setuptools, wheel, hypothesis, expecttest, safetensors" >/dev/null 2>&1 ||
      [[ $("$RA_PY" -c "import torch; print(torch.__version__.split('+')[0])") != "${RA_TORCH#torch==}" ]]; then
     echo "== installing $RA_TORCH and test tools into $RA_VENV"
-    ra_pip "$RA_TORCH" pytest numpy setuptools wheel expecttest hypothesis safetensors
+    ra_pip "$RA_TORCH" pytest pytest-xdist==3.8.0 numpy setuptools wheel expecttest hypothesis safetensors
   fi
 }
 
@@ -54,10 +54,12 @@ ra_install_clients() {
 }
 
 # pip, quiet unless it fails (then its whole log is shown and the script stops).
+# --no-compile: Python compiles a module when it is first imported; compiling
+# all of torch and transformers up front took a third of their install.
 ra_pip() {
   local log
   log=$(mktemp)
-  if ! "$RA_PY" -m pip install --quiet "$@" >"$log" 2>&1; then
+  if ! "$RA_PY" -m pip install --quiet --no-compile "$@" >"$log" 2>&1; then
     cat "$log"
     rm -f "$log"
     echo "pip install $* failed" >&2

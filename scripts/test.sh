@@ -3,6 +3,8 @@
 # Idempotent; installs what it needs: Debian packages, a .venv with pinned torch.
 #   scripts/test.sh            all tests
 #   scripts/test.sh -k parity  extra arguments go to pytest
+#   RA_PYTEST_WORKERS=0 scripts/test.sh   pytest in one process (default: one
+#                                          pytest-xdist worker per core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,7 +30,8 @@ print('imported from', rotary_attention.__file__, '- CPU loop', rotary_attention
 
 echo "== Python tests (pytest)"
 py_status=0
-(cd "$ROOT/tests/python" && "$RA_PY" -m pytest -q -p no:cacheprovider "$@") || py_status=$?
+(cd "$ROOT/tests/python" &&
+  "$RA_PY" -m pytest -q -p no:cacheprovider -n "${RA_PYTEST_WORKERS:-auto}" "$@") || py_status=$?
 
 echo "== summary: ctest exit ${cpp_status}, pytest exit ${py_status}"
 [[ $cpp_status -eq 0 && $py_status -eq 0 ]]

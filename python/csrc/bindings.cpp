@@ -2,7 +2,7 @@
 // conveniences (state_dict, keyword calls, returning self) live in
 // python/rotary_attention/_modules.py.
 
-#include <torch/extension.h>
+#include <pybind11/stl.h>
 #include <torch/python.h>
 
 #include "rotary_attention/rotary_attention.h"

@@ -13,6 +13,12 @@ import torch
 import rotary_attention
 from rotary_attention import reference
 
+# Under pytest-xdist (scripts/test.sh runs `-n auto`) the workers share the
+# cores: each takes its share of torch's threads, as OpenMP threads waiting
+# beside another busy process spin and slow everything down.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 randomize = reference.randomize_weights_
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["interleaved_to_half", "interleaved", "half"]

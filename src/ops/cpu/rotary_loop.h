@@ -6,7 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "../rotary_frontend.h"
+#include "../pair_layout.h"
 
 namespace rotary_attention::ops::cpu {
 

@@ -1,5 +1,6 @@
 # ctest driver: install the build, configure/build the outside project against
-# the installed package, run it. The outside project gets CMAKE_PREFIX_PATH
+# the installed package, run its programs (find_package_consumer_runs_a_package
+# runs its run_package on an AOTInductor package). The outside project gets CMAKE_PREFIX_PATH
 # (the install and torch's cmake_prefix_path) and nothing else: no CUDA flags,
 # even on a machine whose nvcc on PATH is a wrapper script.
 function(run)
@@ -21,8 +22,3 @@ file(STRINGS "${WORK_DIR}/build/header_programs.txt" programs)
 foreach(program IN LISTS programs)
   run("${program}")
 endforeach()
-# A deployed model: an AOTInductor package run by a program that links only
-# the installed target.
-if(AOTI_DIR)
-  run("${WORK_DIR}/build/run_package" "${AOTI_DIR}/block.pt2" "${AOTI_DIR}/block_cases.pt")
-endif()

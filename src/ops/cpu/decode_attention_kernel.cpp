@@ -12,7 +12,7 @@
 namespace rotary_attention::ops::cpu {
 namespace {
 
-const CpuLoop<void (*)(const DecodeAttentionArgs&)>& loop() {
+const CpuLoop<void (*)(const DecodeAttentionArgs&)>& decode_loop() {
   static const auto chosen = RA_PICK_CPU_LOOP(decode_attention);
   return chosen;
 }
@@ -46,7 +46,7 @@ at::Tensor decode_attention_cpu(
   // The loop reads whole feature rows: unit stride along the features.
   const auto rows_of = [](const at::Tensor& t) { return t.stride(2) == 1 ? t : t.contiguous(); };
   at::Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
-  loop().fn(
+  decode_loop().fn(
       {q.contiguous(), rows_of(key_cache), rows_of(value_cache), rows, out, n_head, causal, s});
   return out;
 }

@@ -16,7 +16,7 @@
 namespace rotary_attention::ops::cpu {
 namespace {
 
-const CpuLoop<void (*)(const RotateArgs&)>& loop() {
+const CpuLoop<void (*)(const RotateArgs&)>& rotary_loop() {
   static const auto chosen = RA_PICK_CPU_LOOP(rotate);
   return chosen;
 }
@@ -31,7 +31,7 @@ struct Cpu {
     const RotaryTables tables = c.positions.has_value()
                                     ? make_rotary_tables(c.x, c.inv_freq, c.positions, c.offset)
                                     : memo->get(c.x, c.inv_freq, c.offset);
-    loop().fn(
+    rotary_loop().fn(
         {c.x,
          c.out,
          tables.cos,
@@ -54,6 +54,6 @@ TORCH_LIBRARY_IMPL(rotary_attention, CPU, m) {
 
 namespace rotary_attention {
 std::string cpu_kernel_capability() {
-  return ops::cpu::loop().name;
+  return ops::cpu::rotary_loop().name;
 }
 } // namespace rotary_attention

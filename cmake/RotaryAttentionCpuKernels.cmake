@@ -41,7 +41,7 @@ foreach(cap IN LISTS RA_CPU_CAPABILITIES)
   set(lib cpu_loops_${cap})
   add_library(${lib} OBJECT src/ops/cpu/rotary_loop.cpp src/ops/cpu/decode_attention_loop.cpp)
   # (One translation unit per capability: at::vec's headers parsed once.)
-  set_target_properties(${lib} PROPERTIES POSITION_INDEPENDENT_CODE ON UNITY_BUILD ON UNITY_BUILD_BATCH_SIZE 0)
+  set_target_properties(${lib} PROPERTIES POSITION_INDEPENDENT_CODE ON UNITY_BUILD ${RA_UNITY_BUILD} UNITY_BUILD_BATCH_SIZE 0)
   # torch for its headers; OpenMP so that at::parallel_for (inline) runs in parallel.
   target_link_libraries(${lib} PRIVATE torch OpenMP::OpenMP_CXX)
   target_compile_definitions(${lib} PRIVATE CPU_CAPABILITY=${cap} CPU_CAPABILITY_${_ra_vec_${cap}})

@@ -1,24 +1,13 @@
 # Torch's headers are most of the time of every C++ file here (a test or
-# example file spent about 45 of its 50 s in them): each group of targets
-# parses them once, into a precompiled header.
-# - the library: ATen, the dispatcher and the public headers (C++ files only:
-#   the CUDA file is nvcc's; the per-ISA loops have other flags and lighter
-#   includes);
-# - the test and example programs: torch/torch.h and the umbrella header,
-#   built once by rotary_attention_program_headers (an object library with an
-#   empty source, compiled as the programs are) and reused by each program.
-# RA_PRECOMPILE_HEADERS=OFF compiles every file from its own includes (what
-# checks that each file includes what it uses).
-option(RA_PRECOMPILE_HEADERS "Precompile torch's headers for the library, tests and examples" ON)
-
-function(ra_precompile_library_headers)
-  if(RA_PRECOMPILE_HEADERS)
-    target_precompile_headers(rotary_attention PRIVATE
-      "$<$<COMPILE_LANGUAGE:CXX>:<ATen/ATen.h$<ANGLE-R>>"
-      "$<$<COMPILE_LANGUAGE:CXX>:<torch/library.h$<ANGLE-R>>"
-      "$<$<COMPILE_LANGUAGE:CXX>:<rotary_attention/rotary_attention.h$<ANGLE-R>>")
-  endif()
-endfunction()
+# example file spent about 45 of its 50 s in them). The test and example
+# programs parse them once, into a precompiled header of torch/torch.h and the
+# umbrella header, built by rotary_attention_program_headers (an object library
+# with an empty source, compiled as the programs are) and reused by each
+# program. The library has none: it compiles as a few unity batches
+# (CMakeLists.txt), which parse the headers about as often as a precompiled
+# header would be built and loaded, and start at once.
+# RA_PRECOMPILE_HEADERS=OFF compiles every program from its own includes.
+option(RA_PRECOMPILE_HEADERS "Precompile torch's headers for the tests and examples" ON)
 
 # Gives `target` (a program linked to rotary_attention) the programs' shared
 # precompiled header.

@@ -1,8 +1,8 @@
 # ctest driver: install the build, configure/build the outside project against
 # the installed package, run its programs (find_package_consumer_runs_a_package
-# runs its run_package on an AOTInductor package). The outside project gets CMAKE_PREFIX_PATH
-# (the install and torch's cmake_prefix_path) and nothing else: no CUDA flags,
-# even on a machine whose nvcc on PATH is a wrapper script.
+# runs its run_package on an AOTInductor package). The outside project gets
+# CMAKE_PREFIX_PATH (the install and torch's cmake_prefix_path) and nothing
+# else: no CUDA flags, even on a machine whose nvcc on PATH is a wrapper script.
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)

@@ -274,19 +274,9 @@ void rotate_all(const RotateArgs& a) {
 
 template <typename scalar_t, typename math_t>
 void rotate_typed(const RotateArgs& a) {
-  using P = PairLayout;
-  const auto in = a.layouts.in, out = a.layouts.out;
-  const bool inv = a.inverse;
-#define RA_CASE(IN, OUT)                                                \
-  if (in == P::IN && out == P::OUT) {                                   \
-    return inv ? rotate_all<scalar_t, math_t, P::IN, P::OUT, true>(a)   \
-               : rotate_all<scalar_t, math_t, P::IN, P::OUT, false>(a); \
-  }
-  RA_CASE(Interleaved, Half)
-  RA_CASE(Half, Interleaved)
-  RA_CASE(Interleaved, Interleaved)
-  RA_CASE(Half, Half)
-#undef RA_CASE
+  with_layouts(a.layouts, a.inverse, [&]<PairLayout In, PairLayout Out, bool Inverse>() {
+    rotate_all<scalar_t, math_t, In, Out, Inverse>(a);
+  });
 }
 
 } // namespace

@@ -59,7 +59,6 @@ void Cuda::rotate(const RotaryCall& c) {
       freq.const_data_ptr(),
       pos.defined() ? pos.const_data_ptr<int64_t>() : nullptr,
       element_of(x),
-      rotary_math_dtype(x, c.inv_freq) == at::kDouble,
       rotary_angle_dtype(c.inv_freq) == at::kDouble,
       c.layouts,
       c.inverse,

@@ -173,17 +173,9 @@ void launch(const RotaryLaunch& s) {
 
 template <typename scalar_t, typename math_t, typename angle_t>
 void launch_layout(const RotaryLaunch& l) {
-  using P = PairLayout;
-#define RA_CASE(IN, OUT)                                                           \
-  if (l.layouts.in == P::IN && l.layouts.out == P::OUT) {                          \
-    return l.inverse ? launch<scalar_t, math_t, angle_t, P::IN, P::OUT, true>(l)   \
-                     : launch<scalar_t, math_t, angle_t, P::IN, P::OUT, false>(l); \
-  }
-  RA_CASE(Interleaved, Half)
-  RA_CASE(Half, Interleaved)
-  RA_CASE(Interleaved, Interleaved)
-  RA_CASE(Half, Half)
-#undef RA_CASE
+  with_layouts(l.layouts, l.inverse, [&]<PairLayout In, PairLayout Out, bool Inverse>() {
+    launch<scalar_t, math_t, angle_t, In, Out, Inverse>(l);
+  });
 }
 
 } // namespace
@@ -191,8 +183,8 @@ void launch_layout(const RotaryLaunch& l) {
 cudaError_t launch_rotary(const RotaryLaunch& l) {
   switch (l.element) {
     case Element::Float: // fp64 math exactly when the frequencies are fp64
-      l.double_math ? launch_layout<float, double, double>(l)
-                    : launch_layout<float, float, float>(l);
+      l.double_angles ? launch_layout<float, double, double>(l)
+                      : launch_layout<float, float, float>(l);
       break;
     case Element::Double:
       l.double_angles ? launch_layout<double, double, double>(l)

@@ -22,8 +22,9 @@ struct RotaryLaunch {
   const void* inv_freq;     // (rotary_dim / 2,) contiguous, fp64 if double_angles else fp32
   const int64_t* positions; // contiguous (T,) or (B, T), or null for 0..T-1
   Element element;
-  bool double_math;   // rotate in fp64 (fp64 x, or fp32 x with fp64 frequencies)
-  bool double_angles; // angles and their sin/cos in fp64
+  // Angles and their sin/cos in fp64 (fp64 frequencies); the rotation is in
+  // fp64 for fp64 x, and for fp32 x exactly when this is set.
+  bool double_angles;
   Layouts layouts;
   bool inverse; // rotate by -angle (the backward)
   int64_t tokens, T, H, D;

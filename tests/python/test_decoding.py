@@ -13,6 +13,7 @@ from conftest import (
     causal_mask,
     make_pair,
     original_sdpa,
+    path_tolerance,
     table_reference,
 )
 
@@ -38,7 +39,6 @@ def port_pair(sdpa, dtype=torch.float64, seed=0, impl="module"):
 
 
 # SDPA: agreement to fp64 rounding; explicit path: its qk.float() softmax limits it to fp32 level.
-TOL = {True: dict(rtol=1e-10, atol=1e-10), False: dict(rtol=2e-6, atol=2e-6)}
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -54,7 +54,7 @@ def test_decoding_equals_one_causal_pass(impl, sdpa, sizes):
         cache = IMPLEMENTATIONS[impl].KVCache()
         steps = [absolute(part, mask=mask, kv_cache=cache)[0] for part in chunks(x, sizes)]
     torch.testing.assert_close(full_port, full, rtol=0, atol=0)  # no cache: the original's pass
-    torch.testing.assert_close(torch.cat(steps, 1), full, **TOL[sdpa])
+    torch.testing.assert_close(torch.cat(steps, 1), full, **path_tolerance(torch.float64, sdpa))
     assert cache.length(absolute) == x.shape[1]
 
 
@@ -86,7 +86,7 @@ def test_decoder_block_with_cross_attention(sdpa):
         for part in chunks(x, [2, 1, 3, 1]):
             h = abs_self(part, mask=mask, kv_cache=cache)[0]
             steps.append(abs_cross(h, xa=xa, kv_cache=cache)[0])
-    torch.testing.assert_close(torch.cat(steps, 1), full, **TOL[sdpa])
+    torch.testing.assert_close(torch.cat(steps, 1), full, **path_tolerance(torch.float64, sdpa))
     assert cache.length(abs_cross) == 11
 
 

@@ -8,7 +8,7 @@ import torch
 import torch._dynamo.testing
 
 import rotary_attention
-from conftest import DEVICES, IMPLEMENTATIONS, IMPLS, causal_mask, make_pair, original_sdpa
+from conftest import DEVICES, IMPLEMENTATIONS, IMPLS, causal_mask, make_pair, original_sdpa, path_tolerance
 from rotary_attention import reference
 
 N_STATE, N_HEAD = 64, 4
@@ -20,7 +20,6 @@ KINDS = {
 CASES = [(impl, kind) for impl in IMPLS for kind in KINDS if not (impl == "cpp" and kind == "static")]
 CASE_IDS = [f"{impl}-{kind}" for impl, kind in CASES]
 # SDPA: fp64 rounding; the explicit path's fp32 softmax limits it to fp32 level.
-TOL = {True: dict(rtol=1e-10, atol=1e-10), False: dict(rtol=2e-6, atol=2e-6)}
 
 
 def chunks(x, sizes):
@@ -47,7 +46,7 @@ def test_decoding_with_each_cache_equals_one_causal_pass(impl, kind, sdpa, sizes
         full, _ = ref(x, mask=mask)
         cache = KINDS[kind](impl)
         steps = [layer(part, mask=mask, kv_cache=cache)[0] for part in chunks(x, sizes)]
-    torch.testing.assert_close(torch.cat(steps, 1), full, **TOL[sdpa])
+    torch.testing.assert_close(torch.cat(steps, 1), full, **path_tolerance(torch.float64, sdpa))
     assert cache.length(layer) == x.shape[1]
     key, value = cache.get(layer)
     assert key.shape == value.shape == (2, x.shape[1], N_STATE)
@@ -68,7 +67,7 @@ def test_decoder_block_with_cross_attention_and_each_cache(impl, kind, sdpa):
         for part in chunks(x, [2, 1, 3, 1]):
             h = self_attn(part, mask=mask, kv_cache=cache)[0]
             steps.append(cross_attn(h, xa=xa, kv_cache=cache)[0])
-    torch.testing.assert_close(torch.cat(steps, 1), full, **TOL[sdpa])
+    torch.testing.assert_close(torch.cat(steps, 1), full, **path_tolerance(torch.float64, sdpa))
     assert cache.length(cross_attn) == 11 and cache.length(self_attn) == 7
 
 

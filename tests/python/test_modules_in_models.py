@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import rotary_attention
-from conftest import causal_mask, original_sdpa, randomize
+from conftest import causal_mask, original_sdpa, path_tolerance, randomize
 from rotary_attention import reference
 
 N_STATE, N_HEAD = 32, 4
@@ -82,7 +82,7 @@ def test_block_parity_forward_and_backward(sdpa):
         g = torch.randn_like(want)
         want.backward(g)
         got.backward(g)
-    tol = 1e-10 if sdpa else 2e-6
+    tol = path_tolerance(torch.float64, sdpa)["rtol"]
     for (name, p), (_, q) in zip(original.named_parameters(), port.named_parameters(), strict=True):
         if p.grad is None:  # temperature on the SDPA path, as the original
             assert q.grad is None, name

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import rotary_attention
-from conftest import causal_mask, randomize
+from conftest import causal_mask, path_tolerance, randomize
 from rotary_attention import reference
 
 N_STATE, N_HEAD = 64, 4
-TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+FP32_TOL = path_tolerance(torch.float32)
 
 
 def layers(sdpa=True, dtype=torch.float32, cross=False):
@@ -53,8 +53,7 @@ def test_decoding_through_decode_attention_equals_one_causal_pass(kind, dtype):
         )
         steps += [layer(x[:, i : i + 1], mask=mask, kv_cache=cache)[0] for i in range(5, 12)]
     assert n == 1  # the step ran the library's kernel, not SDPA
-    tol = TOL[torch.float32] if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(torch.cat(steps, 1), full, **tol)
+    torch.testing.assert_close(torch.cat(steps, 1), full, **path_tolerance(dtype))
 
 
 def test_without_no_grad_the_step_keeps_sdpa_and_its_gradients():
@@ -108,7 +107,7 @@ def test_rows_of_different_lengths_decode_in_one_call_as_each_row_alone(kind, sd
         firsts = torch.stack([padded[b, n - 1] for b, n in enumerate(lengths)]).unsqueeze(1)
         steps = [block(made, tokens[:, i : i + 1], mask, cache, xa) for i in range(tokens.shape[1])]
     got = torch.cat([firsts] + steps, 1)
-    torch.testing.assert_close(got, want, **TOL[dtype])
+    torch.testing.assert_close(got, want, **path_tolerance(dtype, sdpa))
     assert cache.row_lengths(made[0]).tolist() == [n + 6 for n in lengths]
     assert cache.length(made[0]) == max(lengths) + 6
 
@@ -138,7 +137,7 @@ def test_several_tokens_per_row_in_one_causal_call(kind):
             lambda: got.append(made[0](tokens[:, 3:], mask=mask, kv_cache=cache)[0]),
         )
     assert n == 1
-    torch.testing.assert_close(torch.cat(got, 1), torch.cat(want, 0), **TOL[torch.float32])
+    torch.testing.assert_close(torch.cat(got, 1), torch.cat(want, 0), **FP32_TOL)
 
 
 @pytest.mark.parametrize("kind", ["default", "static"])
@@ -157,8 +156,8 @@ def test_rows_dropped_on_the_way_keep_their_own_lengths(kind):
         first = [block(made, tokens[:, i : i + 1], mask, cache, xa) for i in range(2)]
         cache.reorder([2, 0])  # row 1 finished
         rest = [block(made, tokens[[2, 0], i : i + 1], mask, cache, xa[[2, 0]]) for i in range(2, 5)]
-    torch.testing.assert_close(torch.cat(first, 1), want[:, 1:3], **TOL[torch.float32])
-    torch.testing.assert_close(torch.cat(rest, 1), want[[2, 0], 3:], **TOL[torch.float32])
+    torch.testing.assert_close(torch.cat(first, 1), want[:, 1:3], **FP32_TOL)
+    torch.testing.assert_close(torch.cat(rest, 1), want[[2, 0], 3:], **FP32_TOL)
     assert cache.row_lengths(made[0]).tolist() == [11, 9]
 
 
@@ -210,4 +209,4 @@ def test_compiled_static_step_calls_decode_attention_and_compiles_once():
         outs += [compiled(x[:, i : i + 1]) for i in range(5, 10)]
     assert n == 1  # the compiled graph calls the library's kernel
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= graphs_before + 1
-    torch.testing.assert_close(torch.cat(outs, 1), full, **TOL[torch.float32])
+    torch.testing.assert_close(torch.cat(outs, 1), full, **FP32_TOL)

@@ -1,12 +1,16 @@
 # `cmake --install build --prefix P` installs headers, the library and a CMake
-# package: find_package(RotaryAttention) + RotaryAttention::rotary_attention.
+# package: find_package(RotaryAttention) + RotaryAttention::rotary_attention
+# (the layers) and RotaryAttention::whisper (the whole fork), and the
+# rotary-whisper command.
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
-install(TARGETS rotary_attention EXPORT RotaryAttentionTargets
+set_target_properties(rotary_whisper PROPERTIES EXPORT_NAME whisper)
+install(TARGETS rotary_attention rotary_whisper EXPORT RotaryAttentionTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(TARGETS rotary_whisper_command RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(DIRECTORY include/rotary_attention DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(EXPORT RotaryAttentionTargets
   NAMESPACE RotaryAttention::

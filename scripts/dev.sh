@@ -17,11 +17,16 @@ fi
 if [[ -n ${RA_CTEST:-} ]]; then
   cmake --build "$RA_BUILD_DIR"
 else
-  cmake --build "$RA_BUILD_DIR" --target rotary_attention rotary_attention_python
+  cmake --build "$RA_BUILD_DIR" --target rotary_attention rotary_attention_python rotary_whisper_command
 fi
 installed=$("$RA_PY" -c "import os, rotary_attention; print(os.path.dirname(rotary_attention.__file__))")
+mkdir -p "$installed/bin"
 while read -r built; do
-  [[ -n $built ]] && cp "$built" "$installed/"
+  case $built in
+    "") ;;
+    */rotary-whisper) cp "$built" "$installed/bin/" ;;
+    *) cp "$built" "$installed/" ;;
+  esac
 done <"$RA_BUILD_DIR/python_package_files.txt"
 cp python/rotary_attention/*.py "$installed/"
 if [[ -n ${RA_CTEST:-} ]]; then

@@ -43,6 +43,8 @@ ra::WeightFileFormat file_format(const std::string& name) {
 
 } // namespace
 
+void bind_whisper(py::module& m); // whisper_bindings.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "C++ (LibTorch) rotary attention layers and the rotary operator";
 
@@ -210,4 +212,5 @@ are computed on the first call and reused.)doc")
       py::arg("format"));
   m.def("built_with_cuda", &ra::built_with_cuda);
   m.def("cpu_kernel_capability", &ra::cpu_kernel_capability);
+  bind_whisper(m);
 }

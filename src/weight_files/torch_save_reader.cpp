@@ -695,6 +695,9 @@ TorchSaveContents read_torch_save(const std::string& path, const std::string& pr
         children.emplace_back(std::to_string(i), tu->items[i]);
       }
     } else {
+      if (const auto* i = std::get_if<int64_t>(&v->v)) {
+        out.integers.emplace_back(f.path, *i);
+      }
       continue; // a plain value (number, string, bytes, None): no tensor
     }
     TORCH_CHECK(

@@ -22,6 +22,9 @@ struct TorchSaveContents {
   /// The tensors whose paths start with `prefix` (which ends with '.' or is
   /// empty), the prefix removed, on the CPU; no other storage is read.
   std::vector<std::pair<std::string, at::Tensor>> tensors;
+  /// Every integer's path and value, whatever the prefix (openai-whisper's
+  /// "dims.n_mels" and the like: checkpoints describe their model with them).
+  std::vector<std::pair<std::string, int64_t>> integers;
 };
 
 /// Reads a file written by Python's torch.save: dicts (OrderedDicts), lists

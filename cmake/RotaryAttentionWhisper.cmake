@@ -1,0 +1,37 @@
+# The whole Whisper fork in C++ (model, log-mel front end, tokenizer, decoding
+# loop): librotary_whisper beside the layer library, and the rotary-whisper
+# command. Audio files are decoded by libsndfile and resampled by libsoxr
+# (Debian libsndfile1-dev, libsoxr-dev), linked privately: a consumer of the
+# library needs neither header.
+pkg_check_modules(SNDFILE REQUIRED IMPORTED_TARGET sndfile>=1.0.28)
+pkg_check_modules(SOXR REQUIRED IMPORTED_TARGET soxr>=0.1.3)
+
+add_library(rotary_whisper SHARED
+  src/whisper/model.cpp
+  src/whisper/log_mel.cpp
+  src/whisper/audio_file.cpp
+  src/whisper/tokenizer.cpp
+  src/whisper/logit_filters.cpp
+  src/whisper/token_search.cpp
+  src/whisper/whisper_inference.cpp
+  src/whisper/decoding_task.cpp)
+add_library(RotaryAttention::whisper ALIAS rotary_whisper)
+target_link_libraries(rotary_whisper PUBLIC rotary_attention PRIVATE PkgConfig::SNDFILE PkgConfig::SOXR)
+target_compile_options(rotary_whisper PRIVATE -Wall -Wextra -Wno-unused-parameter)
+set_target_properties(rotary_whisper PROPERTIES
+  VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR}
+  UNITY_BUILD ${RA_UNITY_BUILD} UNITY_BUILD_BATCH_SIZE 10
+  BUILD_RPATH "$ORIGIN;$ORIGIN/../torch/lib;${TORCH_INSTALL_PREFIX}/lib"
+  INSTALL_RPATH "$ORIGIN;${TORCH_INSTALL_PREFIX}/lib")
+
+# The command: argument parsing by CLI11 (Debian libcli11-dev, header-only),
+# JSON lines by nlohmann/json.
+find_package(CLI11 REQUIRED)
+add_executable(rotary_whisper_command tools/rotary_whisper.cpp)
+set_target_properties(rotary_whisper_command PROPERTIES
+  OUTPUT_NAME rotary-whisper
+  RUNTIME_OUTPUT_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR}/bin
+  # In the Python package it lies in rotary_attention/bin, beside torch.
+  BUILD_RPATH "$ORIGIN/..;$ORIGIN/../../torch/lib;$<TARGET_FILE_DIR:rotary_whisper>;$<TARGET_FILE_DIR:rotary_attention>;${TORCH_INSTALL_PREFIX}/lib"
+  INSTALL_RPATH "$ORIGIN/../${CMAKE_INSTALL_LIBDIR};${TORCH_INSTALL_PREFIX}/lib")
+target_link_libraries(rotary_whisper_command PRIVATE rotary_whisper CLI11::CLI11 nlohmann_json::nlohmann_json)

@@ -1,0 +1,103 @@
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "rotary_attention/whisper/model.h"
+#include "rotary_attention/whisper/tokenizer.h"
+
+namespace rotary_attention::whisper {
+
+/// What the decoding loop asks of a model (Whisper's `Inference`): logits of
+/// new tokens over a cache, and the cache reordered for a beam search. A fork
+/// whose decoder blocks differ implements this and reuses `decode`.
+class DecoderInference {
+ public:
+  virtual ~DecoderInference() = default;
+  /// fp32 logits (rows, T, n_vocab) of `tokens` (rows, T), which follow the
+  /// tokens given since `reset()`. `audio_features` (n_audio, S, n_state):
+  /// rows / n_audio consecutive rows decode each audio.
+  virtual at::Tensor logits(const at::Tensor& tokens, const at::Tensor& audio_features) = 0;
+  /// Row i of the cache becomes its row `source_rows[i]`.
+  virtual void reorder(const std::vector<int64_t>& source_rows) = 0;
+  /// Forgets every cached token (a new sequence).
+  virtual void reset() = 0;
+};
+
+/// `DecoderInference` of a `Whisper` over the library's `KVCache`: audio
+/// keys and values computed once per audio (one audio's are shared by its
+/// beam), self-attention keys appended in preallocated buffers.
+class WhisperInference : public DecoderInference {
+ public:
+  explicit WhisperInference(Whisper model);
+  at::Tensor logits(const at::Tensor& tokens, const at::Tensor& audio_features) override;
+  void reorder(const std::vector<int64_t>& source_rows) override;
+  void reset() override;
+
+ private:
+  Whisper model_;
+  KVCache cache_;
+  at::Tensor features_; ///< audio features repeated per row, when a batch of audios has beams
+};
+
+/// `whisper.decoding.DecodingOptions` at temperature 0 (greedy or beam
+/// search). Prompts and prefixes are token lists.
+struct DecodingOptions {
+  std::string task = "transcribe";     ///< "transcribe", "translate" or "lang_id"
+  std::optional<std::string> language; ///< detected when not given
+  double temperature = 0.0;            ///< only 0 is implemented
+  std::optional<int64_t> sample_len;   ///< default n_text_ctx / 2
+  std::optional<int64_t> best_of;      ///< sampling only: refused at temperature 0, as Whisper does
+  std::optional<int64_t> beam_size;
+  std::optional<double> patience;
+  std::optional<double> length_penalty;
+  std::vector<int64_t> prompt;
+  std::vector<int64_t> prefix;
+  /// Token ids; -1 adds the tokenizer's non-speech tokens. Empty: no token
+  /// suppressed (Whisper's "" or None).
+  std::vector<int64_t> suppress_tokens{-1};
+  bool suppress_blank = true;
+  bool without_timestamps = false;
+  std::optional<double> max_initial_timestamp = 1.0;
+};
+
+/// `whisper.decoding.DecodingResult`, less the audio features and the
+/// compression ratio.
+struct DecodingResult {
+  std::string language;
+  std::map<std::string, double> language_probs; ///< when the language was detected
+  std::vector<int64_t> tokens;
+  std::string text;
+  double avg_logprob = 0;
+  double no_speech_prob = 0;
+  double temperature = 0;
+};
+
+/// `whisper.decoding.DecodingTask.run` (what `whisper.decode` runs): decodes
+/// each audio of `audio_features` (n_audio, n_audio_ctx, n_audio_state)
+/// through `inference`, with Whisper's rules: the sot sequence, prompt and
+/// prefix; language detection when none is given; suppressed tokens and
+/// blanks; timestamp rules; greedy or beam search with patience; ranking by
+/// length-normalised log-probability (or the NMT length penalty). A beam
+/// search over several audios decodes each audio with its own features.
+std::vector<DecodingResult> decode(
+    DecoderInference& inference,
+    const ModelDimensions& dims,
+    const Tokenizer& tokenizer,
+    const at::Tensor& audio_features,
+    const DecodingOptions& options);
+
+/// `whisper.decode(model, mel, options)` for a batch: log-mel frames (n_audio,
+/// n_mels, 3000) go through the encoder first; audio features (n_audio,
+/// n_audio_ctx, n_audio_state) are decoded as given.
+std::vector<DecodingResult> decode(
+    Whisper model,
+    const Tokenizer& tokenizer,
+    const at::Tensor& mel_or_audio_features,
+    const DecodingOptions& options);
+
+} // namespace rotary_attention::whisper

@@ -1,0 +1,142 @@
+#pragma once
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+#include <string>
+
+#include "rotary_attention/nn/kv_cache.h"
+#include "rotary_attention/nn/multi_head_attention.h"
+
+namespace rotary_attention::whisper {
+
+/// openai-whisper's `ModelDimensions`: what a checkpoint's "dims" holds.
+struct ModelDimensions {
+  int64_t n_mels = 80;
+  int64_t n_audio_ctx = 1500;
+  int64_t n_audio_state = 512;
+  int64_t n_audio_head = 8;
+  int64_t n_audio_layer = 6;
+  int64_t n_vocab = 51865;
+  int64_t n_text_ctx = 448;
+  int64_t n_text_state = 512;
+  int64_t n_text_head = 8;
+  int64_t n_text_layer = 6;
+
+  /// Whisper's rule: a multilingual vocabulary from 51865 tokens on.
+  bool is_multilingual() const {
+    return n_vocab >= 51865;
+  }
+  int64_t num_languages() const {
+    return n_vocab - 51765 - (is_multilingual() ? 1 : 0);
+  }
+};
+
+/// Whisper's `ResidualAttentionBlock` with this library's attention: the block
+/// calls the attention on `attn_ln(x)` and adds the result to `x`, and the
+/// attention layer applies its own norm and residual as well (the fork's
+/// arrangement). `cross_attention`: a decoder block.
+class ResidualAttentionBlockImpl : public torch::nn::Cloneable<ResidualAttentionBlockImpl> {
+ public:
+  ResidualAttentionBlockImpl(int64_t n_state, int64_t n_head, bool cross_attention);
+  void reset() override;
+
+  /// x: (B, T, n_state). xa: the audio features (decoder blocks). mask: the
+  /// decoder's causal mask. kv_cache: self-attention keys appended, audio
+  /// keys computed once.
+  torch::Tensor forward(
+      const torch::Tensor& x,
+      const torch::Tensor& xa = {},
+      const torch::Tensor& mask = {},
+      KVCache* kv_cache = nullptr);
+
+  int64_t n_state, n_head;
+  bool cross_attention;
+  MultiHeadAttention attn{nullptr};
+  torch::nn::LayerNorm attn_ln{nullptr};
+  MultiHeadAttention cross_attn{nullptr};
+  torch::nn::LayerNorm cross_attn_ln{nullptr};
+  torch::nn::Sequential mlp{nullptr};
+  torch::nn::LayerNorm mlp_ln{nullptr};
+};
+TORCH_MODULE(ResidualAttentionBlock);
+
+/// Whisper's `AudioEncoder`: two convolutions (the second halves the frames),
+/// sinusoidal positions, blocks, a final norm. (B, n_mels, 2 * n_audio_ctx)
+/// log-mel frames -> (B, n_audio_ctx, n_audio_state) audio features.
+class AudioEncoderImpl : public torch::nn::Cloneable<AudioEncoderImpl> {
+ public:
+  explicit AudioEncoderImpl(const ModelDimensions& dims);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& mel);
+
+  ModelDimensions dims;
+  torch::nn::Conv1d conv1{nullptr}, conv2{nullptr};
+  torch::Tensor positional_embedding;
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::LayerNorm ln_post{nullptr};
+};
+TORCH_MODULE(AudioEncoder);
+
+/// Whisper's `TextDecoder`. forward: tokens (B, T) -> fp32 logits (B, T,
+/// n_vocab); with a cache, the tokens follow those already cached (positions
+/// from the first layer's cached length, as Whisper's hooks give them).
+class TextDecoderImpl : public torch::nn::Cloneable<TextDecoderImpl> {
+ public:
+  explicit TextDecoderImpl(const ModelDimensions& dims);
+  void reset() override;
+  torch::Tensor forward(
+      const torch::Tensor& tokens,
+      const torch::Tensor& audio_features,
+      KVCache* kv_cache = nullptr);
+
+  ModelDimensions dims;
+  torch::nn::Embedding token_embedding{nullptr};
+  torch::Tensor positional_embedding;
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::LayerNorm ln{nullptr};
+  torch::Tensor mask; ///< (n_text_ctx, n_text_ctx) causal; not in the state dict, as Whisper's
+
+ protected:
+  FORWARD_HAS_DEFAULT_ARGS({2, torch::nn::AnyValue(static_cast<KVCache*>(nullptr))})
+};
+TORCH_MODULE(TextDecoder);
+
+/// Whisper's `Whisper`: `encoder` and `decoder`, under the state-dict keys
+/// openai-whisper uses, with this library's attention layers.
+class WhisperImpl : public torch::nn::Cloneable<WhisperImpl> {
+ public:
+  explicit WhisperImpl(const ModelDimensions& dims);
+  void reset() override;
+
+  /// (B, n_mels, frames) -> audio features.
+  torch::Tensor embed_audio(const torch::Tensor& mel) {
+    return encoder->forward(mel);
+  }
+  /// Logits of `tokens` (B, T) given audio features, without a cache.
+  torch::Tensor logits(const torch::Tensor& tokens, const torch::Tensor& audio_features) {
+    return decoder->forward(tokens, audio_features);
+  }
+  bool is_multilingual() const {
+    return dims.is_multilingual();
+  }
+
+  /// Reads a checkpoint as openai-whisper saves it (`torch.save({"dims": ...,
+  /// "model_state_dict": ...})`, fp16 or fp32) with the library's reader:
+  /// the model is built from its dims and loaded strictly, in fp32. A
+  /// missing dim, a tensor whose shape disagrees with the dims, or a missing
+  /// or unexpected tensor is an error naming it.
+  static std::shared_ptr<WhisperImpl> load(const std::string& path);
+
+  ModelDimensions dims;
+  AudioEncoder encoder{nullptr};
+  TextDecoder decoder{nullptr};
+};
+TORCH_MODULE(Whisper);
+
+} // namespace rotary_attention::whisper

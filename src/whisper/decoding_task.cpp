@@ -1,0 +1,341 @@
+// whisper.decoding.DecodingTask.run at temperature 0, over a DecoderInference.
+#include <ATen/ATen.h>
+#include <c10/util/irange.h>
+
+#include <cmath>
+#include <limits>
+#include <memory>
+
+#include "logit_filters.h"
+#include "rotary_attention/whisper/audio.h"
+#include "rotary_attention/whisper/decoding.h"
+#include "token_search.h"
+
+namespace rotary_attention::whisper {
+
+namespace {
+
+using detail::Rows;
+
+// Python's list[-k:]: the last k items for k > 0, all of them for k == 0, all
+// but the first -k for k < 0 (Whisper's truncations rely on all three).
+std::vector<int64_t> python_tail(const std::vector<int64_t>& items, int64_t k) {
+  const int64_t n = static_cast<int64_t>(items.size());
+  const int64_t start = k > 0 ? std::max<int64_t>(0, n - k) : std::min<int64_t>(n, -k);
+  return {items.begin() + start, items.end()};
+}
+
+at::Tensor as_tensor(const Rows& rows, size_t from) {
+  const int64_t width = static_cast<int64_t>(rows.front().size() - from);
+  auto out = at::empty({static_cast<int64_t>(rows.size()), width}, at::kLong);
+  int64_t* data = out.data_ptr<int64_t>();
+  for (size_t r = 0; r < rows.size(); ++r) {
+    std::copy(rows[r].begin() + from, rows[r].end(), data + r * width);
+  }
+  return out;
+}
+
+void check_options(const DecodingOptions& o) {
+  TORCH_CHECK(
+      o.task == "transcribe" || o.task == "translate" || o.task == "lang_id",
+      "decode: task must be \"transcribe\", \"translate\" or \"lang_id\", got \"",
+      o.task,
+      "\"");
+  TORCH_CHECK(
+      o.temperature == 0.0,
+      "decode: temperature ",
+      o.temperature,
+      " asks for sampling, which is not implemented; temperature 0 decodes greedily or by beam "
+      "search");
+  TORCH_CHECK(
+      !(o.beam_size.has_value() && o.best_of.has_value()),
+      "decode: beam_size and best_of can't be given together");
+  TORCH_CHECK(
+      !o.best_of.has_value(), "decode: best_of with greedy sampling (T=0) is not compatible");
+  TORCH_CHECK(
+      !o.patience.has_value() || o.beam_size.has_value(),
+      "decode: patience requires beam_size to be given");
+  TORCH_CHECK(
+      !o.length_penalty.has_value() || (*o.length_penalty >= 0 && *o.length_penalty <= 1),
+      "decode: length_penalty (alpha) should be a value between 0 and 1");
+  TORCH_CHECK(!o.beam_size.has_value() || *o.beam_size > 0, "decode: beam_size must be positive");
+  TORCH_CHECK(
+      !o.sample_len.has_value() || *o.sample_len > 0, "decode: sample_len must be positive");
+}
+
+} // namespace
+
+std::vector<DecodingResult> decode(
+    DecoderInference& inference,
+    const ModelDimensions& dims,
+    const Tokenizer& tokenizer,
+    const at::Tensor& audio_features,
+    const DecodingOptions& options) {
+  check_options(options);
+  TORCH_CHECK(
+      audio_features.dim() == 3 && audio_features.size(0) > 0 &&
+          audio_features.size(1) == dims.n_audio_ctx &&
+          audio_features.size(2) == dims.n_audio_state,
+      "decode: expected audio_features of shape (n_audio, n_audio_ctx=",
+      dims.n_audio_ctx,
+      ", n_audio_state=",
+      dims.n_audio_state,
+      "), got shape ",
+      audio_features.sizes());
+  TORCH_CHECK(
+      tokenizer.n_vocab() == dims.n_vocab,
+      "decode: the tokenizer's ",
+      tokenizer.n_vocab(),
+      " tokens do not fit the model's n_vocab=",
+      dims.n_vocab);
+  const bool multilingual = dims.is_multilingual();
+  // Whisper's get_tokenizer: a language and a task for multilingual models only.
+  std::optional<std::string> language, task;
+  if (options.language.has_value()) {
+    language = language_code(*options.language);
+    TORCH_CHECK(language.has_value(), "decode: unsupported language: ", *options.language);
+  }
+  if (multilingual) {
+    language = language.value_or("en");
+    task = options.task;
+  } else {
+    language.reset();
+  }
+  const bool detect = !options.language.has_value() || options.task == "lang_id";
+  TORCH_CHECK(
+      !detect || multilingual,
+      "decode: this model doesn't have language tokens so it can't perform lang id: give a "
+      "language");
+
+  const int64_t n_ctx = dims.n_text_ctx;
+  const int64_t n_audio = audio_features.size(0);
+  const int64_t n_group = options.beam_size.value_or(1);
+  const int64_t sample_len = options.sample_len.value_or(n_ctx / 2);
+  auto sot_sequence = tokenizer.sot_sequence(language, task);
+  if (options.without_timestamps) {
+    sot_sequence.push_back(tokenizer.no_timestamps());
+  }
+  std::vector<int64_t> initial = sot_sequence;
+  if (!options.prefix.empty()) {
+    const auto prefix = python_tail(options.prefix, n_ctx / 2 - sample_len);
+    initial.insert(initial.end(), prefix.begin(), prefix.end());
+  }
+  if (!options.prompt.empty()) {
+    const auto prompt = python_tail(options.prompt, n_ctx / 2 - 1);
+    std::vector<int64_t> with_prompt{tokenizer.sot_prev()};
+    with_prompt.insert(with_prompt.end(), prompt.begin(), prompt.end());
+    with_prompt.insert(with_prompt.end(), initial.begin(), initial.end());
+    initial = std::move(with_prompt);
+  }
+  for (const int64_t t : initial) {
+    TORCH_CHECK(
+        t >= 0 && t < dims.n_vocab,
+        "decode: prompt or prefix token ",
+        t,
+        " is not in the vocabulary");
+  }
+  TORCH_CHECK(
+      static_cast<int64_t>(initial.size()) <= n_ctx,
+      "decode: the prompt, prefix and start tokens (",
+      initial.size(),
+      ") exceed n_text_ctx=",
+      n_ctx);
+  const size_t sample_begin = initial.size();
+  const size_t sot_index =
+      std::find(initial.begin(), initial.end(), tokenizer.sot()) - initial.begin();
+
+  std::vector<std::unique_ptr<detail::LogitFilter>> filters;
+  if (options.suppress_blank) {
+    filters.push_back(std::make_unique<detail::SuppressBlank>(tokenizer, sample_begin));
+  }
+  if (!options.suppress_tokens.empty()) {
+    std::vector<int64_t> suppressed;
+    bool non_speech = false;
+    for (const int64_t t : options.suppress_tokens) {
+      TORCH_CHECK(
+          t >= -1,
+          "decode: suppress_tokens holds ",
+          t,
+          "; token ids are >= 0 (-1: the non-speech tokens)");
+      if (t == -1) {
+        non_speech = true;
+      } else if (t >= 0) {
+        suppressed.push_back(t);
+      }
+    }
+    if (non_speech) {
+      const auto more = tokenizer.non_speech_tokens();
+      suppressed.insert(suppressed.end(), more.begin(), more.end());
+    }
+    for (const int64_t t :
+         {tokenizer.transcribe(),
+          tokenizer.translate(),
+          tokenizer.sot(),
+          tokenizer.sot_prev(),
+          tokenizer.sot_lm(),
+          tokenizer.no_speech()}) {
+      suppressed.push_back(t);
+    }
+    std::sort(suppressed.begin(), suppressed.end());
+    suppressed.erase(std::unique(suppressed.begin(), suppressed.end()), suppressed.end());
+    TORCH_CHECK(
+        suppressed.back() < dims.n_vocab,
+        "decode: suppress_tokens holds ",
+        suppressed.back(),
+        ", not in the vocabulary");
+    filters.push_back(std::make_unique<detail::SuppressTokens>(std::move(suppressed)));
+  }
+  if (!options.without_timestamps) {
+    std::optional<int64_t> max_initial;
+    if (options.max_initial_timestamp.has_value() && *options.max_initial_timestamp != 0.0) {
+      const double precision = 30.0 / static_cast<double>(dims.n_audio_ctx);
+      max_initial =
+          static_cast<int64_t>(std::nearbyint(*options.max_initial_timestamp / precision));
+    }
+    filters.push_back(
+        std::make_unique<detail::ApplyTimestampRules>(tokenizer, sample_begin, max_initial));
+  }
+
+  const auto features = audio_features.contiguous();
+  Rows tokens(n_audio, initial);
+  std::vector<std::string> languages(n_audio, options.language.value_or(""));
+  std::vector<std::map<std::string, double>> language_probs(n_audio);
+  if (detect) {
+    // detect_language: the likeliest language token after sot, without a cache.
+    inference.reset();
+    const auto sot = at::full({n_audio, 1}, tokenizer.sot(), at::kLong);
+    auto logits = inference.logits(sot, features).select(1, 0).to(at::kCPU).contiguous();
+    inference.reset();
+    auto keep = at::ones({dims.n_vocab}, at::kBool);
+    const auto language_tokens = tokenizer.all_language_tokens();
+    for (const int64_t t : language_tokens) {
+      keep[t] = false;
+    }
+    logits.masked_fill_(keep, -std::numeric_limits<float>::infinity());
+    const auto best = at::argmax(logits, -1);
+    const auto probs = at::softmax(logits, -1);
+    for (int64_t i = 0; i < n_audio; ++i) {
+      const int64_t token = best[i].item<int64_t>();
+      languages[i] = tokenizer.language_of_token(token);
+      for (const int64_t t : language_tokens) {
+        language_probs[i][tokenizer.language_of_token(t)] = probs[i][t].item<float>();
+      }
+      if (!options.language.has_value()) {
+        tokens[i][sot_index + 1] = token;
+      }
+    }
+  }
+  if (options.task == "lang_id") {
+    std::vector<DecodingResult> results(n_audio);
+    for (int64_t i = 0; i < n_audio; ++i) {
+      results[i].language = languages[i];
+      results[i].language_probs = language_probs[i];
+    }
+    return results;
+  }
+
+  // Each audio's rows: one, or a beam.
+  Rows rows;
+  for (const auto& t : tokens) {
+    for (int64_t g = 0; g < n_group; ++g) {
+      rows.push_back(t);
+    }
+  }
+  std::unique_ptr<detail::TokenSearch> search;
+  if (options.beam_size.has_value()) {
+    search = std::make_unique<detail::BeamSearch>(
+        *options.beam_size, tokenizer.eot(), inference, options.patience);
+  } else {
+    search = std::make_unique<detail::GreedySearch>(tokenizer.eot(), n_audio);
+  }
+  std::vector<float> sum_logprobs(rows.size(), 0.0f);
+  std::vector<double> no_speech(rows.size(), std::nan(""));
+  inference.reset();
+  try {
+    for (int64_t i = 0; i < sample_len; ++i) {
+      // The first step feeds every initial token; later ones the newest only.
+      const size_t from = rows.front().size() > sample_begin ? rows.front().size() - 1 : 0;
+      auto logits = inference.logits(as_tensor(rows, from), features).to(at::kCPU);
+      if (i == 0) {
+        const auto at_sot = at::softmax(logits.select(1, static_cast<int64_t>(sot_index)), -1);
+        for (size_t r = 0; r < rows.size(); ++r) {
+          no_speech[r] = at_sot[static_cast<int64_t>(r)][tokenizer.no_speech()].item<float>();
+        }
+      }
+      auto last = logits.select(1, logits.size(1) - 1).contiguous();
+      for (const auto& filter : filters) {
+        filter->apply(last, rows);
+      }
+      const bool completed = search->update(rows, last, sum_logprobs);
+      if (completed || static_cast<int64_t>(rows.front().size()) > n_ctx) {
+        break;
+      }
+    }
+  } catch (...) {
+    inference.reset();
+    throw;
+  }
+  inference.reset();
+
+  auto candidates = search->finalize(rows, sum_logprobs);
+  std::vector<DecodingResult> results(n_audio);
+  for (int64_t i = 0; i < n_audio; ++i) {
+    // Each candidate from the first sampled token to its first end of text.
+    std::vector<std::vector<int64_t>> sampled;
+    for (const auto& sequence : candidates.tokens[i]) {
+      const size_t end =
+          std::find(sequence.begin(), sequence.end(), tokenizer.eot()) - sequence.begin();
+      sampled.emplace_back(
+          sequence.begin() + std::min(sample_begin, end),
+          sequence.begin() + std::max(sample_begin, end));
+    }
+    // The maximum-likelihood ranker: the first best score wins.
+    size_t selected = 0;
+    double best = -std::numeric_limits<double>::infinity();
+    for (size_t c = 0; c < sampled.size(); ++c) {
+      const double length = static_cast<double>(sampled[c].size());
+      const double penalty = options.length_penalty.has_value()
+                                 ? std::pow((5.0 + length) / 6.0, *options.length_penalty)
+                                 : length;
+      const double score = candidates.sum_logprobs[i][c] / penalty;
+      if (c == 0 || score > best) {
+        best = score;
+        selected = c;
+      }
+    }
+    auto& result = results[i];
+    result.language = languages[i];
+    result.language_probs = language_probs[i];
+    result.tokens = sampled[selected];
+    result.text = strip(tokenizer.decode(result.tokens));
+    result.avg_logprob =
+        candidates.sum_logprobs[i][selected] / static_cast<double>(result.tokens.size() + 1);
+    result.no_speech_prob = no_speech[i * n_group];
+    result.temperature = options.temperature;
+  }
+  return results;
+}
+
+std::vector<DecodingResult> decode(
+    Whisper model,
+    const Tokenizer& tokenizer,
+    const at::Tensor& mel_or_audio_features,
+    const DecodingOptions& options) {
+  const auto& dims = model->dims;
+  TORCH_CHECK(
+      mel_or_audio_features.dim() == 3,
+      "decode: expected (n_audio, n_mels, frames) log-mel frames or (n_audio, n_audio_ctx, "
+      "n_audio_state) "
+      "audio features, got shape ",
+      mel_or_audio_features.sizes());
+  at::NoGradGuard no_grad;
+  at::Tensor features = mel_or_audio_features;
+  if (!(features.size(1) == dims.n_audio_ctx && features.size(2) == dims.n_audio_state)) {
+    features = model->embed_audio(features);
+  }
+  features = features.to(model->decoder->token_embedding->weight.scalar_type());
+  WhisperInference inference(model);
+  return decode(inference, dims, tokenizer, features, options);
+}
+
+} // namespace rotary_attention::whisper

@@ -1,0 +1,240 @@
+#include "rotary_attention/whisper/model.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/linear.h>
+
+#include <cmath>
+#include <map>
+
+#include "../weight_files/torch_save_reader.h"
+#include "rotary_attention/serialize.h"
+
+namespace rotary_attention::whisper {
+
+ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(
+    int64_t n_state_, int64_t n_head_, bool cross_attention_)
+    : n_state(n_state_), n_head(n_head_), cross_attention(cross_attention_) {
+  reset();
+}
+
+void ResidualAttentionBlockImpl::reset() {
+  auto norm = [&] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({n_state})); };
+  attn = register_module("attn", MultiHeadAttention(n_state, n_head));
+  attn_ln = register_module("attn_ln", norm());
+  if (cross_attention) {
+    cross_attn = register_module("cross_attn", MultiHeadAttention(n_state, n_head));
+    cross_attn_ln = register_module("cross_attn_ln", norm());
+  }
+  mlp = register_module(
+      "mlp",
+      torch::nn::Sequential(
+          torch::nn::Linear(n_state, 4 * n_state),
+          torch::nn::GELU(),
+          torch::nn::Linear(4 * n_state, n_state)));
+  mlp_ln = register_module("mlp_ln", norm());
+}
+
+torch::Tensor ResidualAttentionBlockImpl::forward(
+    const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask, KVCache* kv_cache) {
+  auto h = x + std::get<0>(attn->forward(attn_ln->forward(x), {}, mask, kv_cache));
+  if (cross_attention) {
+    h = h + std::get<0>(cross_attn->forward(cross_attn_ln->forward(h), xa, {}, kv_cache));
+  }
+  return h + mlp->forward(mlp_ln->forward(h));
+}
+
+namespace {
+
+// Whisper's `sinusoids(length, channels)`: sin then cos of position * 10000^(-i / (channels/2 -
+// 1)).
+at::Tensor sinusoids(int64_t length, int64_t channels) {
+  TORCH_CHECK(channels % 2 == 0, "AudioEncoder: n_audio_state must be even, got ", channels);
+  const double increment = std::log(10000.0) / static_cast<double>(channels / 2 - 1);
+  const auto inv_timescales = at::exp(-increment * at::arange(channels / 2));
+  const auto scaled = at::arange(length).unsqueeze(1) * inv_timescales.unsqueeze(0);
+  return at::cat({at::sin(scaled), at::cos(scaled)}, 1);
+}
+
+torch::nn::ModuleList blocks_of(int64_t n, int64_t n_state, int64_t n_head, bool cross) {
+  torch::nn::ModuleList list;
+  for (int64_t i = 0; i < n; ++i) {
+    list->push_back(ResidualAttentionBlock(n_state, n_head, cross));
+  }
+  return list;
+}
+
+torch::nn::LayerNorm layer_norm(int64_t n) {
+  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({n}));
+}
+
+} // namespace
+
+AudioEncoderImpl::AudioEncoderImpl(const ModelDimensions& dims_) : dims(dims_) {
+  reset();
+}
+
+void AudioEncoderImpl::reset() {
+  const int64_t n = dims.n_audio_state;
+  conv1 = register_module(
+      "conv1", torch::nn::Conv1d(torch::nn::Conv1dOptions(dims.n_mels, n, 3).padding(1)));
+  conv2 = register_module(
+      "conv2", torch::nn::Conv1d(torch::nn::Conv1dOptions(n, n, 3).stride(2).padding(1)));
+  positional_embedding = register_buffer("positional_embedding", sinusoids(dims.n_audio_ctx, n));
+  blocks = register_module("blocks", blocks_of(dims.n_audio_layer, n, dims.n_audio_head, false));
+  ln_post = register_module("ln_post", layer_norm(n));
+}
+
+torch::Tensor AudioEncoderImpl::forward(const torch::Tensor& mel) {
+  TORCH_CHECK(
+      mel.dim() == 3 && mel.size(1) == dims.n_mels && mel.size(2) == 2 * dims.n_audio_ctx,
+      "AudioEncoder: expected mel of shape (B, n_mels=",
+      dims.n_mels,
+      ", frames=",
+      2 * dims.n_audio_ctx,
+      "), got shape ",
+      mel.sizes());
+  auto x = at::gelu(conv1->forward(mel.to(conv1->weight.dtype())));
+  x = at::gelu(conv2->forward(x)).permute({0, 2, 1});
+  x = x + positional_embedding;
+  for (const auto& block : *blocks) {
+    x = block->as<ResidualAttentionBlock>()->forward(x);
+  }
+  return ln_post->forward(x);
+}
+
+TextDecoderImpl::TextDecoderImpl(const ModelDimensions& dims_) : dims(dims_) {
+  reset();
+}
+
+void TextDecoderImpl::reset() {
+  const int64_t n = dims.n_text_state;
+  token_embedding = register_module("token_embedding", torch::nn::Embedding(dims.n_vocab, n));
+  positional_embedding =
+      register_parameter("positional_embedding", at::empty({dims.n_text_ctx, n}).normal_(0, 0.01));
+  blocks = register_module("blocks", blocks_of(dims.n_text_layer, n, dims.n_text_head, true));
+  ln = register_module("ln", layer_norm(n));
+  mask = at::full({dims.n_text_ctx, dims.n_text_ctx}, -INFINITY).triu_(1);
+}
+
+torch::Tensor TextDecoderImpl::forward(
+    const torch::Tensor& tokens, const torch::Tensor& audio_features, KVCache* kv_cache) {
+  TORCH_CHECK(
+      tokens.dim() == 2 && tokens.scalar_type() == at::kLong,
+      "TextDecoder: expected int64 tokens of shape (B, T), got ",
+      tokens.scalar_type(),
+      " of shape ",
+      tokens.sizes());
+  TORCH_CHECK(
+      audio_features.dim() == 3 && audio_features.size(2) == dims.n_text_state,
+      "TextDecoder: expected audio_features of shape (B, S, n_text_state=",
+      dims.n_text_state,
+      "), got shape ",
+      audio_features.sizes());
+  const auto* first =
+      blocks->size() ? blocks[0]->as<ResidualAttentionBlock>()->attn.get() : nullptr;
+  const int64_t offset = kv_cache != nullptr && first != nullptr ? kv_cache->length(first) : 0;
+  const int64_t n = tokens.size(1);
+  TORCH_CHECK(
+      offset + n <= dims.n_text_ctx,
+      "TextDecoder: ",
+      offset,
+      " cached and ",
+      n,
+      " new tokens exceed n_text_ctx=",
+      dims.n_text_ctx);
+  auto x = token_embedding->forward(tokens) + positional_embedding.narrow(0, offset, n);
+  x = x.to(audio_features.scalar_type());
+  if (mask.device() != x.device() || mask.scalar_type() != x.scalar_type()) {
+    mask = mask.to(x.device(), x.scalar_type());
+  }
+  for (const auto& block : *blocks) {
+    x = block->as<ResidualAttentionBlock>()->forward(x, audio_features, mask, kv_cache);
+  }
+  x = ln->forward(x);
+  return at::matmul(x, token_embedding->weight.to(x.scalar_type()).t()).to(at::kFloat);
+}
+
+WhisperImpl::WhisperImpl(const ModelDimensions& dims_) : dims(dims_) {
+  reset();
+}
+
+void WhisperImpl::reset() {
+  encoder = register_module("encoder", AudioEncoder(dims));
+  decoder = register_module("decoder", TextDecoder(dims));
+}
+
+std::shared_ptr<WhisperImpl> WhisperImpl::load(const std::string& path) {
+  const auto contents = detail::read_torch_save(path, "model_state_dict.");
+  std::map<std::string, int64_t> numbers(contents.integers.begin(), contents.integers.end());
+  ModelDimensions dims;
+  const std::pair<const char*, int64_t*> fields[] = {
+      {"n_mels", &dims.n_mels},
+      {"n_audio_ctx", &dims.n_audio_ctx},
+      {"n_audio_state", &dims.n_audio_state},
+      {"n_audio_head", &dims.n_audio_head},
+      {"n_audio_layer", &dims.n_audio_layer},
+      {"n_vocab", &dims.n_vocab},
+      {"n_text_ctx", &dims.n_text_ctx},
+      {"n_text_state", &dims.n_text_state},
+      {"n_text_head", &dims.n_text_head},
+      {"n_text_layer", &dims.n_text_layer}};
+  for (const auto& [name, field] : fields) {
+    const auto it = numbers.find(std::string("dims.") + name);
+    TORCH_CHECK(
+        it != numbers.end(),
+        "Whisper::load: '",
+        path,
+        "' is not an openai-whisper checkpoint: it has no integer dims.",
+        name,
+        " (expected {\"dims\": {...}, \"model_state_dict\": {...}})");
+    TORCH_CHECK(it->second > 0, "Whisper::load: '", path, "' has dims.", name, " = ", it->second);
+    *field = it->second;
+  }
+  TORCH_CHECK(
+      dims.n_audio_state == dims.n_text_state,
+      "Whisper::load: '",
+      path,
+      "': n_audio_state (",
+      dims.n_audio_state,
+      ") differs from n_text_state (",
+      dims.n_text_state,
+      "); the decoder attends over the encoder's features");
+  TORCH_CHECK(
+      !contents.tensors.empty(),
+      "Whisper::load: '",
+      path,
+      "' has no tensors under model_state_dict");
+  auto model = std::make_shared<WhisperImpl>(dims);
+  std::unordered_map<std::string, torch::Tensor> state(
+      contents.tensors.begin(), contents.tensors.end());
+  try {
+    load_state_dict(*model, state, /*strict=*/true);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(
+        false,
+        "Whisper::load: '",
+        path,
+        "' does not fit its dims (",
+        "n_mels=",
+        dims.n_mels,
+        ", n_audio_ctx=",
+        dims.n_audio_ctx,
+        ", n_audio_state=",
+        dims.n_audio_state,
+        ", n_audio_layer=",
+        dims.n_audio_layer,
+        ", n_vocab=",
+        dims.n_vocab,
+        ", n_text_ctx=",
+        dims.n_text_ctx,
+        ", n_text_layer=",
+        dims.n_text_layer,
+        "): ",
+        e.what_without_backtrace());
+  }
+  model->eval();
+  return model;
+}
+
+} // namespace rotary_attention::whisper

@@ -1,0 +1,184 @@
+#include "token_search.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace rotary_attention::whisper::detail {
+
+bool GreedySearch::update(
+    Rows& tokens, const at::Tensor& logits, std::vector<float>& sum_logprobs) {
+  const auto next = at::argmax(logits, -1);
+  const auto logprobs = at::log_softmax(logits, -1);
+  const int64_t* next_data = next.data_ptr<int64_t>();
+  bool completed = true;
+  for (size_t row = 0; row < tokens.size(); ++row) {
+    const bool ended = tokens[row].back() == eot_;
+    if (!ended) {
+      sum_logprobs[row] += logprobs[static_cast<int64_t>(row)][next_data[row]].item<float>();
+    }
+    tokens[row].push_back(ended ? eot_ : next_data[row]);
+    completed = completed && tokens[row].back() == eot_;
+  }
+  return completed;
+}
+
+Candidates GreedySearch::finalize(const Rows& tokens, const std::vector<float>& sum_logprobs) {
+  // One candidate per audio, with an end of text at its end.
+  Candidates out;
+  for (size_t row = 0; row < tokens.size(); ++row) {
+    auto sequence = tokens[row];
+    sequence.push_back(eot_);
+    out.tokens.push_back({std::move(sequence)});
+    out.sum_logprobs.push_back({static_cast<double>(sum_logprobs[row])});
+  }
+  return out;
+}
+
+BeamSearch::BeamSearch(
+    int64_t beam_size, int64_t eot, DecoderInference& inference, std::optional<double> patience)
+    : beam_size_(beam_size), eot_(eot), inference_(inference) {
+  // Python's round(): halves to even.
+  const double wanted = std::nearbyint(static_cast<double>(beam_size) * patience.value_or(1.0));
+  TORCH_CHECK(
+      beam_size > 0 && wanted > 0,
+      "decode: invalid beam size (",
+      beam_size,
+      ") or patience (",
+      patience.value_or(1.0),
+      ")");
+  max_candidates_ = static_cast<size_t>(wanted);
+}
+
+void BeamSearch::Scored::put(const std::vector<int64_t>& sequence, double score) {
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    if (sequences[i] == sequence) {
+      scores[i] = score;
+      return;
+    }
+  }
+  sequences.push_back(sequence);
+  scores.push_back(score);
+}
+
+namespace {
+
+// Indices of `scores` from the highest, equal scores in their given order
+// (Python's sorted(..., reverse=True) is stable).
+std::vector<size_t> highest_first(const std::vector<double>& scores) {
+  std::vector<size_t> order(scores.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(
+      order.begin(), order.end(), [&](size_t a, size_t b) { return scores[a] > scores[b]; });
+  return order;
+}
+
+} // namespace
+
+bool BeamSearch::update(Rows& tokens, const at::Tensor& logits, std::vector<float>& sum_logprobs) {
+  TORCH_CHECK(
+      static_cast<int64_t>(tokens.size()) % beam_size_ == 0,
+      "decode: ",
+      tokens.size(),
+      " rows are not a whole number of beams of ",
+      beam_size_);
+  const size_t n_audio = tokens.size() / beam_size_;
+  if (finished_.empty()) {
+    finished_.resize(n_audio);
+  }
+  const auto logprobs = at::log_softmax(logits, -1);
+  Rows next_tokens;
+  std::vector<int64_t> source_rows;
+  std::vector<Scored> newly_finished(n_audio);
+  for (size_t i = 0; i < n_audio; ++i) {
+    // Each beam's beam_size + 1 likeliest continuations.
+    Scored scores;
+    std::vector<int64_t> sources;
+    for (int64_t j = 0; j < beam_size_; ++j) {
+      const int64_t row = static_cast<int64_t>(i) * beam_size_ + j;
+      const auto [values, indices] = at::topk(logprobs[row], beam_size_ + 1);
+      const float* v = values.data_ptr<float>();
+      const int64_t* t = indices.data_ptr<int64_t>();
+      for (int64_t c = 0; c <= beam_size_; ++c) {
+        auto sequence = tokens[row];
+        sequence.push_back(t[c]);
+        const float score = sum_logprobs[row] + v[c]; // fp32, as Whisper's tensors add
+        const size_t before = scores.sequences.size();
+        scores.put(sequence, score);
+        if (scores.sequences.size() > before) {
+          sources.push_back(row);
+        } else {
+          const auto at = std::find(scores.sequences.begin(), scores.sequences.end(), sequence);
+          sources[at - scores.sequences.begin()] = row;
+        }
+      }
+    }
+    // The best beam_size unfinished ones go on; finished ones are set aside.
+    int64_t saved = 0;
+    for (const size_t c : highest_first(scores.scores)) {
+      if (scores.sequences[c].back() == eot_) {
+        newly_finished[i].put(scores.sequences[c], scores.scores[c]);
+      } else {
+        sum_logprobs[next_tokens.size()] = static_cast<float>(scores.scores[c]);
+        next_tokens.push_back(scores.sequences[c]);
+        source_rows.push_back(sources[c]);
+        if (++saved == beam_size_) {
+          break;
+        }
+      }
+    }
+  }
+  tokens = std::move(next_tokens);
+  bool identity = true;
+  for (size_t r = 0; r < source_rows.size(); ++r) {
+    identity = identity && source_rows[r] == static_cast<int64_t>(r);
+  }
+  if (!identity) {
+    inference_.reorder(source_rows);
+  }
+  for (size_t i = 0; i < n_audio; ++i) {
+    for (const size_t c : highest_first(newly_finished[i].scores)) {
+      if (finished_[i].sequences.size() >= max_candidates_) {
+        break;
+      }
+      finished_[i].put(newly_finished[i].sequences[c], newly_finished[i].scores[c]);
+    }
+  }
+  return std::all_of(finished_.begin(), finished_.end(), [&](const Scored& s) {
+    return s.sequences.size() >= max_candidates_;
+  });
+}
+
+Candidates BeamSearch::finalize(const Rows& tokens, const std::vector<float>& sum_logprobs) {
+  const size_t n_audio = tokens.size() / beam_size_;
+  finished_.resize(n_audio);
+  Candidates out;
+  for (size_t i = 0; i < n_audio; ++i) {
+    auto& sequences = finished_[i];
+    if (static_cast<int64_t>(sequences.sequences.size()) < beam_size_) {
+      // Too few finished: the unfinished beams join, likeliest first (numpy's
+      // argsort of the beam's scores, stable for a beam's few, reversed).
+      std::vector<size_t> order(beam_size_);
+      std::iota(order.begin(), order.end(), 0);
+      const float* row_scores = sum_logprobs.data() + i * beam_size_;
+      std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+        return row_scores[a] < row_scores[b];
+      });
+      for (auto it = order.rbegin(); it != order.rend(); ++it) {
+        auto sequence = tokens[i * beam_size_ + *it];
+        sequence.push_back(eot_);
+        sequences.put(sequence, row_scores[*it]);
+        if (static_cast<int64_t>(sequences.sequences.size()) >= beam_size_) {
+          break;
+        }
+      }
+    }
+    out.tokens.push_back(sequences.sequences);
+    out.sum_logprobs.push_back(sequences.scores);
+  }
+  return out;
+}
+
+} // namespace rotary_attention::whisper::detail

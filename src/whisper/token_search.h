@@ -1,0 +1,65 @@
+#pragma once
+// Whisper's token decoders at temperature 0 (`GreedyDecoder`,
+// `BeamSearchDecoder`): each step picks the next tokens from the logits, and
+// `finalize` gives each audio's candidate sequences with their summed
+// log-probabilities, in Whisper's order.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "logit_filters.h"
+#include "rotary_attention/whisper/decoding.h"
+
+namespace rotary_attention::whisper::detail {
+
+struct Candidates {
+  std::vector<std::vector<std::vector<int64_t>>> tokens; ///< [audio][candidate] full sequences
+  std::vector<std::vector<double>> sum_logprobs;
+};
+
+class TokenSearch {
+ public:
+  virtual ~TokenSearch() = default;
+  /// Appends each row's next token; `sum_logprobs` (fp32, one per row) is
+  /// updated. Returns whether every sequence has ended.
+  virtual bool update(Rows& tokens, const at::Tensor& logits, std::vector<float>& sum_logprobs) = 0;
+  /// rows = n_audio * group, each audio's rows consecutive.
+  virtual Candidates finalize(const Rows& tokens, const std::vector<float>& sum_logprobs) = 0;
+};
+
+class GreedySearch : public TokenSearch {
+ public:
+  GreedySearch(int64_t eot, int64_t n_audio) : eot_(eot), n_audio_(n_audio) {}
+  bool update(Rows& tokens, const at::Tensor& logits, std::vector<float>& sum_logprobs) override;
+  Candidates finalize(const Rows& tokens, const std::vector<float>& sum_logprobs) override;
+
+ private:
+  int64_t eot_, n_audio_;
+};
+
+class BeamSearch : public TokenSearch {
+ public:
+  /// Stops once every audio has round(beam_size * patience) finished sequences.
+  BeamSearch(
+      int64_t beam_size, int64_t eot, DecoderInference& inference, std::optional<double> patience);
+  bool update(Rows& tokens, const at::Tensor& logits, std::vector<float>& sum_logprobs) override;
+  Candidates finalize(const Rows& tokens, const std::vector<float>& sum_logprobs) override;
+
+ private:
+  // Sequences in insertion order with their scores (a Python dict's order:
+  // a key written again keeps its place).
+  struct Scored {
+    std::vector<std::vector<int64_t>> sequences;
+    std::vector<double> scores;
+    void put(const std::vector<int64_t>& sequence, double score);
+  };
+  int64_t beam_size_, eot_;
+  DecoderInference& inference_;
+  size_t max_candidates_;
+  std::vector<Scored> finished_; ///< per audio
+};
+
+} // namespace rotary_attention::whisper::detail

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <map>
+#include <sstream>
 
 #include "../weight_files/torch_save_reader.h"
 #include "rotary_attention/serialize.h"
@@ -211,6 +212,19 @@ std::shared_ptr<WhisperImpl> WhisperImpl::load(const std::string& path) {
   try {
     load_state_dict(*model, state, /*strict=*/true);
   } catch (const c10::Error& e) {
+    // The first few tensors that disagree name the problem; hundreds would bury it.
+    std::string reason;
+    std::istringstream lines(e.what_without_backtrace());
+    std::string line;
+    size_t n = 0;
+    while (std::getline(lines, line)) {
+      if (++n <= 4) {
+        reason += (n > 1 ? "\n" : "") + line;
+      }
+    }
+    if (n > 4) {
+      reason += "\n  ... and " + std::to_string(n - 4) + " more";
+    }
     TORCH_CHECK(
         false,
         "Whisper::load: '",

@@ -1,0 +1,378 @@
+"""The Whisper fork in C++ (`rotary_attention.cpp.Whisper`, the `rotary-whisper`
+command) against openai-whisper run on the original layers in the same process:
+a small random fork saved as openai-whisper saves it, decoded by `whisper.decode`
+and by the C++ loop; the C++ front end against `whisper.audio`; the tokenizer
+against whisper's own."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import wave
+
+import numpy as np
+import pytest
+import torch
+import whisper
+import whisper.audio
+import whisper.model
+import whisper.tokenizer
+from whisper.decoding import DecodingOptions
+
+import rotary_attention.cpp
+from conftest import original_sdpa
+from rotary_attention import reference, whisper_model
+from rotary_attention.whisper_inference import whisper_attention_class
+
+ASSETS = os.path.join(os.path.dirname(whisper.__file__), "assets")
+MULTILINGUAL = os.path.join(ASSETS, "multilingual.tiktoken")
+GPT2 = os.path.join(ASSETS, "gpt2.tiktoken")
+COMMAND = os.path.join(os.path.dirname(sys.executable), "rotary-whisper")
+
+# n_audio_ctx > n_text_ctx, as Whisper's hooks assume (they tell cross-attention by its length).
+SMALL = dict(n_mels=80, n_audio_ctx=40, n_audio_state=64, n_audio_head=4, n_audio_layer=1,
+             n_text_ctx=32, n_text_state=64, n_text_head=4, n_text_layer=2)  # fmt: skip
+
+
+def make_fork(path, n_vocab=51865, seed=1, **dims):
+    """A random fork (the original's attention in whisper.model.Whisper), saved as
+    openai-whisper saves a checkpoint; returns the in-memory original."""
+    dims = whisper.model.ModelDimensions(**{**SMALL, **dims, "n_vocab": n_vocab})
+    torch.manual_seed(0)
+    with whisper_attention_class(reference.OriginalGivenOneAudioPerRow):
+        original = whisper.model.Whisper(dims).eval()
+    reference.randomize_weights_(original, seed)
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": original.state_dict()}, path)
+    return original
+
+
+def original_decode(original, mel, options):
+    with whisper_attention_class(reference.OriginalGivenOneAudioPerRow), original_sdpa(True):
+        return whisper.decode(original, mel, options)
+
+
+@pytest.fixture(scope="module")
+def multilingual(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fork") / "multilingual.pt"
+    original = make_fork(path)
+    return original, rotary_attention.cpp.Whisper.load(path, tokenizer=MULTILINGUAL), path
+
+
+@pytest.fixture(scope="module")
+def english_only(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fork") / "english.pt"
+    original = make_fork(path, n_vocab=51864, seed=3)
+    return original, rotary_attention.cpp.Whisper.load(path, tokenizer=GPT2), path
+
+
+def audio_features(n_audio, seed=2):
+    """Large random features: a random decoder's tokens then depend on them."""
+    g = torch.Generator().manual_seed(seed)
+    return 20 * torch.randn(n_audio, SMALL["n_audio_ctx"], SMALL["n_audio_state"], generator=g)
+
+
+def mel_frames(n_audio):
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(n_audio, SMALL["n_mels"], 2 * SMALL["n_audio_ctx"], generator=g)
+
+
+BASE = dict(fp16=False)
+CASES = {
+    "greedy, a batch of 2 through the encoder": (mel_frames(2), dict(language="en")),
+    "greedy, a batch of 2": (audio_features(2), dict(language="en")),
+    "greedy without timestamps": (audio_features(2), dict(language="en", without_timestamps=True)),
+    "greedy, no initial timestamp limit": (audio_features(2), dict(language="en", max_initial_timestamp=None)),
+    "beam search 5": (audio_features(1), dict(language="en", beam_size=5)),
+    "beam search 5 without timestamps": (audio_features(1), dict(language="en", beam_size=5, without_timestamps=True)),
+    "beam search, patience 2 and length penalty": (
+        audio_features(1),
+        dict(language="en", beam_size=4, patience=2.0, length_penalty=0.6),
+    ),
+    "language detected": (audio_features(2, seed=7), dict(language=None)),
+    "language detected, beam search": (audio_features(1, seed=7), dict(language=None, beam_size=3)),
+    "translate": (audio_features(2), dict(language="de", task="translate")),
+    "a prompt and a prefix": (audio_features(2), dict(language="en", prompt=[1, 500, 2000], prefix=[440, 7])),
+    "suppress listed tokens, no blank suppression": (
+        audio_features(2),
+        dict(language="fr", suppress_tokens="11,13,-1", suppress_blank=False),
+    ),
+    "nothing suppressed, sample_len 5": (audio_features(2), dict(language="en", suppress_tokens="", sample_len=5)),
+}
+
+
+def assert_same_results(got, want):
+    assert [r.tokens for r in got] == [r.tokens for r in want]
+    assert [r.text for r in got] == [r.text for r in want]
+    assert [r.language for r in got] == [r.language for r in want]
+    for g, w in zip(got, want, strict=True):
+        # The C++ model computes the original's logits bit for bit: what differs is
+        # the softmax's summation over the vocabulary (fp32 rounding).
+        assert g.no_speech_prob == pytest.approx(w.no_speech_prob, rel=1e-5, abs=1e-9)
+        assert g.avg_logprob == pytest.approx(w.avg_logprob, abs=1e-5)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_decode_gives_whisper_decode_results_over_the_original(case, multilingual):
+    original, fork, _ = multilingual
+    inputs, options = CASES[case]
+    options = DecodingOptions(**BASE, **options)
+    want = original_decode(original, inputs, options)
+    got = fork.decode(inputs, options)
+    assert any(len(set(r.tokens)) > 2 for r in want), "the random fork must decode varied tokens"
+    assert_same_results(got, want)
+
+
+def test_decode_takes_keyword_options_and_a_2d_input(multilingual):
+    original, fork, _ = multilingual
+    features = audio_features(1)[0]
+    want = original_decode(original, features, DecodingOptions(fp16=False, language="en", beam_size=2))
+    got = fork.decode(features, language="en", beam_size=2)
+    assert isinstance(got, whisper_model.DecodingResult)
+    assert_same_results([got], [want])
+    assert got.compression_ratio == pytest.approx(want.compression_ratio)
+
+
+def test_an_english_only_fork_decodes_with_gpt2_vocabulary(english_only):
+    original, fork, _ = english_only
+    for options in (
+        DecodingOptions(fp16=False, language="en"),
+        DecodingOptions(fp16=False, beam_size=3, language="en"),
+    ):
+        n = 1 if options.beam_size else 2
+        assert_same_results(
+            fork.decode(audio_features(n), options), original_decode(original, audio_features(n), options)
+        )
+    with pytest.raises(RuntimeError, match="language tokens"):
+        fork.decode(audio_features(1), fp16=False)  # whisper raises too: nothing to detect with
+
+
+def test_the_cases_see_the_audio_beam_and_options(multilingual):
+    """The comparisons above can fail: audios decode differently, and the options change the tokens."""
+    _, fork, _ = multilingual
+    greedy = fork.decode(audio_features(2), language="en")
+    assert greedy[0].tokens != greedy[1].tokens
+    assert fork.decode(audio_features(1), language="en", beam_size=5)[0].tokens != greedy[0].tokens
+    assert fork.decode(audio_features(2), language="en", without_timestamps=True)[0].tokens != greedy[0].tokens
+    detected = fork.decode(audio_features(2, seed=7))
+    assert {r.language for r in detected} != {"en"}
+
+
+# The front end
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_mel_filters_are_whisper_s(n_mels):
+    want = whisper.audio.mel_filters("cpu", n_mels)
+    torch.testing.assert_close(whisper_model.mel_filters(n_mels), want, rtol=1e-6, atol=1e-7)
+
+
+def tones(seconds, rate, channels=1):
+    t = np.arange(int(seconds * rate)) / rate
+    left = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1330 * t) * (t > seconds / 3)
+    right = 0.25 * np.sin(2 * np.pi * 660 * t)
+    signal = np.stack([left, right], 1)[:, :channels] if channels > 1 else left[:, None]
+    return signal.astype(np.float32)
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_log_mel_spectrogram_is_whisper_s(n_mels):
+    audio = torch.from_numpy(tones(4.5, 16000)[:, 0]) + 0.01 * torch.randn(
+        72000, generator=torch.Generator().manual_seed(0)
+    )
+    for padding in (0, 1234):
+        want = whisper.audio.log_mel_spectrogram(audio, n_mels, padding=padding)
+        got = whisper_model.log_mel_spectrogram(audio, n_mels, padding=padding)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    padded = whisper.audio.pad_or_trim(audio)
+    torch.testing.assert_close(whisper_model.pad_or_trim(audio), padded, rtol=0, atol=0)
+    torch.testing.assert_close(whisper_model.pad_or_trim(padded[:1000], 300), padded[:300], rtol=0, atol=0)
+
+
+def write_wav(path, samples, rate):
+    """16-bit PCM, channels interleaved."""
+    pcm = np.clip(np.round(samples * 32767), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(samples.shape[1])
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes(pcm.tobytes())
+    return pcm
+
+
+def test_load_audio_reads_16_bit_samples_as_whisper_does(tmp_path):
+    pcm = write_wav(tmp_path / "a.wav", tones(1.0, 16000), 16000)
+    got = whisper_model.load_audio(tmp_path / "a.wav")
+    # whisper's ffmpeg call gives int16 / 32768.
+    torch.testing.assert_close(got, torch.from_numpy(pcm[:, 0].astype(np.float32) / 32768.0), rtol=0, atol=0)
+
+
+def resampled_mel_distance(tmp_path):
+    """How far a 44.1-kHz stereo file's mel (mixed to mono, resampled by libsoxr)
+    lies from whisper's mel of the same signal synthesized at 16 kHz."""
+    write_wav(tmp_path / "stereo.wav", tones(3.0, 44100, channels=2), 44100)
+    audio = whisper_model.load_audio(tmp_path / "stereo.wav")
+    direct = tones(3.0, 16000, channels=2).mean(1)
+    assert abs(audio.shape[0] - direct.shape[0]) <= 1
+    n = min(audio.shape[0], direct.shape[0])
+    got = whisper_model.log_mel_spectrogram(whisper_model.pad_or_trim(audio[:n]))
+    want = whisper.audio.log_mel_spectrogram(whisper.audio.pad_or_trim(torch.from_numpy(direct[:n].copy())))
+    return (got - want).abs()
+
+
+def test_a_44_khz_stereo_file_is_mixed_and_resampled_close_to_whisper_s_mel(tmp_path):
+    distance = resampled_mel_distance(tmp_path)
+    # README ("The whole fork"): the figures this test prints.
+    # Most of the mel is within 1e-3; the largest differences lie in the bins
+    # near 8 kHz (libsoxr's anti-aliasing filter) and at the signal's ends.
+    q999 = distance.flatten().kthvalue(int(0.999 * distance.numel())).values
+    print(f"44.1 kHz stereo vs 16 kHz: max {distance.max():.3f}, 99.9% {q999:.4f}, mean {distance.mean():.1e}")
+    assert distance.mean() < 1e-3 and q999 < 0.05 and distance.max() < 0.5
+
+
+# The tokenizer
+
+
+@pytest.mark.parametrize("multilingual_vocabulary", [True, False], ids=["multilingual", "gpt2"])
+def test_tokenizer_is_whisper_s(multilingual_vocabulary):
+    num_languages = 99 if multilingual_vocabulary else 99
+    path = MULTILINGUAL if multilingual_vocabulary else GPT2
+    want = whisper.tokenizer.get_tokenizer(
+        multilingual_vocabulary, num_languages=num_languages, language="de", task="translate"
+    )
+    got = rotary_attention._C._WhisperTokenizer(path, num_languages)
+    assert got.n_vocab == want.encoding.n_vocab
+    assert (got.eot, got.sot, got.no_speech, got.timestamp_begin) == (
+        want.eot,
+        want.sot,
+        want.no_speech,
+        want.timestamp_begin,
+    )
+    assert tuple(got.non_speech_tokens()) == want.non_speech_tokens
+    if multilingual_vocabulary:
+        assert tuple(got.sot_sequence("de", "translate")) == want.sot_sequence
+    assert got.encode_piece(b" ") == want.encode(" ")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        # Random tokens: partial UTF-8 sequences (replaced by U+FFFD), specials, timestamps.
+        tokens = torch.randint(0, want.encoding.n_vocab, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g)
+        tokens = tokens.tolist()
+        assert got.decode(tokens) == want.decode(tokens), tokens
+        assert got.decode_with_timestamps(tokens) == want.decode_with_timestamps(tokens), tokens
+    bytes_tokens = [t for t in range(256) if len(want.encoding.decode_single_token_bytes(t)) == 1]
+    for start in range(0, len(bytes_tokens), 3):
+        tokens = bytes_tokens[start : start + 3]
+        assert got.decode(tokens) == want.decode(tokens), tokens
+
+
+# The command
+
+
+@pytest.fixture(scope="module")
+def thirty_second_fork(tmp_path_factory):
+    """A fork whose encoder takes 30 s of audio (3000 mel frames), as the command feeds it."""
+    path = tmp_path_factory.mktemp("fork") / "fork30.pt"
+    return make_fork(path, seed=4, n_audio_ctx=1500, n_text_ctx=64), path
+
+
+def run_command(*args):
+    assert os.access(COMMAND, os.X_OK), f"{COMMAND}: the package's rotary-whisper is not installed"
+    return subprocess.run([COMMAND, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("beam_size", [None, 5])
+def test_the_command_gives_whisper_decode_s_tokens_and_text_for_a_wav_file(beam_size, thirty_second_fork, tmp_path):
+    original, checkpoint = thirty_second_fork
+    pcm = write_wav(tmp_path / "speech.wav", tones(7.0, 16000), 16000)
+    audio = torch.from_numpy(pcm[:, 0].astype(np.float32) / 32768.0)  # what whisper.load_audio gives
+    mel = whisper.audio.log_mel_spectrogram(whisper.audio.pad_or_trim(audio))
+    options = DecodingOptions(fp16=False, language="en", beam_size=beam_size)
+    want = original_decode(original, mel, options)
+    beam = ["--beam_size", beam_size] if beam_size else []
+    run = run_command(
+        "--model", checkpoint, "--tokenizer", MULTILINGUAL, "--language", "en", *beam,
+        "--output_format", "json", tmp_path / "speech.wav",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (line,) = run.stdout.splitlines()
+    got = json.loads(line)
+    assert len(set(want.tokens)) > 2
+    assert got["tokens"] == want.tokens and got["text"] == want.text and got["language"] == "en"
+    assert got["avg_logprob"] == pytest.approx(want.avg_logprob, abs=1e-5)
+    assert got["no_speech_prob"] == pytest.approx(want.no_speech_prob, rel=1e-5, abs=1e-9)
+    text = run_command(
+        "--model", checkpoint, "--tokenizer", MULTILINGUAL, "--language", "en", *beam, tmp_path / "speech.wav"
+    )
+    assert text.returncode == 0 and text.stdout == want.text + "\n"
+
+
+def test_the_command_reads_a_44_khz_stereo_file(thirty_second_fork, tmp_path):
+    _, checkpoint = thirty_second_fork
+    write_wav(tmp_path / "stereo.wav", tones(3.0, 44100, channels=2), 44100)
+    run = run_command(
+        "--model", checkpoint, "--tokenizer", MULTILINGUAL, "--output_format", "json", tmp_path / "stereo.wav"
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["tokens"] and result["language"]  # detected
+
+
+# Bad inputs: a clear error, a non-zero exit, never a crash (README, "The whole fork")
+
+
+def test_bad_checkpoints_are_refused_with_the_reason(multilingual, tmp_path):
+    _, _, good = multilingual
+    with pytest.raises(RuntimeError, match="cannot open"):
+        rotary_attention.cpp.Whisper.load(tmp_path / "missing.pt", tokenizer=MULTILINGUAL)
+    data = open(good, "rb").read()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RuntimeError, match="load_tensors"):
+        rotary_attention.cpp.Whisper.load(tmp_path / "truncated.pt", tokenizer=MULTILINGUAL)
+    checkpoint = torch.load(good)
+    checkpoint["dims"]["n_text_state"] = checkpoint["dims"]["n_audio_state"] = 32
+    torch.save(checkpoint, tmp_path / "dims.pt")
+    with pytest.raises(
+        RuntimeError, match=r"(?s)does not fit its dims.*size mismatch for \"(de|en)coder\.[a-z_.0-9]+\""
+    ):
+        rotary_attention.cpp.Whisper.load(tmp_path / "dims.pt", tokenizer=MULTILINGUAL)
+    checkpoint = torch.load(good)
+    del checkpoint["dims"]["n_vocab"]
+    torch.save(checkpoint, tmp_path / "nodims.pt")
+    with pytest.raises(RuntimeError, match="dims.n_vocab"):
+        rotary_attention.cpp.Whisper.load(tmp_path / "nodims.pt", tokenizer=MULTILINGUAL)
+    with pytest.raises(RuntimeError, match="does not fit the model"):
+        rotary_attention.cpp.Whisper.load(good, tokenizer=GPT2)
+    (tmp_path / "vocab.tiktoken").write_text("not a vocabulary\n")
+    with pytest.raises(RuntimeError, match="not a .tiktoken vocabulary"):
+        rotary_attention.cpp.Whisper.load(good, tokenizer=tmp_path / "vocab.tiktoken")
+
+
+def test_bad_audio_is_refused_with_the_reason(tmp_path):
+    (tmp_path / "text.wav").write_text("this is not audio")
+    with pytest.raises(RuntimeError, match="cannot read .* as audio"):
+        whisper_model.load_audio(tmp_path / "text.wav")
+    write_wav(tmp_path / "empty.wav", np.zeros((0, 1), np.float32), 16000)
+    with pytest.raises(RuntimeError, match="holds no audio"):
+        whisper_model.load_audio(tmp_path / "empty.wav")
+    with pytest.raises(RuntimeError, match="cannot read"):
+        whisper_model.load_audio(tmp_path / "missing.wav")
+
+
+def test_the_command_reports_bad_files_on_stderr_with_a_non_zero_exit(thirty_second_fork, tmp_path):
+    _, checkpoint = thirty_second_fork
+    (tmp_path / "text.wav").write_text("this is not audio")
+    write_wav(tmp_path / "empty.wav", np.zeros((0, 1), np.float32), 16000)
+    write_wav(tmp_path / "good.wav", tones(1.0, 16000), 16000)
+    run = run_command("--model", checkpoint, "--tokenizer", MULTILINGUAL, "--language", "en",
+                      tmp_path / "text.wav", tmp_path / "empty.wav", tmp_path / "good.wav")  # fmt: skip
+    assert run.returncode == 1
+    assert "text.wav" in run.stderr and "as audio" in run.stderr and "holds no audio" in run.stderr
+    assert len(run.stdout.splitlines()) == 1  # the good file was still transcribed
+    for args, message in [
+        (("--model", tmp_path / "missing.pt", "--tokenizer", MULTILINGUAL), "cannot open"),
+        (("--model", checkpoint, "--tokenizer", GPT2), "does not fit the model"),
+        (("--model", checkpoint, "--tokenizer", MULTILINGUAL, "--beam_size", "x"), "beam_size"),
+    ]:
+        run = run_command(*args, tmp_path / "good.wav")
+        assert run.returncode != 0 and message in run.stderr, run.stderr
+        assert run.returncode < 128  # an exit, not a signal

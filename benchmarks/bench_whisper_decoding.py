@@ -7,7 +7,9 @@
 2. this library's nn.Module through the same unchanged loop (the hooks send it down the
    faithful road: children called as modules, the rest in `attention_core`);
 3. this library through the fast path (`decode_with_kv_cache`: a KVCache, no hooks,
-   one operator call per layer, xa's keys computed once, the cache reordered per beam).
+   one operator call per layer, xa's keys computed once, the cache reordered per beam);
+4. the C++ fork (`rotary_attention.cpp.Whisper`, loaded from the same weights saved as
+   openai-whisper saves a checkpoint): the C++ decoding loop, no Python per step.
 
     python benchmarks/bench_whisper_decoding.py [--reps 3] [--tokens 100] [--beam 5] [--layers 6]
 
@@ -17,8 +19,10 @@ take turns in each repetition (rotating order); medians; the tokens must agree.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
+import tempfile
 
 import torch
 
@@ -53,6 +57,11 @@ def main():
         port = whisper.model.Whisper(dims).eval()
     port.load_state_dict(original.state_dict())
     features = torch.randn(1, dims.n_audio_ctx, dims.n_audio_state)
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = os.path.join(folder, "fork.pt")
+        torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": original.state_dict()}, checkpoint)
+        vocabulary = os.path.join(os.path.dirname(whisper.__file__), "assets", "gpt2.tiktoken")
+        cpp_fork = rotary_attention.cpp.Whisper.load(checkpoint, tokenizer=vocabulary)
     eot = 50256  # the English-only vocabulary's end of text
     options = DecodingOptions(
         language="en", fp16=False, beam_size=args.beam, sample_len=args.tokens,
@@ -69,16 +78,20 @@ def main():
 
         return go
 
+    def run_cpp():
+        results["cpp"] = cpp_fork.decode(features, options)
+
     contenders = {
         "original, Whisper's loop": run("original", reference.OriginalGivenOneAudioPerRow, original, False),
         "library, Whisper's loop (faithful road)": run("unchanged", rotary_attention.MultiHeadAttention, port, False),
         "library, fast path (KVCache)": run("fast", rotary_attention.MultiHeadAttention, port, True),
+        "C++ fork (rotary_attention.cpp.Whisper)": run_cpp,
     }
     times = median_seconds_interleaved(list(contenders.values()), reps=args.reps)
     tokens = {label: [r.tokens for r in res] for label, res in results.items()}
     print(f"# {machine_line()}")
     print(f"# decoder 512 x {args.layers} layers, beam {args.beam}, {args.tokens} tokens, medians of {args.reps}")
-    agree = tokens["unchanged"] == tokens["original"] and tokens["fast"] == tokens["original"]
+    agree = all(tokens[label] == tokens["original"] for label in ("unchanged", "fast", "cpp"))
     print(f"# tokens agree with the original: {agree}; decoded lengths {[len(t) for t in tokens['original']]}")
     base = times[0]
     for (label, _), t in zip(contenders.items(), times, strict=True):

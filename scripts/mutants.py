@@ -376,6 +376,35 @@ MUTANTS = [
         "                p.copy_(torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))[0])",
         pytest="test_parity.py -k set_up",
     ),
+    # The Whisper fork's decoding rules (C++)
+    Mutant(
+        "whisper: a timestamp may repeat the last one (segments of zero length)",
+        "src/whisper/logit_filters.cpp",
+        "last_was_timestamp && !penultimate_was_timestamp ? *last_timestamp : *last_timestamp + 1;",
+        "*last_timestamp;",
+        pytest="test_whisper_fork.py -k 'decode_gives and (greedy or beam)'",
+    ),
+    Mutant(
+        "whisper: a beam search stops one finished candidate early",
+        "src/whisper/token_search.cpp",
+        "    return s.sequences.size() >= max_candidates_;",
+        "    return s.sequences.size() + 1 >= max_candidates_;",
+        pytest="test_whisper_fork.py -k 'decode_gives and beam'",
+    ),
+    Mutant(
+        "whisper: the non-speech symbols are not suppressed",
+        "src/whisper/decoding_task.cpp",
+        "    if (non_speech) {",
+        "    if (false) {",
+        pytest="test_whisper_fork.py -k 'decode_gives or tokenizer'",
+    ),
+    Mutant(
+        "whisper: the first token's blank suppression misses end of text",
+        "src/whisper/logit_filters.cpp",
+        "  suppressed_.push_back(tokenizer.eot());",
+        "",
+        pytest="test_whisper_fork.py -k 'decode_gives'",
+    ),
 ]
 
 

@@ -147,7 +147,7 @@ class MultiHeadAttention(_CppModule, _C.cpp.MultiHeadAttention):
     absolute_positions=False)`;
     `forward(x, xa=None, mask=None, kv_cache=None)` returns `(out, qk)`,
     `qk` None on the SDPA path. `kv_cache` is a `rotary_attention.KVCache`.
-    `absolute_positions=True` decodes correctly (see the README) instead of
+    `absolute_positions=True` decodes correctly (see docs/decoding.md) instead of
     the original's re-rotation of the cache at positions 0..S-1.
     """
 

@@ -292,7 +292,7 @@ class MultiHeadAttention(nn.Module):
     absolute_positions=False)`; `forward(x, xa=None, mask=None, kv_cache=None)`
     returns `(out, qk)`, `qk` None on the SDPA path. `sdpa` is a per-module
     switch (the original's class attribute). `absolute_positions=True` decodes
-    at absolute positions (see the README) instead of the original's
+    at absolute positions (see docs/decoding.md) instead of the original's
     re-rotation of the cache at 0..S-1.
     """
 

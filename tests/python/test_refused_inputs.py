@@ -1,6 +1,6 @@
-"""Every row of the README's "Refused inputs" table, run: each public entry point given the
-bad input the row names must raise the error the row quotes (and the README table must
-list exactly these rows, so that the two cannot drift apart)."""
+"""Every row of the "Refused inputs" table (docs/refused-inputs.md), run: each public entry
+point given the bad input the row names must raise the error the row quotes (and the table
+must list exactly these rows, so that the two cannot drift apart)."""
 
 import json
 import os
@@ -11,9 +11,10 @@ import torch
 import weight_file_fuzzer as fuzzer
 
 import rotary_attention
+import rotary_attention.whisper_model
 from rotary_attention import cpp
 
-README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
+TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "refused-inputs.md")
 
 
 def x4(*shape, dtype=torch.float32):
@@ -41,7 +42,49 @@ def storage_size_mismatch(tmp_path):
     return path
 
 
-# (entry point, refused input, error excerpt as in the README, call raising it, exception type)
+def small_fork(p, **change):
+    """A tiny openai-whisper checkpoint of the fork (random weights), its dims changed."""
+    import dataclasses
+
+    import whisper.model
+
+    from rotary_attention.whisper_inference import whisper_attention_class
+
+    dims = whisper.model.ModelDimensions(
+        n_mels=80, n_audio_ctx=20, n_audio_state=16, n_audio_head=2, n_audio_layer=1,
+        n_vocab=51865, n_text_ctx=8, n_text_state=16, n_text_head=2, n_text_layer=1,
+    )  # fmt: skip
+    with whisper_attention_class(rotary_attention.MultiHeadAttention):
+        model = whisper.model.Whisper(dims)
+    checkpoint = {"dims": {**dataclasses.asdict(dims), **change}, "model_state_dict": model.state_dict()}
+    torch.save(checkpoint, p / "fork.pt")
+    return p / "fork.pt"
+
+
+def vocabulary(name):
+    import whisper
+
+    return os.path.join(os.path.dirname(whisper.__file__), "assets", f"{name}.tiktoken")
+
+
+def truncated_fork(p):
+    data = small_fork(p).read_bytes()
+    (p / "cut.pt").write_bytes(data[: len(data) // 2])
+    return p / "cut.pt"
+
+
+def wav_of(p, frames):
+    import wave
+
+    with wave.open(str(p / "a.wav"), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        f.writeframes(b"\0\0" * frames)
+    return p / "a.wav"
+
+
+# (entry point, refused input, error excerpt as in the table, call raising it, exception type)
 ROWS = [
     ("rotary", "x not of rank 4", "expected x of shape (B, T, H, D)",
      lambda p: rotary_attention.rotary(torch.randn(2, 8), freq(4)), RuntimeError),
@@ -144,6 +187,27 @@ ROWS = [
      RuntimeError),
     ("save_file", "an unknown format", "format must be",
      lambda p: rotary_attention.save_file({"a": torch.zeros(2)}, p / "w.pt", format="npz"), RuntimeError),
+    ("cpp.Whisper.load", "a checkpoint that does not exist", "cannot open",
+     lambda p: cpp.Whisper.load(p / "none.pt", tokenizer=vocabulary("multilingual")), RuntimeError),
+    ("cpp.Whisper.load", "a truncated checkpoint", "load_tensors",
+     lambda p: cpp.Whisper.load(truncated_fork(p), tokenizer=vocabulary("multilingual")), RuntimeError),
+    ("cpp.Whisper.load", "dims that disagree with the tensors", "does not fit its dims",
+     lambda p: cpp.Whisper.load(small_fork(p, n_text_layer=2), tokenizer=vocabulary("multilingual")), RuntimeError),
+    ("cpp.Whisper.load", "a checkpoint without dims", "is not an openai-whisper checkpoint",
+     lambda p: cpp.Whisper.load(small_fork(p, n_mels="80"), tokenizer=vocabulary("multilingual")), RuntimeError),
+    ("cpp.Whisper.load", "a vocabulary that does not fit the checkpoint", "does not fit the model",
+     lambda p: cpp.Whisper.load(small_fork(p), tokenizer=vocabulary("gpt2")), RuntimeError),
+    ("cpp.Whisper.decode", "temperature > 0 (sampling)", "which is not implemented",
+     lambda p: cpp.Whisper.load(small_fork(p), vocabulary("multilingual")).decode(torch.randn(20, 16), temperature=0.5),
+     RuntimeError),
+    ("cpp.Whisper.decode", "a text prompt", "prompt must be a list of token ids",
+     lambda p: cpp.Whisper.load(small_fork(p), vocabulary("multilingual")).decode(torch.randn(20, 16), prompt="hi"),
+     TypeError),
+    ("whisper_model.load_audio", "a file that is not audio", "as audio",
+     lambda p: (p / "a.wav").write_text("text") and rotary_attention.whisper_model.load_audio(p / "a.wav"),
+     RuntimeError),
+    ("whisper_model.load_audio", "an empty audio file", "holds no audio",
+     lambda p: rotary_attention.whisper_model.load_audio(wav_of(p, 0)), RuntimeError),
 ]  # fmt: skip
 
 
@@ -185,7 +249,7 @@ def filled_cache(cache):
 
 
 def readme_error(error, kind):
-    """The README's cell: the excerpt, with the exception type when it is not RuntimeError."""
+    """The table's cell: the excerpt, with the exception type when it is not RuntimeError."""
     return error if kind is RuntimeError else f"{kind.__name__}: {error}"
 
 
@@ -195,10 +259,9 @@ def test_refused_input_gives_the_documented_error(tmp_path, entry, bad_input, er
         call(tmp_path)
 
 
-def test_the_readme_table_lists_exactly_these_rows():
-    with open(README) as f:
-        text = f.read()
-    section = text.split("## Refused inputs", 1)[1].split("\n## ", 1)[0]
+def test_the_documented_table_lists_exactly_these_rows():
+    with open(TABLE) as f:
+        section = f.read()
     rows = []
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

@@ -1,0 +1,74 @@
+"""The code in docs/whisper.md runs: its shell and Python blocks in a folder holding a
+random fork's checkpoint, a vocabulary and a WAV file; its C++ block is part of
+examples/transcribe.cpp, which runs too."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_whisper_fork import MULTILINGUAL, make_fork, original_decode, tones, write_wav
+from whisper.decoding import DecodingOptions
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+BUILD_DIR = os.environ.get("RA_BUILD_DIR", os.path.join(ROOT, "build"))
+PAGE = os.path.join(ROOT, "docs", "whisper.md")
+
+
+def blocks(language):
+    with open(PAGE) as f:
+        return re.findall(rf"```{language}\n(.*?)```", f.read(), flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """fork.pt (an encoder for 30 s of audio), multilingual.tiktoken and speech.wav, and
+    whisper.decode's results for the file over the original: greedy and beam 5, in English."""
+    import whisper.audio
+
+    path = tmp_path_factory.mktemp("docs")
+    original = make_fork(path / "fork.pt", seed=4, n_audio_ctx=1500, n_text_ctx=64)
+    os.symlink(MULTILINGUAL, path / "multilingual.tiktoken")
+    pcm = write_wav(path / "speech.wav", tones(5.0, 16000), 16000)
+    audio = torch.from_numpy(pcm[:, 0].astype("float32") / 32768.0)
+    mel = whisper.audio.log_mel_spectrogram(whisper.audio.pad_or_trim(audio))
+    greedy = original_decode(original, mel, DecodingOptions(fp16=False, language="en"))
+    beam = original_decode(original, mel, DecodingOptions(fp16=False, language="en", beam_size=5))
+    return path, greedy, beam
+
+
+def test_the_python_block_runs_and_decodes_as_whisper(folder, monkeypatch):
+    path, greedy, _ = folder
+    (code,) = blocks("python")
+    monkeypatch.chdir(path)
+    namespace = {}
+    exec(compile(code, PAGE, "exec"), namespace)
+    assert namespace["result"].tokens == greedy.tokens and namespace["result"].text == greedy.text
+    assert len(namespace["results"]) == 2
+
+
+def test_the_shell_block_runs(folder):
+    path, _, beam = folder
+    (code,) = blocks("bash")
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    run = subprocess.run(["bash", "-euc", code], cwd=path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    text, *json_lines = run.stdout.splitlines()
+    assert text == beam.text and len(json_lines) == 2  # the text, then one JSON line per file
+
+
+def test_the_cpp_block_is_the_example_program_which_runs(folder):
+    path, _, beam = folder
+    with open(os.path.join(ROOT, "examples", "transcribe.cpp")) as f:
+        body = [line.strip() for line in f.read().splitlines()]
+    for code in blocks("cpp"):
+        lines = [line.strip() for line in code.strip().splitlines()]
+        assert any(body[i : i + len(lines)] == lines for i in range(len(body))), code
+    exe = os.path.join(BUILD_DIR, "examples", "transcribe")
+    assert os.path.exists(exe), f"{exe} is missing: build with scripts/test.sh (or set RA_BUILD_DIR)"
+    run = subprocess.run([exe, "fork.pt", "multilingual.tiktoken", "speech.wav"], cwd=path, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"{beam.text}  ({len(beam.tokens)} tokens, avg_logprob "), run.stdout

@@ -37,16 +37,16 @@ ra_make_venv() {
   fi
 }
 
-# The real clients the tests run (openai-whisper's decoding loop, peft's LoRA),
-# pinned. openai-whisper is an sdist whose requirements pull a CUDA triton:
+# The real clients the tests run (openai-whisper's decoding loop, peft's LoRA,
+# torchao's quantization), pinned. openai-whisper is an sdist whose requirements pull a CUDA triton:
 # it comes without them, beside what its decoding imports (numba: its word
 # timestamps, imported by whisper/__init__).
 RA_CLIENTS=(peft==0.21.0 transformers==5.24.0 tiktoken==0.14.0 more-itertools==11.2.1 numba==0.68.1
-  requests==2.34.2 tqdm==4.70.1 regex==2026.11.19)
+  requests==2.34.2 tqdm==4.70.1 regex==2026.11.19 torchao==0.18.0)
 RA_WHISPER=openai-whisper==20250625
 
 ra_install_clients() {
-  if ! "$RA_PY" -c "import whisper, peft" >/dev/null 2>&1; then
+  if ! "$RA_PY" -c "import whisper, peft, torchao" >/dev/null 2>&1; then
     echo "== installing the clients the tests run: $RA_WHISPER ${RA_CLIENTS[*]}"
     ra_pip "${RA_CLIENTS[@]}"
     ra_pip --no-deps "$RA_WHISPER"

@@ -405,6 +405,13 @@ MUTANTS = [
         "",
         pytest="test_whisper_fork.py -k 'decode_gives'",
     ),
+    Mutant(
+        "python: a torchao (subclass) weight sent down the fast road",
+        "python/rotary_attention/layers.py",
+        "            if type(m[name]) is not nn.Linear or _hooked(m[name]) or _holds_subclass_tensors(m[name]):",
+        "            if type(m[name]) is not nn.Linear or _hooked(m[name]):",
+        pytest="test_torchao.py",
+    ),
 ]
 
 
@@ -447,9 +454,10 @@ def main():
         if run(["cmake", "--build", build], src, env, log) != 0:
             return False
         with open(os.path.join(build, "python_package_files.txt")) as f:
-            extension, library = [line.strip() for line in f if line.strip()]
-        shutil.copyfile(extension, os.path.join(pkg, "rotary_attention", os.path.basename(extension)))
-        shutil.copyfile(library, os.path.join(pkg, "rotary_attention", os.path.basename(library)))
+            *built, command = [line.strip() for line in f if line.strip()]  # _C, the libraries, rotary-whisper
+        for path in built:
+            shutil.copyfile(path, os.path.join(pkg, "rotary_attention", os.path.basename(path)))
+        shutil.copy(command, os.path.join(pkg, "rotary_attention", "bin", os.path.basename(command)))
         return True
 
     def tests_pass(m):

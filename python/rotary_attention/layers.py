@@ -5,6 +5,7 @@ have the original's names; everything torch.nn.Module offers works (parents
 see the parameters, .to()/.double(), deepcopy, pickle, torch.save(model),
 hooks, torch.func.functional_call, torch.compile, torch.export)."""
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +101,8 @@ class KVCache:
         self._entries: dict[int, _CacheEntry] = {}  # by id(layer)
 
     def get(self, layer: nn.Module) -> tuple[Tensor, Tensor] | None:
-        """(key, value) cached for `layer` (the cached steps), or None."""
+        """(key, value) cached for `layer` (the cached steps; cross-attention keys are kept
+        rotated, as attention reads them), or None."""
         entry = self._entries.get(id(layer))
         if entry is None:
             return None
@@ -264,6 +266,16 @@ def _hooked(module: nn.Module) -> bool:
     )
 
 
+def _holds_subclass_tensors(module: nn.Module) -> bool:
+    """Parameters or buffers that are tensor subclasses (torchao's quantized
+    weights, DTensors, ...): only the module's own forward knows how to use
+    them, so its weights cannot be handed to an operator."""
+    return any(
+        type(t) not in (torch.Tensor, nn.Parameter)
+        for t in itertools.chain(module.parameters(recurse=False), module.buffers(recurse=False))
+    )
+
+
 def _global_hooks() -> bool:
     """Hooks registered for every module (torch.nn.modules.module.register_module_*_hook)."""
     g = torch.nn.modules.module
@@ -365,8 +377,10 @@ class MultiHeadAttention(nn.Module):
             return False
         m = self._modules
         for name in ("query", "key", "value", "out"):
-            if type(m[name]) is not nn.Linear or _hooked(m[name]):
+            if type(m[name]) is not nn.Linear or _hooked(m[name]) or _holds_subclass_tensors(m[name]):
                 return False
+        if _holds_subclass_tensors(self) or _holds_subclass_tensors(m["attn_ln"]):
+            return False
         if m["key"].bias is not None:
             return False
         norm = m["attn_ln"]
@@ -388,6 +402,8 @@ class MultiHeadAttention(nn.Module):
             type(m["rotary_emb"]) is RotaryEmbedding
             and type(m["rotation_layer"]) is RotationLayer
             and not _hooked(m["rotation_layer"])
+            and not _holds_subclass_tensors(m["rotation_layer"])
+            and not _holds_subclass_tensors(m["rotary_emb"])
             and not _global_hooks()
         )
 
@@ -456,7 +472,15 @@ class MultiHeadAttention(nn.Module):
         return out, qk.detach()
 
     def _attention_core(
-        self, q: Tensor, k: Tensor, v: Tensor, cross: bool, mask: Tensor | None, rotate: bool = True, *cache
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cross: bool,
+        mask: Tensor | None,
+        rotate: bool = True,
+        *cache,
+        absolute: bool | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         # (rotate=False: the children rotated q and k, and may hold no such tensors)
         unused = q.new_empty(0)
@@ -473,7 +497,7 @@ class MultiHeadAttention(nn.Module):
             self.sdpa,
             getattr(self.dropout, "p", 0.0),  # (sdpa: a replaced dropout is never called)
             self.training,
-            self.absolute_positions,
+            self.absolute_positions if absolute is None else absolute,
             rotate,
             *cache,
         )
@@ -491,6 +515,7 @@ class MultiHeadAttention(nn.Module):
         cache_length: int = 0,
         positions: Tensor | None = None,
         lengths: Tensor | None = None,
+        absolute: bool | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """`_attention`'s result with the norm and the projections called as
         modules (the faithful road); rotary, the rotation, the cache and
@@ -514,6 +539,7 @@ class MultiHeadAttention(nn.Module):
         wv, qk, key, value = self._attention_core(
             q, k, v, xa is not None, mask, True,
             cached_key, cached_value, query_position, key_buffer, value_buffer, cache_length, positions, lengths,
+            absolute=absolute,
         )  # fmt: skip
         return self.out(wv) + x, qk, key, value
 
@@ -549,7 +575,12 @@ class MultiHeadAttention(nn.Module):
         cached_key = cached_value = None
         if entry is not None:
             cached_key, cached_value = entry.key, entry.value
-        out, qk, key, value = attention(x, xa, mask, cached_key, cached_value, query_position, positions=positions)
+        # The entry keeps xa's keys rotated, computed once per audio: the original
+        # rotates them at 0..S-1 and the queries at 0..T-1 on every call, which is
+        # absolute_positions with the queries at 0 (the same rotation, the same bits).
+        out, qk, key, value = attention(
+            x, xa, mask, cached_key, cached_value, query_position, positions=positions, absolute=True
+        )
         if entry is None:
             entry = kv_cache._store(self, key, value)
         if entry.filled is not None:
@@ -571,6 +602,7 @@ class MultiHeadAttention(nn.Module):
         cache_length: int = 0,
         positions: Tensor | None = None,
         lengths: Tensor | None = None,
+        absolute: bool | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return torch.ops.rotary_attention.multi_head_attention(
             x,
@@ -593,7 +625,7 @@ class MultiHeadAttention(nn.Module):
             self.sdpa,
             getattr(self.dropout, "p", 0.0),  # (sdpa: a replaced dropout is never called)
             self.training,
-            self.absolute_positions,
+            self.absolute_positions if absolute is None else absolute,
             cached_key,
             cached_value,
             query_position,

@@ -60,7 +60,11 @@ void MultiHeadAttentionImpl::reset() {
 std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
     const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask, KVCache* kv_cache) {
   const bool cross = xa.defined();
-  const bool absolute = options.absolute_positions();
+  // Cross-attention over a cache keeps its keys rotated, computed once per
+  // audio: the original's semantics rotate the keys at 0..S-1 and the queries
+  // at 0..T-1 on every call, which is absolute_positions with the queries at 0
+  // (the same rotation of the same keys, so the same bits).
+  const bool absolute = options.absolute_positions() || (cross && kv_cache != nullptr);
   // Self-attention with a cache: the new keys are written into the cache's
   // buffers, made large enough first. Cross-attention: xa's keys, once.
   KVCache::Entry* buffers = nullptr;
@@ -82,7 +86,9 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
   // absolute_positions: the position of x's first token: after the cached
   // keys (self-attention), or after the queries seen so far (cross-attention).
   const int64_t query_position =
-      !absolute ? 0 : (cross ? (cached != nullptr ? cached->queries : 0) : cache_length);
+      !options.absolute_positions()
+          ? 0
+          : (cross ? (cached != nullptr ? cached->queries : 0) : cache_length);
   const auto& attn_ln = options.group_norm() ? group_norm->weight : layer_norm->weight;
   const auto& attn_ln_bias = options.group_norm() ? group_norm->bias : layer_norm->bias;
   auto optional = [](const torch::Tensor& t) {
@@ -122,7 +128,7 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
     if (cached == nullptr) {
       kv_cache->store(this, key_to_cache, value_to_cache);
     }
-    if (absolute) {
+    if (options.absolute_positions()) {
       kv_cache->advance_queries(this, x.size(1));
     }
   }

@@ -6,6 +6,7 @@ against whisper's own."""
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -121,6 +122,62 @@ def test_decode_gives_whisper_decode_results_over_the_original(case, multilingua
     got = fork.decode(inputs, options)
     assert any(len(set(r.tokens)) > 2 for r in want), "the random fork must decode varied tokens"
     assert_same_results(got, want)
+
+
+@pytest.fixture(scope="module")
+def early_ending(tmp_path_factory):
+    """A fork whose final norm leans toward the end-of-text token: sequences end after
+    a few tokens, at different steps, so a beam search's finished candidates (and its
+    patience) decide the result."""
+    path = tmp_path_factory.mktemp("fork") / "ending.pt"
+    original = make_fork(path)
+    with torch.no_grad():
+        eot = original.decoder.token_embedding.weight[50257]
+        original.decoder.ln.bias.add_(1.15 * eot / eot.norm())
+    torch.save({"dims": dataclasses.asdict(original.dims), "model_state_dict": original.state_dict()}, path)
+    return original, rotary_attention.cpp.Whisper.load(path, tokenizer=MULTILINGUAL)
+
+
+# (beam_size, patience, length_penalty); greedy first: its first token would be the end of
+# text but for the blank suppression.
+ENDING = [(None, None, None), (3, None, None), (5, None, None), (3, 2.0, None), (5, 2.0, None), (5, 1.5, 0.3),
+          (4, 3.0, 1.0)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("beam_size", "patience", "length_penalty"), ENDING)
+def test_decode_gives_whisper_decode_results_when_beams_finish_early(beam_size, patience, length_penalty, early_ending):
+    original, fork = early_ending
+    options = DecodingOptions(fp16=False, language="en", without_timestamps=True, beam_size=beam_size,
+                              patience=patience, length_penalty=length_penalty)  # fmt: skip
+    features = audio_features(2 if beam_size is None else 1)
+    assert_same_results(fork.decode(features, options), original_decode(original, features, options))
+
+
+def test_an_empty_candidate_ranks_last_where_whisper_divides_by_zero(early_ending):
+    """Without the blank suppression this fork ends at once: the candidate has no token,
+    and whisper's length normalisation divides by zero (ZeroDivisionError); the C++
+    ranker scores it -inf, so it is chosen only when it is the only one."""
+    original, fork = early_ending
+    options = DecodingOptions(fp16=False, language="en", without_timestamps=True, suppress_blank=False)
+    with pytest.raises(ZeroDivisionError):
+        original_decode(original, audio_features(2), options)
+    got = fork.decode(audio_features(2), options)
+    assert got[1].tokens == [] and got[1].text == "" and math.isfinite(got[1].avg_logprob)
+
+
+def test_the_early_ending_cases_depend_on_finished_candidates(early_ending):
+    original, _ = early_ending
+    lengths = {
+        (beam, patience): len(
+            original_decode(original, audio_features(1), DecodingOptions(
+                fp16=False, language="en", without_timestamps=True, beam_size=beam, patience=patience))[0].tokens)
+        for beam, patience, _ in ENDING
+    }  # fmt: skip
+    assert lengths[(3, None)] != lengths[(3, 2.0)] and lengths[(5, None)] != lengths[(5, 2.0)], lengths
+    blank = DecodingOptions(fp16=False, language="en", without_timestamps=True, suppress_blank=False)
+    with pytest.raises(ZeroDivisionError):  # an empty candidate: the first token would end it
+        original_decode(original, audio_features(2), blank)
+    assert max(lengths.values()) < 16  # the end of text, not sample_len, ends them
 
 
 def test_decode_takes_keyword_options_and_a_2d_input(multilingual):

@@ -23,7 +23,9 @@ class KVCache {
  public:
   struct Entry {
     /// Self-attention: (B, capacity, n_state) buffers whose first `length`
-    /// steps are cached. Cross-attention: the keys/values of xa.
+    /// steps are cached. Cross-attention: the keys/values of xa, the keys
+    /// rotated (rotary at 0..S-1, then the rotation layer): attention reads
+    /// them as they are, at every call.
     at::Tensor key_buffer;
     at::Tensor value_buffer;
     int64_t length = 0;

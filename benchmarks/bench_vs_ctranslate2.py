@@ -123,8 +123,10 @@ def prepare(folder):
 def whisper_options(beam, tokens):
     from whisper.decoding import DecodingOptions
 
-    return DecodingOptions(language="en", fp16=False, beam_size=beam or None, sample_len=tokens, without_timestamps=True,
-                           suppress_tokens=[-1, EOT], suppress_blank=False)  # fmt: skip
+    return DecodingOptions(
+        language="en", fp16=False, beam_size=beam or None, sample_len=tokens, without_timestamps=True,
+        suppress_tokens=[-1, EOT], suppress_blank=False,
+    )  # fmt: skip
 
 
 def contender(name, folder, task, beam, tokens):

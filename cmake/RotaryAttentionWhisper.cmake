@@ -8,6 +8,7 @@ pkg_check_modules(SOXR REQUIRED IMPORTED_TARGET soxr>=0.1.3)
 
 add_library(rotary_whisper SHARED
   src/whisper/model.cpp
+  src/whisper/few_rows_linear.cpp
   src/whisper/log_mel.cpp
   src/whisper/audio_file.cpp
   src/whisper/tokenizer.cpp
@@ -17,6 +18,8 @@ add_library(rotary_whisper SHARED
   src/whisper/decoding_task.cpp)
 add_library(RotaryAttention::whisper ALIAS rotary_whisper)
 target_link_libraries(rotary_whisper PUBLIC rotary_attention PRIVATE PkgConfig::SNDFILE PkgConfig::SOXR)
+# at::parallel_for runs serially unless this code is built with torch's OpenMP.
+target_link_libraries(rotary_whisper PRIVATE OpenMP::OpenMP_CXX)
 target_compile_options(rotary_whisper PRIVATE -Wall -Wextra -Wno-unused-parameter)
 set_target_properties(rotary_whisper PROPERTIES
   VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR}

@@ -412,6 +412,39 @@ MUTANTS = [
         "            if type(m[name]) is not nn.Linear or _hooked(m[name]):",
         pytest="test_torchao.py",
     ),
+    Mutant(
+        "python: a beam's in-place KVCache.reorder leaves the last step stale",
+        "python/rotary_attention/layers.py",
+        "                    buffer[:, :n] = buffer[:, :n].index_select(0, rows)",
+        "                    buffer[:, : n - 1] = buffer[:, : n - 1].index_select(0, rows)",
+        pytest="test_children_as_modules.py test_whisper_decoding.py -k '(reorder and not cpp) or beam'",
+    ),
+    Mutant(
+        "KVCache (C++): a beam's in-place reorder leaves the last step stale",
+        "src/nn/kv_cache.cpp",
+        "      const at::Tensor gathered = buffer->slice(1, 0, e.length).index_select(0, rows);",
+        "      const at::Tensor gathered = buffer->slice(1, 0, e.length - 1).index_select(0, rows);\n"
+        "      if (rows.size(0) == buffer->size(0)) {\n"
+        "        buffer->slice(1, 0, e.length - 1).copy_(gathered);\n"
+        "        continue;\n"
+        "      }",
+        pytest="test_children_as_modules.py test_whisper_fork.py -k '(reorder and cpp) or beam'",
+        ctest="reorder",
+    ),
+    Mutant(
+        "whisper: a beam's shared audio keys read with the rows' queries at the wrong positions",
+        "src/nn/multi_head_attention.cpp",
+        "(at::arange(steps, x.options().dtype(at::kLong)) + query_position).repeat({rows});",
+        "(at::arange(steps, x.options().dtype(at::kLong)) + query_position).repeat_interleave(rows);",
+        pytest="test_whisper_fork.py -k 'decode_gives and beam'",
+    ),
+    Mutant(
+        "whisper: the few-rows product drops the bias",
+        "src/whisper/few_rows_linear.cpp",
+        "      y[r * n + o] = sum + (bias != nullptr ? bias[o] : 0.0f);",
+        "      y[r * n + o] = sum;",
+        pytest="test_whisper_fork.py -k 'few_rows or (decode_gives and greedy)'",
+    ),
 ]
 
 

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 #include <torch/python.h>
 
+#include "../../src/whisper/few_rows_linear.h"
 #include "rotary_attention/whisper/audio.h"
 #include "rotary_attention/whisper/decoding.h"
 
@@ -128,6 +129,18 @@ void bind_whisper(py::module& m) {
           py::arg("max_initial_timestamp"));
 
   m.def("_mel_filters", &rw::mel_filters, py::arg("n_mels"));
+  // The decoder's few-rows product, for its tests and benchmarks.
+  m.def(
+      "_few_rows_linear",
+      [](const torch::Tensor& x,
+         const torch::Tensor& weight,
+         const std::optional<torch::Tensor>& bias) {
+        return rw::detail::few_rows_linear(x, weight, bias.value_or(torch::Tensor()));
+      },
+      py::arg("x"),
+      py::arg("weight"),
+      py::arg("bias") = std::nullopt,
+      py::call_guard<py::gil_scoped_release>());
   m.def(
       "_log_mel_spectrogram",
       &rw::log_mel_spectrogram,

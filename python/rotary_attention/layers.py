@@ -209,6 +209,12 @@ class KVCache:
             elif self.static and rows.numel() == entry.key.shape[0]:
                 entry.key.copy_(entry.key.index_select(0, rows))
                 entry.value.copy_(entry.value.index_select(0, rows))
+            elif rows.numel() == entry.key.shape[0]:
+                # A beam keeps its size: the written steps are gathered in place (the
+                # steps past them stay zero), with no buffer of full capacity per step.
+                n = self.length(entry.layer)
+                for buffer in (entry.key, entry.value):
+                    buffer[:, :n] = buffer[:, :n].index_select(0, rows)
             else:
                 n = self.length(entry.layer)
                 for name in ("key", "value"):

@@ -121,10 +121,16 @@ void KVCache::reorder(const at::Tensor& indices) {
         *buffer = buffer->index_select(0, rows);
         continue;
       }
-      // Only the cached steps are gathered; the buffers keep their capacity.
+      // Only the cached steps are gathered. A beam that keeps its size is
+      // reordered in place; otherwise new buffers keep the capacity.
+      const at::Tensor gathered = buffer->slice(1, 0, e.length).index_select(0, rows);
+      if (rows.size(0) == buffer->size(0)) {
+        buffer->slice(1, 0, e.length).copy_(gathered);
+        continue;
+      }
       at::Tensor reordered =
           at::empty({rows.size(0), buffer->size(1), buffer->size(2)}, buffer->options());
-      reordered.slice(1, 0, e.length).copy_(buffer->slice(1, 0, e.length).index_select(0, rows));
+      reordered.slice(1, 0, e.length).copy_(gathered);
       *buffer = reordered;
     }
   }

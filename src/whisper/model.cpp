@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "../weight_files/torch_save_reader.h"
+#include "few_rows_linear.h"
 #include "rotary_attention/serialize.h"
 
 namespace rotary_attention::whisper {
@@ -36,13 +37,28 @@ void ResidualAttentionBlockImpl::reset() {
   mlp_ln = register_module("mlp_ln", norm());
 }
 
+namespace {
+
+// F.linear for a decode step's few rows reads the weight once at memory
+// speed (few_rows_linear.h); longer inputs take at::linear.
+at::Tensor linear_of_rows(const at::Tensor& x, const torch::nn::LinearImpl& layer) {
+  if (!detail::few_rows_apply(x, layer.weight)) {
+    return at::linear(x, layer.weight, layer.bias);
+  }
+  return detail::few_rows_linear(x, layer.weight, layer.bias).to(x.scalar_type());
+}
+
+} // namespace
+
 torch::Tensor ResidualAttentionBlockImpl::forward(
     const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask, KVCache* kv_cache) {
   auto h = x + std::get<0>(attn->forward(attn_ln->forward(x), {}, mask, kv_cache));
   if (cross_attention) {
     h = h + std::get<0>(cross_attn->forward(cross_attn_ln->forward(h), xa, {}, kv_cache));
   }
-  return h + mlp->forward(mlp_ln->forward(h));
+  const auto hidden =
+      at::gelu(linear_of_rows(mlp_ln->forward(h), *mlp->ptr<torch::nn::LinearImpl>(0)));
+  return h + linear_of_rows(hidden, *mlp->ptr<torch::nn::LinearImpl>(2));
 }
 
 namespace {
@@ -153,7 +169,13 @@ torch::Tensor TextDecoderImpl::forward(
     x = block->as<ResidualAttentionBlock>()->forward(x, audio_features, mask, kv_cache);
   }
   x = ln->forward(x);
-  return at::matmul(x, token_embedding->weight.to(x.scalar_type()).t()).to(at::kFloat);
+  // Whisper's x @ token_embedding^T. A decode step's few rows read the
+  // embedding (the step's largest read) once at memory speed, in fp32.
+  const auto& embedding = token_embedding->weight;
+  if (detail::few_rows_apply(x, embedding)) {
+    return detail::few_rows_linear(x, embedding, {});
+  }
+  return at::matmul(x, embedding.to(x.scalar_type()).t()).to(at::kFloat);
 }
 
 WhisperImpl::WhisperImpl(const ModelDimensions& dims_) : dims(dims_) {
@@ -166,7 +188,7 @@ void WhisperImpl::reset() {
 }
 
 std::shared_ptr<WhisperImpl> WhisperImpl::load(const std::string& path) {
-  const auto contents = detail::read_torch_save(path, "model_state_dict.");
+  const auto contents = rotary_attention::detail::read_torch_save(path, "model_state_dict.");
   std::map<std::string, int64_t> numbers(contents.integers.begin(), contents.integers.end());
   ModelDimensions dims;
   const std::pair<const char*, int64_t*> fields[] = {

@@ -5,7 +5,10 @@
 namespace rotary_attention::whisper {
 
 WhisperInference::WhisperInference(Whisper model)
-    : model_(std::move(model)), cache_(model_->dims.n_text_ctx) {}
+    : model_(std::move(model)), cache_(model_->dims.n_text_ctx) {
+  // A beam reads its audio's keys and values once per step, not once per row.
+  cache_.set_shared_keys_read_once(true);
+}
 
 at::Tensor WhisperInference::logits(const at::Tensor& tokens, const at::Tensor& audio_features) {
   const int64_t rows = tokens.size(0), n_audio = audio_features.size(0);

@@ -433,3 +433,22 @@ def test_the_command_reports_bad_files_on_stderr_with_a_non_zero_exit(thirty_sec
         run = run_command(*args, tmp_path / "good.wav")
         assert run.returncode != 0 and message in run.stderr, run.stderr
         assert run.returncode < 128  # an exit, not a signal
+
+
+# The decoder's few-rows product (src/whisper/few_rows_linear.cpp)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 16])
+@pytest.mark.parametrize("k", [17, 100, 512, 2048])
+def test_few_rows_linear_is_linear_within_fp32_rounding(rows, k):
+    """Within the bound of fp32 summation (k ulps of the sum of |x w| terms), against fp64."""
+    g = torch.Generator().manual_seed(rows * 10_000 + k)
+    x, w, b = torch.randn(rows, k, generator=g), torch.randn(300, k, generator=g), torch.randn(300, generator=g)
+    for bias in (b, None):
+        got = rotary_attention._C._few_rows_linear(x, w, bias)
+        want = torch.nn.functional.linear(x.double(), w.double(), None if bias is None else bias.double())
+        bound = (k + 2) * 2.0**-24 * (x.double().abs() @ w.double().abs().T + (0 if bias is None else b.abs().double()))
+        assert got.dtype == torch.float32 and got.shape == (rows, 300)
+        assert ((got.double() - want).abs() <= bound).all()
+    with pytest.raises(RuntimeError, match="at most 16 rows"):
+        rotary_attention._C._few_rows_linear(torch.randn(17, k), w)

@@ -73,6 +73,18 @@ class KVCache {
   /// every row and stay as they are. Checked before anything changes.
   void reorder(const at::Tensor& indices);
 
+  /// When true, cross-attention keys of batch 1 shared by several rows (a
+  /// beam over one audio) are read once for all of them: the rows' queries
+  /// attend as one row's queries (SDPA path). Equal to attending row by row
+  /// up to rounding (not bit for bit), and several times less memory traffic
+  /// per step. Default false.
+  void set_shared_keys_read_once(bool once) {
+    shared_keys_read_once_ = once;
+  }
+  bool shared_keys_read_once() const {
+    return shared_keys_read_once_;
+  }
+
   /// Number of cached time steps of `layer` (0 when absent).
   int64_t length(const void* layer) const;
   /// Steps `layer`'s buffers hold before they grow (0 when absent).
@@ -87,6 +99,7 @@ class KVCache {
 
  private:
   int64_t initial_capacity_;
+  bool shared_keys_read_once_ = false;
   std::unordered_map<const void*, Entry> entries_;
 };
 

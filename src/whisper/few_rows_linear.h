@@ -1,0 +1,26 @@
+#pragma once
+// y = x @ W^T + b for the few rows of a decode step (a beam: 1 to 16 rows),
+// reading W once, row after row, at memory speed; MKL's GEMM for such shapes
+// reaches a third to a half of it, and its GEMV for one row less.
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace rotary_attention::whisper::detail {
+
+/// x: (..., K) with at most kMaxRows rows; weight: (N, K) fp32, contiguous;
+/// bias: (N,) fp32, or undefined. Returns (..., N) fp32. Sums in fp32, in lanes of 16 then across
+/// them: not the bits of at::linear, within fp32 rounding of it.
+at::Tensor few_rows_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+constexpr int64_t kMaxRows = 16;
+
+/// Whether few_rows_linear takes this product: a decode step's rows on the
+/// CPU, an fp32 model (other dtypes and devices take at::linear).
+inline bool few_rows_apply(const at::Tensor& x, const at::Tensor& weight) {
+  return x.device().is_cpu() && x.numel() <= kMaxRows * x.size(-1) &&
+         weight.scalar_type() == at::kFloat && weight.is_contiguous();
+}
+
+} // namespace rotary_attention::whisper::detail

@@ -56,6 +56,12 @@ buffers that grow by doubling; `capacity` preallocates), cross-attention ones
 are computed on the first call and reused.)doc")
       .def(py::init<int64_t>(), py::arg("capacity") = 0)
       .def("clear", &ra::KVCache::clear, "Forget every cached entry (start a new sequence).")
+      .def_property(
+          "shared_keys_read_once",
+          &ra::KVCache::shared_keys_read_once,
+          &ra::KVCache::set_shared_keys_read_once,
+          "Cross-attention keys of batch 1 shared by several rows (a beam) read once for all "
+          "rows: equal to row-by-row attention up to rounding, not bit for bit.")
       .def("__len__", &ra::KVCache::size)
       .def(
           "reorder",

@@ -452,3 +452,28 @@ def test_few_rows_linear_is_linear_within_fp32_rounding(rows, k):
         assert ((got.double() - want).abs() <= bound).all()
     with pytest.raises(RuntimeError, match="at most 16 rows"):
         rotary_attention._C._few_rows_linear(torch.randn(17, k), w)
+
+
+# A beam's audio keys read once (KVCache::set_shared_keys_read_once)
+
+
+def test_a_beam_reading_its_audio_once_attends_as_row_by_row_to_rounding():
+    """Several rows over one audio's cached keys, calls of several tokens included: each
+    row's queries keep their own positions."""
+    torch.manual_seed(0)
+    ref = reference.randomize_weights_(reference.MultiHeadAttention(64, 4), 3).eval()
+    layer = rotary_attention.cpp.MultiHeadAttention(64, 4)
+    layer.load_state_dict(ref.state_dict())
+    layer.eval()
+    xa = torch.randn(1, 40, 64)
+    x = [torch.randn(5, n, 64) for n in (3, 1, 4, 2)]
+    once, per_row = rotary_attention.cpp.KVCache(), rotary_attention.cpp.KVCache()
+    once.shared_keys_read_once = True
+    assert once.shared_keys_read_once and not per_row.shared_keys_read_once
+    with torch.no_grad():
+        got = [layer(step, xa, kv_cache=once)[0] for step in x]
+        want = [layer(step, xa, kv_cache=per_row)[0] for step in x]
+        original = [ref(step, xa.expand(5, -1, -1))[0] for step in x]
+    for g, w, o in zip(got, want, original, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(w, o, rtol=0, atol=0)  # row by row keeps the original's bits

@@ -62,13 +62,15 @@ class CMakeBuild(build_ext):
             files = [line.strip() for line in f if line.strip()]
         package_dir = os.path.dirname(self.get_ext_fullpath(ext.name))
         os.makedirs(package_dir, exist_ok=True)
-        extension, *libraries, command = files
+        extension, *others = files
         shutil.copyfile(extension, self.get_ext_fullpath(ext.name))
-        for library in libraries:
-            shutil.copyfile(library, os.path.join(package_dir, os.path.basename(library)))
-        # rotary-whisper: run through the console script of the same name.
-        os.makedirs(os.path.join(package_dir, "bin"), exist_ok=True)
-        shutil.copy(command, os.path.join(package_dir, "bin", os.path.basename(command)))
+        for path in others:
+            if os.path.basename(path) == "rotary-whisper":
+                # run through the console script of the same name
+                os.makedirs(os.path.join(package_dir, "bin"), exist_ok=True)
+                shutil.copy(path, os.path.join(package_dir, "bin", os.path.basename(path)))
+            else:
+                shutil.copyfile(path, os.path.join(package_dir, os.path.basename(path)))
 
 
 setup(

@@ -5,12 +5,16 @@
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
-set_target_properties(rotary_whisper PROPERTIES EXPORT_NAME whisper)
-install(TARGETS rotary_attention rotary_whisper EXPORT RotaryAttentionTargets
+set(RA_INSTALLED_LIBRARIES rotary_attention)
+if(RA_WHISPER_ENABLED)
+  set_target_properties(rotary_whisper PROPERTIES EXPORT_NAME whisper)
+  list(APPEND RA_INSTALLED_LIBRARIES rotary_whisper)
+  install(TARGETS rotary_whisper_command RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
+install(TARGETS ${RA_INSTALLED_LIBRARIES} EXPORT RotaryAttentionTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-install(TARGETS rotary_whisper_command RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(DIRECTORY include/rotary_attention DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(EXPORT RotaryAttentionTargets
   NAMESPACE RotaryAttention::

@@ -3,8 +3,22 @@
 # command. Audio files are decoded by libsndfile and resampled by libsoxr
 # (Debian libsndfile1-dev, libsoxr-dev), linked privately: a consumer of the
 # library needs neither header.
-pkg_check_modules(SNDFILE REQUIRED IMPORTED_TARGET sndfile>=1.0.28)
-pkg_check_modules(SOXR REQUIRED IMPORTED_TARGET soxr>=0.1.3)
+set(RA_WHISPER_ENABLED OFF)
+if(RA_BUILD_WHISPER STREQUAL "OFF")
+  return()
+endif()
+pkg_check_modules(SNDFILE IMPORTED_TARGET sndfile>=1.0.28)
+pkg_check_modules(SOXR IMPORTED_TARGET soxr>=0.1.3)
+find_package(CLI11 QUIET)
+if(NOT (SNDFILE_FOUND AND SOXR_FOUND AND CLI11_FOUND))
+  if(RA_BUILD_WHISPER STREQUAL "ON")
+    message(FATAL_ERROR "RA_BUILD_WHISPER=ON needs libsndfile, libsoxr and CLI11 "
+                        "(Debian: libsndfile1-dev libsoxr-dev libcli11-dev)")
+  endif()
+  message(STATUS "rotary_attention: the Whisper fork is not built (libsndfile, libsoxr or CLI11 not found)")
+  return()
+endif()
+set(RA_WHISPER_ENABLED ON)
 
 add_library(rotary_whisper SHARED
   src/whisper/model.cpp
@@ -29,7 +43,6 @@ set_target_properties(rotary_whisper PROPERTIES
 
 # The command: argument parsing by CLI11 (Debian libcli11-dev, header-only),
 # JSON lines by nlohmann/json.
-find_package(CLI11 REQUIRED)
 add_executable(rotary_whisper_command tools/rotary_whisper.cpp)
 set_target_properties(rotary_whisper_command PROPERTIES
   OUTPUT_NAME rotary-whisper

@@ -17,7 +17,10 @@ fi
 if [[ -n ${RA_CTEST:-} ]]; then
   cmake --build "$RA_BUILD_DIR"
 else
-  cmake --build "$RA_BUILD_DIR" --target rotary_attention rotary_attention_python rotary_whisper_command
+  targets=(rotary_attention rotary_attention_python)
+  # (the Whisper fork's command, when the build has it: RA_BUILD_WHISPER)
+  grep -q "bin/rotary-whisper:" "$RA_BUILD_DIR/build.ninja" && targets+=(rotary_whisper_command)
+  cmake --build "$RA_BUILD_DIR" --target "${targets[@]}"
 fi
 installed=$("$RA_PY" -c "import os, rotary_attention; print(os.path.dirname(rotary_attention.__file__))")
 mkdir -p "$installed/bin"

@@ -487,10 +487,10 @@ def main():
         if run(["cmake", "--build", build], src, env, log) != 0:
             return False
         with open(os.path.join(build, "python_package_files.txt")) as f:
-            *built, command = [line.strip() for line in f if line.strip()]  # _C, the libraries, rotary-whisper
+            built = [line.strip() for line in f if line.strip()]  # _C, the libraries, rotary-whisper
         for path in built:
-            shutil.copyfile(path, os.path.join(pkg, "rotary_attention", os.path.basename(path)))
-        shutil.copy(command, os.path.join(pkg, "rotary_attention", "bin", os.path.basename(command)))
+            folder = "bin" if os.path.basename(path) == "rotary-whisper" else ""
+            shutil.copy(path, os.path.join(pkg, "rotary_attention", folder, os.path.basename(path)))
         return True
 
     def tests_pass(m):

@@ -43,7 +43,9 @@ ra::WeightFileFormat file_format(const std::string& name) {
 
 } // namespace
 
+#ifdef ROTARY_ATTENTION_WITH_WHISPER
 void bind_whisper(py::module& m); // whisper_bindings.cpp
+#endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "C++ (LibTorch) rotary attention layers and the rotary operator";
@@ -218,5 +220,7 @@ are computed on the first call and reused.)doc")
       py::arg("format"));
   m.def("built_with_cuda", &ra::built_with_cuda);
   m.def("cpu_kernel_capability", &ra::cpu_kernel_capability);
+#ifdef ROTARY_ATTENTION_WITH_WHISPER
   bind_whisper(m);
+#endif
 }

@@ -97,6 +97,11 @@ class Whisper:
         (`{"dims": ..., "model_state_dict": ...}`, fp16 or fp32); tokenizer: the
         `.tiktoken` vocabulary that fits it (gpt2 for English-only models,
         multilingual otherwise)."""
+        if not hasattr(_C, "_WhisperModel"):
+            raise RuntimeError(
+                "rotary_attention was built without the Whisper fork: libsndfile, libsoxr and CLI11 were not "
+                "found when it was built (Debian: libsndfile1-dev libsoxr-dev libcli11-dev)"
+            )
         model = _C._WhisperModel.load(os.fspath(checkpoint))
         dims = model.dims
         n_vocab = dims["n_vocab"]

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
 
 
 class RotationLayer(nn.Module):
@@ -272,12 +274,16 @@ def _hooked(module: nn.Module) -> bool:
     )
 
 
+_TRACING_TENSORS = (FakeTensor, FunctionalTensor)
+
+
 def _holds_subclass_tensors(module: nn.Module) -> bool:
     """Parameters or buffers that are tensor subclasses (torchao's quantized
     weights, DTensors, ...): only the module's own forward knows how to use
-    them, so its weights cannot be handed to an operator."""
+    them, so its weights cannot be handed to an operator. The tensors that
+    torch.export and torch.compile trace with stand for plain ones."""
     return any(
-        type(t) not in (torch.Tensor, nn.Parameter)
+        type(t) not in (torch.Tensor, nn.Parameter) and not isinstance(t, _TRACING_TENSORS)
         for t in itertools.chain(module.parameters(recurse=False), module.buffers(recurse=False))
     )
 

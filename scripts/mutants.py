@@ -445,6 +445,13 @@ MUTANTS = [
         "      y[r * n + o] = sum;",
         pytest="test_whisper_fork.py -k 'few_rows or (decode_gives and greedy)'",
     ),
+    Mutant(
+        "python: the rotated cross-attention keys read with the queries at the positions seen so far",
+        "python/rotary_attention/layers.py",
+        "        query_position = entry.queries if entry is not None and self.absolute_positions else 0",
+        "        query_position = entry.queries if entry is not None else 0",
+        pytest="test_whisper_decoding.py test_kv_cache.py -k 'fast or cross'",
+    ),
 ]
 
 

@@ -90,46 +90,16 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
           ? 0
           : (cross ? (cached != nullptr ? cached->queries : 0) : cache_length);
   // A beam over one audio whose cached keys are read once: the rows' queries
-  // become one row's, each rotated at its own row's positions.
-  if (cross && cached != nullptr && kv_cache->shared_keys_read_once() && options.sdpa() &&
-      !options.group_norm() && cached->key_buffer.size(0) == 1 && x.dim() == 3 && x.size(0) > 1) {
-    const int64_t rows = x.size(0), steps = x.size(1);
-    const auto positions =
-        (at::arange(steps, x.options().dtype(at::kLong)) + query_position).repeat({rows});
-    auto [result, qk, unused_key, unused_value] = multi_head_attention(
-        x.reshape({1, rows * steps, x.size(2)}),
-        xa,
-        {},
-        layer_norm->weight,
-        layer_norm->bias,
-        false,
-        query->weight,
-        query->bias,
-        key->weight,
-        value->weight,
-        value->bias,
-        out->weight,
-        out->bias,
-        rotary_emb->inv_freq,
-        rotation_layer->rotation_matrix,
-        temperature,
-        options.n_head(),
-        true,
-        dropout->options.p(),
-        dropout->is_training(),
-        /*absolute_positions=*/true,
-        cached->key_buffer,
-        cached->value_buffer,
-        0,
-        std::nullopt,
-        std::nullopt,
-        0,
-        positions,
-        std::nullopt);
-    if (options.absolute_positions()) {
-      kv_cache->advance_queries(this, steps);
-    }
-    return {result.view(x.sizes()), torch::Tensor()};
+  // become one row's, each rotated at its own row's positions (no mask: with
+  // one, the SDPA path would be causal over the folded queries).
+  const bool fold = cross && cached != nullptr && kv_cache->shared_keys_read_once() &&
+                    options.sdpa() && !options.group_norm() && !mask.defined() &&
+                    cached->key_buffer.size(0) == 1 && x.dim() == 3 && x.size(0) > 1;
+  const torch::Tensor input = fold ? x.reshape({1, x.size(0) * x.size(1), x.size(2)}) : x;
+  std::optional<torch::Tensor> positions;
+  if (fold) {
+    positions =
+        (at::arange(x.size(1), x.options().dtype(at::kLong)) + query_position).repeat({x.size(0)});
   }
   const auto& attn_ln = options.group_norm() ? group_norm->weight : layer_norm->weight;
   const auto& attn_ln_bias = options.group_norm() ? group_norm->bias : layer_norm->bias;
@@ -137,7 +107,7 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
     return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt;
   };
   auto [result, qk, key_to_cache, value_to_cache] = multi_head_attention(
-      x,
+      input,
       optional(xa),
       optional(mask),
       attn_ln,
@@ -163,7 +133,8 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
       query_position,
       buffers != nullptr ? optional(buffers->key_buffer) : std::nullopt,
       buffers != nullptr ? optional(buffers->value_buffer) : std::nullopt,
-      cache_length);
+      cache_length,
+      positions);
   if (buffers != nullptr) {
     buffers->length += x.size(1);
   } else if (kv_cache != nullptr) {
@@ -174,7 +145,7 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
       kv_cache->advance_queries(this, x.size(1));
     }
   }
-  return {result, options.sdpa() ? torch::Tensor() : qk};
+  return {fold ? result.view(x.sizes()) : result, options.sdpa() ? torch::Tensor() : qk};
 }
 
 void MultiHeadAttentionImpl::pretty_print(std::ostream& stream) const {

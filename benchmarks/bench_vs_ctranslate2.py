@@ -266,9 +266,10 @@ def main():
                     lengths[name] = out["length"]
             if task == "decode":
                 rows = beam or 1
-                floor = sum(step_bytes(rows, args.tokens // 2 + 2) for _ in range(1)) / bandwidth
+                step = step_bytes(rows, args.tokens // 2 + 2)
+                floor = step / bandwidth
                 print(f"\n## {label}: decoded lengths {lengths}")
-                print(f"# step floor: {step_bytes(rows, args.tokens // 2 + 2) / 1e6:.0f} MB per step (mid-sequence) "
+                print(f"# step floor: {step / 1e6:.0f} MB per step (mid-sequence) "
                       f"/ {bandwidth / 1e9:.1f} GB/s = {1e3 * floor:.1f} ms")  # fmt: skip
                 if len(set(lengths.values())) != 1:
                     sys.exit(f"the contenders decoded different lengths: {lengths}")

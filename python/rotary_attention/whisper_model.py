@@ -115,10 +115,7 @@ class Whisper:
     def log_mel_spectrogram(self, audio, padding: int = 0) -> torch.Tensor:
         """whisper.audio.log_mel_spectrogram(audio, n_mels=dims.n_mels, padding):
         `audio` is 16-kHz samples (a tensor or an array) or an audio file's path."""
-        if isinstance(audio, str | os.PathLike):
-            audio = load_audio(audio)
-        audio = torch.as_tensor(audio)
-        return _C._log_mel_spectrogram(audio, self.dims["n_mels"], padding)
+        return log_mel_spectrogram(audio, self.dims["n_mels"], padding)
 
     def embed_audio(self, mel: torch.Tensor) -> torch.Tensor:
         return self._model.embed_audio(mel)

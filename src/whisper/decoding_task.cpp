@@ -246,7 +246,7 @@ std::vector<DecodingResult> decode(
     search = std::make_unique<detail::BeamSearch>(
         *options.beam_size, tokenizer.eot(), inference, options.patience);
   } else {
-    search = std::make_unique<detail::GreedySearch>(tokenizer.eot(), n_audio);
+    search = std::make_unique<detail::GreedySearch>(tokenizer.eot());
   }
   std::vector<float> sum_logprobs(rows.size(), 0.0f);
   std::vector<double> no_speech(rows.size(), std::nan(""));

@@ -52,15 +52,16 @@ BeamSearch::BeamSearch(
   max_candidates_ = static_cast<size_t>(wanted);
 }
 
-void BeamSearch::Scored::put(const std::vector<int64_t>& sequence, double score) {
+size_t BeamSearch::Scored::put(const std::vector<int64_t>& sequence, double score) {
   for (size_t i = 0; i < sequences.size(); ++i) {
     if (sequences[i] == sequence) {
       scores[i] = score;
-      return;
+      return i;
     }
   }
   sequences.push_back(sequence);
   scores.push_back(score);
+  return sequences.size() - 1;
 }
 
 namespace {
@@ -105,14 +106,10 @@ bool BeamSearch::update(Rows& tokens, const at::Tensor& logits, std::vector<floa
         auto sequence = tokens[row];
         sequence.push_back(t[c]);
         const float score = sum_logprobs[row] + v[c]; // fp32, as Whisper's tensors add
-        const size_t before = scores.sequences.size();
-        scores.put(sequence, score);
-        if (scores.sequences.size() > before) {
-          sources.push_back(row);
-        } else {
-          const auto at = std::find(scores.sequences.begin(), scores.sequences.end(), sequence);
-          sources[at - scores.sequences.begin()] = row;
-        }
+        // A sequence met again keeps its place and takes the later source.
+        const size_t at = scores.put(sequence, score);
+        sources.resize(scores.sequences.size());
+        sources[at] = row;
       }
     }
     // The best beam_size unfinished ones go on; finished ones are set aside.

@@ -32,12 +32,12 @@ class TokenSearch {
 
 class GreedySearch : public TokenSearch {
  public:
-  GreedySearch(int64_t eot, int64_t n_audio) : eot_(eot), n_audio_(n_audio) {}
+  explicit GreedySearch(int64_t eot) : eot_(eot) {}
   bool update(Rows& tokens, const at::Tensor& logits, std::vector<float>& sum_logprobs) override;
   Candidates finalize(const Rows& tokens, const std::vector<float>& sum_logprobs) override;
 
  private:
-  int64_t eot_, n_audio_;
+  int64_t eot_;
 };
 
 class BeamSearch : public TokenSearch {
@@ -54,7 +54,8 @@ class BeamSearch : public TokenSearch {
   struct Scored {
     std::vector<std::vector<int64_t>> sequences;
     std::vector<double> scores;
-    void put(const std::vector<int64_t>& sequence, double score);
+    /// Returns the sequence's index.
+    size_t put(const std::vector<int64_t>& sequence, double score);
   };
   int64_t beam_size_, eot_;
   DecoderInference& inference_;

@@ -14,7 +14,9 @@ spin against each other in one), in interleaved rounds (the order rotates); medi
 - the original layers through `whisper.decoding` (openai-whisper's loop);
 - this library's Python fast path (`decode_with_kv_cache`: whisper.decoding's loop
   over a KVCache);
-- this library's C++ decoder (`rotary_attention.cpp.Whisper`).
+- this library's C++ decoder (`rotary_attention.cpp.Whisper`), with fp32 weights
+  and with int8 ones (`compute_type="int8"`: per-row int8 weights, fp32
+  activations).
 
 Every decoder gets the same audio features (the encoder's output is given), the
 start sequence [sot, notimestamps] and decodes --tokens tokens with the end of text
@@ -161,9 +163,10 @@ def contender(name, folder, task, beam, tokens):
     checkpoint = os.path.join(folder, "fork.pt")
     features_t, mel_t = torch.from_numpy(features), torch.from_numpy(mel)
     options = whisper_options(beam, tokens)
-    if name == "C++ decoder":
+    if name.startswith("C++ decoder"):
         vocabulary = os.path.join(os.path.dirname(whisper.__file__), "assets", "gpt2.tiktoken")
-        model = rotary_attention.cpp.Whisper.load(checkpoint, tokenizer=vocabulary)
+        model = rotary_attention.cpp.Whisper.load(checkpoint, tokenizer=vocabulary,
+                                                  compute_type="int8" if name.endswith("int8") else "float32")  # fmt: skip
         if task == "encoder":
             return lambda: model.embed_audio(mel_t), lambda out: None
         return lambda: model.decode(features_t, options), lambda out: len(out[0].tokens)
@@ -235,7 +238,7 @@ def main():
         return child(args)
 
     ensure_ctranslate2()
-    decoders = ["ctranslate2 float32", "ctranslate2 int8", "C++ decoder", "Python fast path"]
+    decoders = ["ctranslate2 float32", "ctranslate2 int8", "C++ decoder", "C++ decoder int8", "Python fast path"]
     if not args.skip_original:
         decoders.append("original")
     tasks = [("beam 5", "decode", 5), ("greedy", "decode", 0), ("encoder", "encoder", 0)]
@@ -276,10 +279,12 @@ def main():
             else:
                 print(f"\n## {label} (30 s of mel frames)")
             base = statistics.median(samples["ctranslate2 float32"])
+            base_int8 = statistics.median(samples["ctranslate2 int8"])
             for name in names:
                 t = statistics.median(samples[name])
                 per_step = f"{1e3 * t / args.tokens:7.2f} ms/step" if task == "decode" else ""
-                print(f"{name:22s} {t:8.3f} s {per_step}  {base / t:5.2f}x CTranslate2 float32's speed")
+                int8 = f"  {base_int8 / t:5.2f}x CTranslate2 int8's" if name.endswith("int8") else ""
+                print(f"{name:22s} {t:8.3f} s {per_step}  {base / t:5.2f}x CTranslate2 float32's speed{int8}")
 
 
 if __name__ == "__main__":

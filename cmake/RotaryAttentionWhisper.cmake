@@ -28,6 +28,7 @@ add_library(rotary_whisper SHARED
   src/whisper/tokenizer.cpp
   src/whisper/logit_filters.cpp
   src/whisper/token_search.cpp
+  src/whisper/cached_text_decoder.cpp
   src/whisper/whisper_inference.cpp
   src/whisper/decoding_task.cpp)
 add_library(RotaryAttention::whisper ALIAS rotary_whisper)

@@ -41,7 +41,7 @@ std::vector<int64_t> token_list(const std::string& text, const char* what) {
 int main(int argc, char** argv) {
   CLI::App app{"Transcribe audio with a Whisper fork built from rotary_attention's layers"};
   std::string model_path, tokenizer_path, output_format = "txt", suppress_tokens = "-1", prompt,
-                                          prefix;
+                                          prefix, compute_type = "float32";
   std::vector<std::string> audio_paths;
   rw::DecodingOptions options;
   std::optional<std::string> language;
@@ -75,6 +75,11 @@ int main(int argc, char** argv) {
   app.add_option("--prefix", prefix, "comma-separated prefix tokens (start of this text)");
   app.add_option("--output_format", output_format, "txt (the text) or json (one line per file)")
       ->check(CLI::IsMember({"txt", "json"}));
+  app.add_option(
+         "--compute_type",
+         compute_type,
+         "weights a decode step reads: float32, or int8 (quantized per output row)")
+      ->check(CLI::IsMember({"float32", "int8"}));
   app.add_option("--threads", threads, "torch's intra-op threads (0: torch's default)");
   app.add_option("audio", audio_paths, "audio files (WAV, FLAC, Ogg, ...)")->required();
   try {
@@ -103,10 +108,13 @@ int main(int argc, char** argv) {
 
   std::shared_ptr<rw::WhisperImpl> model;
   std::unique_ptr<rw::Tokenizer> tokenizer;
+  std::unique_ptr<rw::WhisperInference> inference;
   try {
     model = rw::WhisperImpl::load(model_path);
     tokenizer = std::make_unique<rw::Tokenizer>(
         tokenizer_path, model->dims.num_languages(), model->dims.n_vocab);
+    inference = std::make_unique<rw::WhisperInference>(
+        rw::Whisper(model), rw::compute_type_from_string(compute_type));
   } catch (const std::exception& e) {
     const auto* error = dynamic_cast<const c10::Error*>(&e);
     std::cerr << "rotary-whisper: " << (error ? error->what_without_backtrace() : e.what()) << "\n";
@@ -117,8 +125,7 @@ int main(int argc, char** argv) {
     try {
       const auto audio = rw::load_audio(path);
       const auto mel = rw::log_mel_spectrogram(rw::pad_or_trim(audio), model->dims.n_mels);
-      const auto result =
-          rw::decode(rw::Whisper(model), *tokenizer, mel.unsqueeze(0), options).front();
+      const auto result = rw::decode(*inference, *tokenizer, mel.unsqueeze(0), options).front();
       if (output_format == "json") {
         nlohmann::json line{
             {"file", path},

@@ -63,10 +63,37 @@ void bind_whisper(py::module& m) {
             torch::NoGradGuard no_grad;
             return w->logits(tokens, features);
           },
+          py::call_guard<py::gil_scoped_release>());
+
+  // A decoder's inference made once (int8 weights are quantized then):
+  // whisper's `Inference` (logits, rearrange_kv_cache, cleanup_caching) in C++.
+  py::class_<rw::WhisperInference>(m, "_WhisperInference")
+      .def(
+          py::init([](const std::shared_ptr<rw::WhisperImpl>& w, const std::string& compute_type) {
+            return std::make_unique<rw::WhisperInference>(
+                rw::Whisper(w), rw::compute_type_from_string(compute_type));
+          }),
+          py::arg("model"),
+          py::arg("compute_type") = "float32",
           py::call_guard<py::gil_scoped_release>())
       .def(
+          "logits",
+          [](rw::WhisperInference& i, const torch::Tensor& tokens, const torch::Tensor& features) {
+            torch::NoGradGuard no_grad;
+            return i.logits(tokens, features);
+          },
+          py::arg("tokens"),
+          py::arg("audio_features"),
+          py::call_guard<py::gil_scoped_release>())
+      .def(
+          "reorder",
+          &rw::WhisperInference::reorder,
+          py::arg("source_rows"),
+          py::call_guard<py::gil_scoped_release>())
+      .def("reset", &rw::WhisperInference::reset)
+      .def(
           "decode",
-          [](const std::shared_ptr<rw::WhisperImpl>& w,
+          [](rw::WhisperInference& inference,
              const rw::Tokenizer& tokenizer,
              const torch::Tensor& mel_or_features,
              const std::string& task,
@@ -94,7 +121,7 @@ void bind_whisper(py::module& m) {
             std::vector<rw::DecodingResult> results;
             {
               py::gil_scoped_release released;
-              results = rw::decode(rw::Whisper(w), tokenizer, mel_or_features, o);
+              results = rw::decode(inference, tokenizer, mel_or_features, o);
             }
             py::list out;
             for (const auto& r : results) {
@@ -134,13 +161,17 @@ void bind_whisper(py::module& m) {
       "_few_rows_linear",
       [](const torch::Tensor& x,
          const torch::Tensor& weight,
-         const std::optional<torch::Tensor>& bias) {
-        return rw::detail::few_rows_linear(x, weight, bias.value_or(torch::Tensor()));
+         const std::optional<torch::Tensor>& bias,
+         const std::optional<torch::Tensor>& scale) {
+        return rw::detail::few_rows_linear(
+            x, weight, bias.value_or(torch::Tensor()), scale.value_or(torch::Tensor()));
       },
       py::arg("x"),
       py::arg("weight"),
       py::arg("bias") = std::nullopt,
+      py::arg("scale") = std::nullopt,
       py::call_guard<py::gil_scoped_release>());
+  m.def("_quantize_rows_int8", &rw::detail::quantize_rows_int8, py::arg("weight"));
   m.def(
       "_log_mel_spectrogram",
       &rw::log_mel_spectrogram,

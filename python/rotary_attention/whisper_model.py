@@ -86,17 +86,20 @@ class Whisper:
     layers) in C++. On the CPU it computes in fp32 (`fp16` is ignored, as
     `whisper.transcribe` does on a CPU)."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, compute_type: str = "float32"):
         self._model = model
         self.tokenizer = tokenizer
         self.dims = model.dims
+        self.compute_type = compute_type
+        self._inference = _C._WhisperInference(model, compute_type)
 
     @classmethod
-    def load(cls, checkpoint, tokenizer):
+    def load(cls, checkpoint, tokenizer, compute_type: str = "float32"):
         """checkpoint: a file saved as openai-whisper saves it
         (`{"dims": ..., "model_state_dict": ...}`, fp16 or fp32); tokenizer: the
         `.tiktoken` vocabulary that fits it (gpt2 for English-only models,
-        multilingual otherwise)."""
+        multilingual otherwise). compute_type: the weights a decode step reads,
+        "float32" or "int8" (quantized once here, per output row)."""
         if not hasattr(_C, "_WhisperModel"):
             raise RuntimeError(
                 "rotary_attention was built without the Whisper fork: libsndfile, libsoxr and CLI11 were not "
@@ -106,7 +109,7 @@ class Whisper:
         dims = model.dims
         n_vocab = dims["n_vocab"]
         num_languages = n_vocab - 51765 - int(n_vocab >= 51865)
-        return cls(model, _C._WhisperTokenizer(os.fspath(tokenizer), num_languages, n_vocab))
+        return cls(model, _C._WhisperTokenizer(os.fspath(tokenizer), num_languages, n_vocab), compute_type)
 
     @property
     def is_multilingual(self) -> bool:
@@ -134,7 +137,7 @@ class Whisper:
         features = batch if tuple(batch.shape[-2:]) == (ctx, state) else self.embed_audio(batch)
         features = features.float()
         del values["fp16"]
-        out = self._model.decode(self.tokenizer, features, **values)
+        out = self._inference.decode(self.tokenizer, features, **values)
         results = [
             DecodingResult(
                 audio_features=features[i],

@@ -321,6 +321,16 @@ std::vector<DecodingResult> decode(
     const Tokenizer& tokenizer,
     const at::Tensor& mel_or_audio_features,
     const DecodingOptions& options) {
+  WhisperInference inference(std::move(model));
+  return decode(inference, tokenizer, mel_or_audio_features, options);
+}
+
+std::vector<DecodingResult> decode(
+    WhisperInference& inference,
+    const Tokenizer& tokenizer,
+    const at::Tensor& mel_or_audio_features,
+    const DecodingOptions& options) {
+  Whisper model = inference.model();
   const auto& dims = model->dims;
   TORCH_CHECK(
       mel_or_audio_features.dim() == 3,
@@ -334,7 +344,6 @@ std::vector<DecodingResult> decode(
     features = model->embed_audio(features);
   }
   features = features.to(model->decoder->token_embedding->weight.scalar_type());
-  WhisperInference inference(model);
   return decode(inference, dims, tokenizer, features, options);
 }
 

@@ -6,14 +6,26 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <utility>
 
 namespace rotary_attention::whisper::detail {
 
-/// x: (..., K) with at most kMaxRows rows; weight: (N, K) fp32, contiguous;
-/// bias: (N,) fp32, or undefined. Returns (..., N) fp32. Sums in fp32, in lanes of 16 then across
-/// them: not the bits of at::linear, within fp32 rounding of it.
-at::Tensor few_rows_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+/// x: (..., K); weight: (N, K) contiguous, fp32, or int8 with `scale` (N,)
+/// fp32, one per output (weight ~ int8 * scale, as quantize_rows_int8 makes
+/// it); bias: (N,) fp32, or undefined. Returns (..., N) fp32. Sums in fp32, in
+/// lanes of 16 then across them: not the bits of at::linear, within fp32
+/// rounding of it. Any number of rows; the weight is read once per 8.
+at::Tensor few_rows_linear(
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const at::Tensor& scale = {});
 
+/// Symmetric int8 quantization per output row: (q, scale) with weight ~ q *
+/// scale[:, None], scale = max |row| / 127, |q| <= 127.
+std::pair<at::Tensor, at::Tensor> quantize_rows_int8(const at::Tensor& weight);
+
+/// Up to this many rows, few_rows_linear beats MKL's GEMM on fp32 weights.
 constexpr int64_t kMaxRows = 16;
 
 /// Whether few_rows_linear takes this product: a decode step's rows on the

@@ -1,14 +1,33 @@
 #include <ATen/ATen.h>
 
+#include "cached_text_decoder.h"
 #include "rotary_attention/whisper/decoding.h"
 
 namespace rotary_attention::whisper {
 
-WhisperInference::WhisperInference(Whisper model)
-    : model_(std::move(model)), cache_(model_->dims.n_text_ctx) {
+ComputeType compute_type_from_string(const std::string& name) {
+  if (name == "float32") {
+    return ComputeType::kFloat32;
+  }
+  TORCH_CHECK(name == "int8", "compute_type: expected \"float32\" or \"int8\", got \"", name, "\"");
+  return ComputeType::kInt8;
+}
+
+WhisperInference::WhisperInference(Whisper model, ComputeType compute_type)
+    : model_(std::move(model)), compute_type_(compute_type), cache_(model_->dims.n_text_ctx) {
+  if (detail::CachedTextDecoder::supports(*model_->decoder)) {
+    cached_ = std::make_unique<detail::CachedTextDecoder>(model_->decoder, compute_type);
+    return;
+  }
+  TORCH_CHECK(
+      compute_type == ComputeType::kFloat32,
+      "WhisperInference: compute_type int8 needs an fp32 CPU model in eval mode whose attention "
+      "layers have the default options (sdpa, LayerNorm, relative positions)");
   // A beam reads its audio's keys and values once per step, not once per row.
   cache_.set_shared_keys_read_once(true);
 }
+
+WhisperInference::~WhisperInference() = default;
 
 at::Tensor WhisperInference::logits(const at::Tensor& tokens, const at::Tensor& audio_features) {
   const int64_t rows = tokens.size(0), n_audio = audio_features.size(0);
@@ -19,6 +38,9 @@ at::Tensor WhisperInference::logits(const at::Tensor& tokens, const at::Tensor& 
       " rows of tokens for ",
       n_audio,
       " audios");
+  if (cached_) {
+    return cached_->logits(tokens, audio_features);
+  }
   // One audio's features serve its whole beam (the cache keeps batch-1 audio
   // keys for every row); several audios with beams get a row each.
   const at::Tensor* features = &audio_features;
@@ -32,10 +54,18 @@ at::Tensor WhisperInference::logits(const at::Tensor& tokens, const at::Tensor& 
 }
 
 void WhisperInference::reorder(const std::vector<int64_t>& source_rows) {
-  cache_.reorder(at::tensor(source_rows, at::kLong));
+  const auto source = at::tensor(source_rows, at::kLong);
+  if (cached_) {
+    cached_->reorder(source);
+  } else {
+    cache_.reorder(source);
+  }
 }
 
 void WhisperInference::reset() {
+  if (cached_) {
+    cached_->reset();
+  }
   cache_.clear();
   features_ = at::Tensor();
 }

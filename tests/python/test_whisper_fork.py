@@ -438,20 +438,109 @@ def test_the_command_reports_bad_files_on_stderr_with_a_non_zero_exit(thirty_sec
 # The decoder's few-rows product (src/whisper/few_rows_linear.cpp)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 16])
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 16, 17, 33])
 @pytest.mark.parametrize("k", [17, 100, 512, 2048])
 def test_few_rows_linear_is_linear_within_fp32_rounding(rows, k):
-    """Within the bound of fp32 summation (k ulps of the sum of |x w| terms), against fp64."""
+    """Within the bound of fp32 summation (k ulps of the sum of |x w| terms), against fp64;
+    int8 weights against the fp64 product of their dequantized values."""
     g = torch.Generator().manual_seed(rows * 10_000 + k)
     x, w, b = torch.randn(rows, k, generator=g), torch.randn(300, k, generator=g), torch.randn(300, generator=g)
-    for bias in (b, None):
-        got = rotary_attention._C._few_rows_linear(x, w, bias)
-        want = torch.nn.functional.linear(x.double(), w.double(), None if bias is None else bias.double())
-        bound = (k + 2) * 2.0**-24 * (x.double().abs() @ w.double().abs().T + (0 if bias is None else b.abs().double()))
-        assert got.dtype == torch.float32 and got.shape == (rows, 300)
-        assert ((got.double() - want).abs() <= bound).all()
-    with pytest.raises(RuntimeError, match="at most 16 rows"):
-        rotary_attention._C._few_rows_linear(torch.randn(17, k), w)
+    q, scale = rotary_attention._C._quantize_rows_int8(w)
+    for weight, dequantized, s in ((w, w, None), (q, q.double() * scale.double()[:, None], scale)):
+        for bias in (b, None):
+            got = rotary_attention._C._few_rows_linear(x, weight, bias, s)
+            want = torch.nn.functional.linear(x.double(), dequantized.double(), None if bias is None else bias.double())
+            terms = x.double().abs() @ dequantized.double().abs().T + (0 if bias is None else b.abs().double())
+            bound = (k + 3) * 2.0**-24 * terms
+            assert got.dtype == torch.float32 and got.shape == (rows, 300)
+            assert ((got.double() - want).abs() <= bound).all()
+
+
+def test_int8_rows_are_the_nearest_multiples_of_their_scale():
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(40, 70, generator=g) * torch.logspace(-3, 2, 40)[:, None]
+    w[7] = 0
+    q, scale = rotary_attention._C._quantize_rows_int8(w)
+    assert q.dtype == torch.int8 and scale.shape == (40,)
+    assert q.abs().amax(1)[torch.arange(40) != 7].eq(127).all() and q[7].eq(0).all()
+    assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 * (1 + 1e-6)).all()
+    with pytest.raises(RuntimeError, match="needs its fp32"):
+        rotary_attention._C._few_rows_linear(torch.randn(2, 70), q)
+
+
+# The C++ decoder's own caches (src/whisper/cached_text_decoder.cpp)
+
+
+def original_steps(original, features, calls):
+    """The original decoder's logits over whisper's kv-cache hooks, for each (tokens, source
+    rows) call: source rows reorder the cache before the call, as rearrange_kv_cache does."""
+    out = []
+    # (The hooks go on whisper.model.MultiHeadAttention's instances: the class swapped in.)
+    with whisper_attention_class(reference.OriginalGivenOneAudioPerRow), original_sdpa(True), torch.no_grad():
+        cache, hooks = original.install_kv_cache_hooks()
+        try:
+            for tokens, source in calls:
+                if source is not None:
+                    for module in list(cache):
+                        cache[module] = cache[module][source]
+                out.append(original.decoder(tokens, features, kv_cache=cache))
+        finally:
+            for hook in hooks:
+                hook.remove()
+    assert len(cache) == 4 * original.dims.n_text_layer
+    return out
+
+
+def decode_calls(rows, seed=0):
+    """A first call of 3 tokens, single tokens with beam reorders (rows stay with their
+    audio), and a call of 2 tokens over the cache (SDPA's top-left causal mask)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = lambda t: torch.randint(0, 51865, (rows, t), generator=g)  # noqa: E731
+    half = rows // 2
+    swap = [1, 0, 0] + [half + 2, half, half + 1] if rows == 6 else None
+    return [(tokens(3), None), (tokens(1), None), (tokens(1), swap), (tokens(1), None), (tokens(2), swap),
+            (tokens(1), None)]  # fmt: skip
+
+
+@pytest.mark.parametrize("rows", [2, 6], ids=["a row per audio", "a beam of 3 per audio"])
+def test_the_decoder_s_caches_give_the_original_s_logits_step_by_step(rows, multilingual):
+    """Rotated keys cached once per token and per audio, a beam's audio read once, the
+    few-rows product: the original's logits (recomputing every rotation) to fp32 rounding."""
+    original, fork, path = multilingual
+    features = audio_features(2)
+    calls = decode_calls(rows)
+    want = original_steps(original, features.repeat_interleave(rows // 2, 0), calls)
+    inference = rotary_attention._C._WhisperInference(fork._model, "float32")
+    for (tokens, source), w in zip(calls, want, strict=True):
+        if source is not None:
+            inference.reorder(source)
+        got = inference.logits(tokens, features)
+        assert got.shape == w.shape
+        torch.testing.assert_close(got, w, rtol=1e-5, atol=2e-4 * w.abs().max().item())
+    # The steps depend on the cached tokens, and on the reorders.
+    repeated = features.repeat_interleave(rows // 2, 0)
+    other_start = original_steps(original, repeated, [(calls[0][0].flip(1), None), calls[1]])
+    assert not torch.allclose(want[1], other_start[1], atol=1e-3)
+    if rows == 6:
+        unordered = original_steps(original, repeated, calls[:2] + [(calls[2][0], None)])
+        assert not torch.allclose(want[2], unordered[2], atol=1e-3)
+
+
+def test_int8_weights_give_logits_close_to_float32_s(multilingual):
+    original, fork, _ = multilingual
+    features = audio_features(2)
+    calls = decode_calls(6, seed=3)
+    exact, int8 = (rotary_attention._C._WhisperInference(fork._model, t) for t in ("float32", "int8"))
+    for tokens, source in calls:
+        if source is not None:
+            exact.reorder(source)
+            int8.reorder(source)
+        want, got = exact.logits(tokens, features), int8.logits(tokens, features)
+        # (A small random model: 64 features. BENCHMARKS.md states the error at base size.)
+        error = (got - want).norm() / want.norm()
+        assert 0 < error < 0.05, error
+    with pytest.raises(RuntimeError, match='expected "float32" or "int8", got "int4"'):
+        rotary_attention._C._WhisperInference(fork._model, "int4")
 
 
 # A beam's audio keys read once (KVCache::set_shared_keys_read_once)

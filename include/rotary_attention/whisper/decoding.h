@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,18 +29,47 @@ class DecoderInference {
   virtual void reset() = 0;
 };
 
-/// `DecoderInference` of a `Whisper` over the library's `KVCache`: audio
-/// keys and values computed once per audio (one audio's are shared by its
-/// beam), self-attention keys appended in preallocated buffers.
+/// The weights a decode step reads (CTranslate2's and faster-whisper's
+/// `compute_type`).
+enum class ComputeType {
+  kFloat32, ///< the model's fp32 weights
+  /// int8 weights, one fp32 scale per output row, quantized once when the
+  /// inference is made; activations, attention and the audio's keys stay fp32.
+  kInt8,
+};
+
+/// "float32" or "int8"; anything else is refused with the names accepted.
+ComputeType compute_type_from_string(const std::string& name);
+
+namespace detail {
+class CachedTextDecoder;
+}
+
+/// `DecoderInference` of a `Whisper`. An fp32 CPU model with the default
+/// attention options (what `Whisper::load` gives) decodes over caches of its
+/// own: self-attention keys kept rotated, written once per token; the audio's
+/// keys rotated once per audio and read once per step by a whole beam; the
+/// projections and the logits by a few-rows product (the logits agree with
+/// `TextDecoder::forward` to fp32 rounding). Other models, and only in fp32,
+/// run `TextDecoder::forward` over the library's `KVCache`.
 class WhisperInference : public DecoderInference {
  public:
-  explicit WhisperInference(Whisper model);
+  explicit WhisperInference(Whisper model, ComputeType compute_type = ComputeType::kFloat32);
+  ~WhisperInference() override;
   at::Tensor logits(const at::Tensor& tokens, const at::Tensor& audio_features) override;
   void reorder(const std::vector<int64_t>& source_rows) override;
   void reset() override;
+  const Whisper& model() const {
+    return model_;
+  }
+  ComputeType compute_type() const {
+    return compute_type_;
+  }
 
  private:
   Whisper model_;
+  ComputeType compute_type_;
+  std::unique_ptr<detail::CachedTextDecoder> cached_;
   KVCache cache_;
   at::Tensor features_; ///< audio features repeated per row, when a batch of audios has beams
 };
@@ -96,6 +126,14 @@ std::vector<DecodingResult> decode(
 /// n_audio_ctx, n_audio_state) are decoded as given.
 std::vector<DecodingResult> decode(
     Whisper model,
+    const Tokenizer& tokenizer,
+    const at::Tensor& mel_or_audio_features,
+    const DecodingOptions& options);
+
+/// The same through an inference made once (for int8, quantizing the weights
+/// once for many decodes).
+std::vector<DecodingResult> decode(
+    WhisperInference& inference,
     const Tokenizer& tokenizer,
     const at::Tensor& mel_or_audio_features,
     const DecodingOptions& options);

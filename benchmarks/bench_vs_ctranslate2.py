@@ -165,8 +165,8 @@ def contender(name, folder, task, beam, tokens):
     options = whisper_options(beam, tokens)
     if name.startswith("C++ decoder"):
         vocabulary = os.path.join(os.path.dirname(whisper.__file__), "assets", "gpt2.tiktoken")
-        model = rotary_attention.cpp.Whisper.load(checkpoint, tokenizer=vocabulary,
-                                                  compute_type="int8" if name.endswith("int8") else "float32")  # fmt: skip
+        compute_type = "int8" if name.endswith("int8") else "float32"
+        model = rotary_attention.cpp.Whisper.load(checkpoint, tokenizer=vocabulary, compute_type=compute_type)
         if task == "encoder":
             return lambda: model.embed_audio(mel_t), lambda out: None
         return lambda: model.decode(features_t, options), lambda out: len(out[0].tokens)

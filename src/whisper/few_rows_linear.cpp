@@ -1,11 +1,18 @@
 #include "few_rows_linear.h"
 
+#include "rotary_attention/ops/rotary.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace rotary_attention::whisper::detail {
 
@@ -13,33 +20,68 @@ namespace {
 
 constexpr int kLanes = 16;
 
-// 16 floats: GCC's vector extension, lowered to each clone's registers (one
+// 16 floats: GCC's vector extension, lowered to each kernel's registers (one
 // zmm with AVX-512, two ymm with AVX2). (Only ever inlined: GCC's note that
 // returning one changes the ABI without AVX-512 does not apply.)
 #pragma GCC diagnostic ignored "-Wpsabi"
 using Lanes = float __attribute__((vector_size(kLanes * sizeof(float))));
 
-inline __attribute__((always_inline)) Lanes load(const float* p) {
+inline __attribute__((always_inline)) Lanes load_lanes(const float* p) {
   Lanes v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-// 16 int8 weights widened to floats (sign extension and conversion).
-using Bytes = int8_t __attribute__((vector_size(kLanes)));
-inline __attribute__((always_inline)) Lanes load(const int8_t* p) {
-  Bytes v;
-  std::memcpy(&v, p, sizeof(v));
-  return __builtin_convertvector(v, Lanes);
-}
+// 16 int8 weights widened to floats. GCC scalarises __builtin_convertvector
+// from int8 lanes, so each instruction set gets its own widening (vpmovsxbd,
+// vcvtdq2ps), inlined into a kernel built for that set.
+struct WidenScalar {
+  static inline __attribute__((always_inline)) Lanes load(const int8_t* p) {
+    Lanes v;
+    for (int l = 0; l < kLanes; ++l) {
+      v[l] = static_cast<float>(p[l]);
+    }
+    return v;
+  }
+};
+#if defined(__x86_64__)
+// (GCC 12 warns of the "undefined" vector inside _mm512_cvtepi8_epi32 once
+// flatten inlines it: a false positive.)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+struct WidenAvx2 {
+  static inline __attribute__((target("avx2,fma"))) Lanes load(const int8_t* p) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m256 halves[2] = {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)),
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)))};
+    Lanes v;
+    std::memcpy(&v, halves, sizeof(v));
+    return v;
+  }
+};
+struct WidenAvx512 {
+  static inline __attribute__((target("avx512f"))) Lanes load(const int8_t* p) {
+    const __m512 all = _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    Lanes v;
+    std::memcpy(&v, &all, sizeof(v));
+    return v;
+  }
+};
+#endif
+// fp32 weights need no widening.
+struct Plain {
+  static inline __attribute__((always_inline)) Lanes load(const float* p) {
+    return load_lanes(p);
+  }
+};
 
 // Outputs [begin, end) of R rows: each weight row is read once and meets all
 // R rows of x, whose R x 16 sums stay in registers (R is a constant, so the
-// compiler unrolls the row loop). Inlined into the functions below, whose
-// clones GCC vectorises for each instruction set; the CPU picks one when the
-// library loads. int8 weights are widened as they are read, and each output's
-// sum is multiplied by its row's scale.
-template <int R, typename W>
+// compiler unrolls the row loop). Inlined into the kernels below, one per
+// instruction set. int8 weights are widened as they are read, and each
+// output's sum is multiplied by its row's scale.
+template <int R, typename Widen, typename W>
 inline __attribute__((always_inline)) void rows_times_weights(
     const float* x,
     int64_t k,
@@ -55,9 +97,9 @@ inline __attribute__((always_inline)) void rows_times_weights(
     const W* w = weight + o * k;
     Lanes acc[R] = {};
     for (int64_t i = 0; i < body; i += kLanes) {
-      const Lanes wl = load(w + i);
+      const Lanes wl = Widen::load(w + i);
       for (int r = 0; r < R; ++r) {
-        acc[r] += load(x + r * k + i) * wl;
+        acc[r] += load_lanes(x + r * k + i) * wl;
       }
     }
     for (int r = 0; r < R; ++r) {
@@ -77,7 +119,7 @@ inline __attribute__((always_inline)) void rows_times_weights(
 }
 
 // Up to 8 rows at a time (8 x 16 sums in registers, with room for the weights).
-template <typename W>
+template <typename Widen, typename W>
 inline __attribute__((always_inline)) void all_rows(
     const float* x,
     int64_t rows,
@@ -94,58 +136,118 @@ inline __attribute__((always_inline)) void all_rows(
     float* ys = y + first * n;
     switch (std::min<int64_t>(rows - first, 8)) {
       case 1:
-        rows_times_weights<1>(xs, k, weight, scale, bias, ys, n, begin, end);
+        rows_times_weights<1, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
         break;
       case 2:
-        rows_times_weights<2>(xs, k, weight, scale, bias, ys, n, begin, end);
+        rows_times_weights<2, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
         break;
       case 3:
-        rows_times_weights<3>(xs, k, weight, scale, bias, ys, n, begin, end);
+        rows_times_weights<3, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
         break;
       case 4:
-        rows_times_weights<4>(xs, k, weight, scale, bias, ys, n, begin, end);
+        rows_times_weights<4, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
         break;
       case 5:
-        rows_times_weights<5>(xs, k, weight, scale, bias, ys, n, begin, end);
+        rows_times_weights<5, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
         break;
       case 6:
-        rows_times_weights<6>(xs, k, weight, scale, bias, ys, n, begin, end);
+        rows_times_weights<6, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
         break;
       case 7:
-        rows_times_weights<7>(xs, k, weight, scale, bias, ys, n, begin, end);
+        rows_times_weights<7, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
         break;
       default:
-        rows_times_weights<8>(xs, k, weight, scale, bias, ys, n, begin, end);
+        rows_times_weights<8, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
         break;
     }
   }
 }
 
-__attribute__((target_clones("avx512f", "avx2,fma", "default"))) void rows_times_fp32_weights(
-    const float* x,
-    int64_t rows,
-    int64_t k,
-    const float* weight,
-    const float* bias,
-    float* y,
-    int64_t n,
-    int64_t begin,
-    int64_t end) {
-  all_rows(x, rows, k, weight, static_cast<const float*>(nullptr), bias, y, n, begin, end);
+// Each kernel is built for each instruction set (flatten: what it calls is
+// inlined and built for that set too), and the set is picked once as the
+// library's own loops pick theirs: ATen's choice, capped by
+// ROTARY_ATTENTION_CPU_CAPABILITY (rotary_attention::cpu_kernel_capability()).
+#define RA_FEW_ROWS_KERNEL(name, attributes, Widen, W)                  \
+  attributes void name(                                                 \
+      const float* x,                                                   \
+      int64_t rows,                                                     \
+      int64_t k,                                                        \
+      const W* weight,                                                  \
+      const float* scale,                                               \
+      const float* bias,                                                \
+      float* y,                                                         \
+      int64_t n,                                                        \
+      int64_t begin,                                                    \
+      int64_t end) {                                                    \
+    all_rows<Widen>(x, rows, k, weight, scale, bias, y, n, begin, end); \
+  }
+RA_FEW_ROWS_KERNEL(fp32_default, , Plain, float)
+RA_FEW_ROWS_KERNEL(int8_default, , WidenScalar, int8_t)
+#if defined(__x86_64__)
+RA_FEW_ROWS_KERNEL(fp32_avx2, __attribute__((target("avx2,fma"), flatten)), Plain, float)
+RA_FEW_ROWS_KERNEL(fp32_avx512, __attribute__((target("avx512f"), flatten)), Plain, float)
+RA_FEW_ROWS_KERNEL(int8_avx2, __attribute__((target("avx2,fma"), flatten)), WidenAvx2, int8_t)
+RA_FEW_ROWS_KERNEL(int8_avx512, __attribute__((target("avx512f"), flatten)), WidenAvx512, int8_t)
+#endif
+#undef RA_FEW_ROWS_KERNEL
+
+enum class InstructionSet { kDefault, kAvx2, kAvx512 };
+
+InstructionSet instruction_set() {
+  static const InstructionSet chosen = [] {
+#if defined(__x86_64__)
+    const auto capability = rotary_attention::cpu_kernel_capability();
+    if (capability.rfind("AVX512", 0) == 0) {
+      return InstructionSet::kAvx512;
+    }
+    if (capability == "AVX2") {
+      return InstructionSet::kAvx2;
+    }
+#endif
+    return InstructionSet::kDefault;
+  }();
+  return chosen;
 }
 
-__attribute__((target_clones("avx512f", "avx2,fma", "default"))) void rows_times_int8_weights(
-    const float* x,
-    int64_t rows,
-    int64_t k,
-    const int8_t* weight,
-    const float* scale,
-    const float* bias,
-    float* y,
-    int64_t n,
-    int64_t begin,
-    int64_t end) {
-  all_rows(x, rows, k, weight, scale, bias, y, n, begin, end);
+template <typename W>
+using Kernel = void (*)(
+    const float*,
+    int64_t,
+    int64_t,
+    const W*,
+    const float*,
+    const float*,
+    float*,
+    int64_t,
+    int64_t,
+    int64_t);
+
+template <typename W>
+Kernel<W> kernel_for_this_cpu() {
+  constexpr bool fp32 = std::is_same_v<W, float>;
+#if defined(__x86_64__)
+  switch (instruction_set()) {
+    case InstructionSet::kAvx512:
+      if constexpr (fp32) {
+        return &fp32_avx512;
+      } else {
+        return &int8_avx512;
+      }
+    case InstructionSet::kAvx2:
+      if constexpr (fp32) {
+        return &fp32_avx2;
+      } else {
+        return &int8_avx2;
+      }
+    case InstructionSet::kDefault:
+      break;
+  }
+#endif
+  if constexpr (fp32) {
+    return &fp32_default;
+  } else {
+    return &int8_default;
+  }
 }
 
 } // namespace
@@ -185,13 +287,15 @@ at::Tensor few_rows_linear(
     const auto scale_c = scale.contiguous();
     const float* s = scale_c.data_ptr<float>();
     const int8_t* w = weight.data_ptr<int8_t>();
+    const auto kernel = kernel_for_this_cpu<int8_t>();
     at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
-      rows_times_int8_weights(xp, r, k, w, s, b, yp, n, begin, end);
+      kernel(xp, r, k, w, s, b, yp, n, begin, end);
     });
   } else {
     const float* w = weight.data_ptr<float>();
+    const auto kernel = kernel_for_this_cpu<float>();
     at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
-      rows_times_fp32_weights(xp, r, k, w, b, yp, n, begin, end);
+      kernel(xp, r, k, w, nullptr, b, yp, n, begin, end);
     });
   }
   return y.view(sizes);

@@ -22,7 +22,7 @@ import whisper.tokenizer
 from whisper.decoding import DecodingOptions
 
 import rotary_attention.cpp
-from conftest import original_sdpa
+from conftest import original_sdpa, outputs_of_each_cpu_build
 from rotary_attention import reference, whisper_model
 from rotary_attention.whisper_inference import whisper_attention_class
 
@@ -454,6 +454,31 @@ def test_few_rows_linear_is_linear_within_fp32_rounding(rows, k):
             bound = (k + 3) * 2.0**-24 * terms
             assert got.dtype == torch.float32 and got.shape == (rows, 300)
             assert ((got.double() - want).abs() <= bound).all()
+
+
+FEW_ROWS_SCRIPT = """
+import sys, torch, rotary_attention
+g = torch.Generator().manual_seed(9)
+x, w, b = torch.randn(11, 300, generator=g), torch.randn(70, 300, generator=g), torch.randn(70, generator=g)
+q, scale = rotary_attention._C._quantize_rows_int8(w)
+outs = {"fp32": rotary_attention._C._few_rows_linear(x, w, b),
+        "int8": rotary_attention._C._few_rows_linear(x, q, b, scale), "x": x, "w": w, "b": b}
+torch.save(outs, sys.argv[1])
+print(rotary_attention.cpu_kernel_capability())
+"""
+
+
+def test_every_cpu_build_of_the_few_rows_product_is_within_the_bound(tmp_path):
+    """The kernels for AVX-512, AVX2 and neither, each forced in its own process
+    (ROTARY_ATTENTION_CPU_CAPABILITY; a build this CPU cannot run gives the best it can)."""
+    results = outputs_of_each_cpu_build(FEW_ROWS_SCRIPT, tmp_path)
+    for outs in results.values():
+        x, w, b = outs["x"].double(), outs["w"].double(), outs["b"].double()
+        q, scale = rotary_attention._C._quantize_rows_int8(outs["w"])
+        for got, weight in ((outs["fp32"], w), (outs["int8"], q.double() * scale.double()[:, None])):
+            bound = 303 * 2.0**-24 * (x.abs() @ weight.abs().T + b.abs())
+            assert ((got.double() - torch.nn.functional.linear(x, weight, b)).abs() <= bound).all()
+    assert "DEFAULT" in results and rotary_attention.cpu_kernel_capability() in results
 
 
 def test_int8_rows_are_the_nearest_multiples_of_their_scale():

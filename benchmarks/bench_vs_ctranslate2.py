@@ -186,7 +186,61 @@ def contender(name, folder, task, beam, tokens):
     return run, lambda out: None if task == "encoder" else len(out[0].tokens)
 
 
+def int8_accuracy(engine, folder, tokens):
+    """int8 against float32 for one engine, teacher-forced along its own float32 greedy
+    decode: at each step both see the same prefix; returns how often their likeliest
+    tokens agree and how far int8's log-probabilities lie from float32's."""
+    import numpy as np
+    import torch
+
+    features = np.load(os.path.join(folder, "features.npy"))
+    prefix = [SOT, NO_TIMESTAMPS]
+    steps = []  # (float32 log-probs, int8 log-probs) per step
+    if engine == "ctranslate2":
+        import ctranslate2
+
+        encoded = ctranslate2.StorageView.from_array(features)
+        models = [ctranslate2.models.Whisper(os.path.join(folder, "ct2"), device="cpu", intra_threads=2,
+                                             compute_type=t) for t in ("float32", "int8")]  # fmt: skip
+
+        def next_logprobs(model, sequence):
+            out = model.generate(encoded, [sequence], beam_size=1, max_length=len(sequence) + 2,
+                                 return_logits_vocab=True, suppress_tokens=[], suppress_blank=False)  # fmt: skip
+            return torch.from_numpy(np.asarray(out[0].logits[0][0]))
+
+        sequence = list(prefix)
+        for _ in range(tokens):
+            pair = [next_logprobs(m, sequence).log_softmax(-1) for m in models]
+            steps.append(pair)
+            sequence.append(int(pair[0].argmax()))
+    else:
+        import whisper
+
+        import rotary_attention.cpp
+
+        torch.set_num_threads(2)
+        vocabulary = os.path.join(os.path.dirname(whisper.__file__), "assets", "gpt2.tiktoken")
+        checkpoint = os.path.join(folder, "fork.pt")
+        models = [rotary_attention.cpp.Whisper.load(checkpoint, tokenizer=vocabulary, compute_type=t)._inference
+                  for t in ("float32", "int8")]  # fmt: skip
+        features_t = torch.from_numpy(features)
+        step = torch.tensor([prefix])
+        for _ in range(tokens):
+            pair = [m.logits(step, features_t)[0, -1].log_softmax(-1) for m in models]
+            steps.append(pair)
+            step = pair[0].argmax().view(1, 1)
+    agree = sum(int(a.argmax() == b.argmax()) for a, b in steps) / len(steps)
+    # The likeliest token's log-probability, int8 against float32.
+    gaps = [abs(float(b[a.argmax()] - a.max())) for a, b in steps]
+    relative = [float((b - a).norm() / (a - a.mean()).norm()) for a, b in steps]
+    return {"top-1 agreement": agree, "median |dlogp| of the top token": statistics.median(gaps),
+            "median relative error of the log-probs": statistics.median(relative)}  # fmt: skip
+
+
 def child(args):
+    if args.accuracy:
+        print(json.dumps(int8_accuracy(args.accuracy, args.folder, args.tokens)))
+        return
     run, length = contender(args.contender, args.folder, args.task, args.beam, args.tokens)
     run()  # warm-up: allocations, caches, first-call set-up
     start = time.perf_counter()
@@ -232,7 +286,8 @@ def main():
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--beam", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--only", nargs="*", help="run only these tasks: beam, greedy, encoder")
+    parser.add_argument("--accuracy", help=argparse.SUPPRESS)
+    parser.add_argument("--only", nargs="*", help="run only these tasks: beam, greedy, encoder, accuracy")
     args = parser.parse_args()
     if args.worker:
         return child(args)
@@ -244,6 +299,7 @@ def main():
     tasks = [("beam 5", "decode", 5), ("greedy", "decode", 0), ("encoder", "encoder", 0)]
     if args.only:
         tasks = [t for t in tasks if t[0].split()[0] in args.only]
+    accuracy = not args.only or "accuracy" in args.only
     with tempfile.TemporaryDirectory() as folder:
         prepare(folder)
         bandwidth = read_bandwidth()
@@ -285,6 +341,17 @@ def main():
                 per_step = f"{1e3 * t / args.tokens:7.2f} ms/step" if task == "decode" else ""
                 int8 = f"  {base_int8 / t:5.2f}x CTranslate2 int8's" if name.endswith("int8") else ""
                 print(f"{name:22s} {t:8.3f} s {per_step}  {base / t:5.2f}x CTranslate2 float32's speed{int8}")
+        if accuracy:
+            print(f"\n## int8 against float32, teacher-forced along each engine's float32 greedy decode "
+                  f"({args.tokens} steps; the two engines run different random models)")  # fmt: skip
+            for engine in ("ctranslate2", "C++ decoder"):
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--accuracy", engine, "--folder", folder,
+                       "--tokens", str(args.tokens)]  # fmt: skip
+                run = subprocess.run(cmd, capture_output=True, text=True)
+                if run.returncode != 0:
+                    sys.exit(f"{engine} (accuracy) failed:\n{run.stderr}")
+                metrics = json.loads(run.stdout)
+                print(f"{engine:22s} " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ spin against each other in one), in interleaved rounds (the order rotates); medi
   tokenizer-like object for the vocabulary only);
 - the original layers through `whisper.decoding` (openai-whisper's loop);
 - this library's Python fast path (`decode_with_kv_cache`: whisper.decoding's loop
-  over a KVCache);
+  over a KVCache, the model's nn.Modules);
+- whisper.decoding's loop over this library's C++ decoder (`CppDecoder`, from the
+  same Python model);
 - this library's C++ decoder (`rotary_attention.cpp.Whisper`), with fp32 weights
   and with int8 ones (`compute_type="int8"`: per-row int8 weights, fp32
   activations).
@@ -157,7 +159,7 @@ def contender(name, folder, task, beam, tokens):
 
     import rotary_attention.cpp
     from rotary_attention import reference
-    from rotary_attention.whisper_inference import decode_with_kv_cache, whisper_attention_class
+    from rotary_attention.whisper_inference import CppDecoder, decode_with_kv_cache, whisper_attention_class
 
     torch.set_num_threads(2)
     checkpoint = os.path.join(folder, "fork.pt")
@@ -174,6 +176,9 @@ def contender(name, folder, task, beam, tokens):
     with whisper_attention_class(cls):
         model = whisper.model.Whisper(whisper.model.ModelDimensions(**DIMS)).eval()
     model.load_state_dict(torch.load(checkpoint)["model_state_dict"])
+    if name == "Python + C++ decoder":
+        decoder = CppDecoder(model)
+        return lambda: decoder.decode(features_t, options), lambda out: len(out[0].tokens)
 
     def run():
         with whisper_attention_class(cls), torch.no_grad():
@@ -293,7 +298,8 @@ def main():
         return child(args)
 
     ensure_ctranslate2()
-    decoders = ["ctranslate2 float32", "ctranslate2 int8", "C++ decoder", "C++ decoder int8", "Python fast path"]
+    decoders = ["ctranslate2 float32", "ctranslate2 int8", "C++ decoder", "C++ decoder int8", "Python fast path",
+                "Python + C++ decoder"]  # fmt: skip
     if not args.skip_original:
         decoders.append("original")
     tasks = [("beam 5", "decode", 5), ("greedy", "decode", 0), ("encoder", "encoder", 0)]

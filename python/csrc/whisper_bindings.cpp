@@ -36,16 +36,29 @@ void bind_whisper(py::module& m) {
   py::class_<rw::WhisperImpl, std::shared_ptr<rw::WhisperImpl>>(m, "_WhisperModel")
       .def_static(
           "load", &rw::WhisperImpl::load, py::arg("path"), py::call_guard<py::gil_scoped_release>())
+      .def_static(
+          "from_state_dict",
+          [](const std::map<std::string, int64_t>& dims,
+             const std::unordered_map<std::string, torch::Tensor>& state) {
+            rw::ModelDimensions d;
+            for (const auto& [name, field] : rw::ModelDimensions::fields()) {
+              const auto it = dims.find(name);
+              TORCH_CHECK(it != dims.end(), "Whisper.from_state_dict: dims has no ", name);
+              d.*field = it->second;
+            }
+            py::gil_scoped_release released;
+            return rw::WhisperImpl::from_state_dict(d, state);
+          },
+          py::arg("dims"),
+          py::arg("state_dict"))
       .def_property_readonly(
           "dims",
           [](const rw::WhisperImpl& w) {
             const auto& d = w.dims;
             py::dict out;
-            out["n_mels"] = d.n_mels, out["n_audio_ctx"] = d.n_audio_ctx,
-            out["n_audio_state"] = d.n_audio_state, out["n_audio_head"] = d.n_audio_head,
-            out["n_audio_layer"] = d.n_audio_layer, out["n_vocab"] = d.n_vocab,
-            out["n_text_ctx"] = d.n_text_ctx, out["n_text_state"] = d.n_text_state,
-            out["n_text_head"] = d.n_text_head, out["n_text_layer"] = d.n_text_layer;
+            for (const auto& [name, field] : rw::ModelDimensions::fields()) {
+              out[name] = d.*field;
+            }
             return out;
           })
       .def(

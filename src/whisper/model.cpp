@@ -191,18 +191,7 @@ std::shared_ptr<WhisperImpl> WhisperImpl::load(const std::string& path) {
   const auto contents = rotary_attention::detail::read_torch_save(path, "model_state_dict.");
   std::map<std::string, int64_t> numbers(contents.integers.begin(), contents.integers.end());
   ModelDimensions dims;
-  const std::pair<const char*, int64_t*> fields[] = {
-      {"n_mels", &dims.n_mels},
-      {"n_audio_ctx", &dims.n_audio_ctx},
-      {"n_audio_state", &dims.n_audio_state},
-      {"n_audio_head", &dims.n_audio_head},
-      {"n_audio_layer", &dims.n_audio_layer},
-      {"n_vocab", &dims.n_vocab},
-      {"n_text_ctx", &dims.n_text_ctx},
-      {"n_text_state", &dims.n_text_state},
-      {"n_text_head", &dims.n_text_head},
-      {"n_text_layer", &dims.n_text_layer}};
-  for (const auto& [name, field] : fields) {
+  for (const auto& [name, field] : ModelDimensions::fields()) {
     const auto it = numbers.find(std::string("dims.") + name);
     TORCH_CHECK(
         it != numbers.end(),
@@ -212,26 +201,34 @@ std::shared_ptr<WhisperImpl> WhisperImpl::load(const std::string& path) {
         name,
         " (expected {\"dims\": {...}, \"model_state_dict\": {...}})");
     TORCH_CHECK(it->second > 0, "Whisper::load: '", path, "' has dims.", name, " = ", it->second);
-    *field = it->second;
+    dims.*field = it->second;
   }
-  TORCH_CHECK(
-      dims.n_audio_state == dims.n_text_state,
-      "Whisper::load: '",
-      path,
-      "': n_audio_state (",
-      dims.n_audio_state,
-      ") differs from n_text_state (",
-      dims.n_text_state,
-      "); the decoder attends over the encoder's features");
   TORCH_CHECK(
       !contents.tensors.empty(),
       "Whisper::load: '",
       path,
       "' has no tensors under model_state_dict");
-  auto model = std::make_shared<WhisperImpl>(dims);
   std::unordered_map<std::string, torch::Tensor> state(
       contents.tensors.begin(), contents.tensors.end());
+  return from_state_dict(dims, state, "'" + path + "'");
+}
+
+std::shared_ptr<WhisperImpl> WhisperImpl::from_state_dict(
+    const ModelDimensions& dims,
+    const std::unordered_map<std::string, torch::Tensor>& state,
+    const std::string& source) {
+  TORCH_CHECK(
+      dims.n_audio_state == dims.n_text_state,
+      "Whisper::load: ",
+      source,
+      ": n_audio_state (",
+      dims.n_audio_state,
+      ") differs from n_text_state (",
+      dims.n_text_state,
+      "); the decoder attends over the encoder's features");
+  auto model = std::make_shared<WhisperImpl>(dims);
   try {
+    at::NoGradGuard no_grad;
     load_state_dict(*model, state, /*strict=*/true);
   } catch (const c10::Error& e) {
     // The first few tensors that disagree name the problem; hundreds would bury it.
@@ -249,9 +246,9 @@ std::shared_ptr<WhisperImpl> WhisperImpl::load(const std::string& path) {
     }
     TORCH_CHECK(
         false,
-        "Whisper::load: '",
-        path,
-        "' does not fit its dims (",
+        "Whisper::load: ",
+        source,
+        " does not fit its dims (",
         "n_mels=",
         dims.n_mels,
         ", n_audio_ctx=",
@@ -267,7 +264,7 @@ std::shared_ptr<WhisperImpl> WhisperImpl::load(const std::string& path) {
         ", n_text_layer=",
         dims.n_text_layer,
         "): ",
-        e.what_without_backtrace());
+        reason);
   }
   model->eval();
   return model;

@@ -2,7 +2,8 @@
 search, its logit filters) on a small random Whisper whose attention layers
 are the original's or this library's: the unchanged loop (Whisper's hooks and
 dict cache, rearranged for beams) and the fast path (`decode_with_kv_cache`)
-give the original's tokens and log-probabilities."""
+give the original's tokens and log-probabilities; the same loop over the C++
+decoder (`CppDecoder`) gives its tokens."""
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from whisper.decoding import DecodingOptions, DecodingTask
 import rotary_attention
 from conftest import original_sdpa
 from rotary_attention import reference
-from rotary_attention.whisper_inference import decode_with_kv_cache, use_kv_cache, whisper_attention_class
+from rotary_attention.whisper_inference import CppDecoder, decode_with_kv_cache, use_kv_cache, whisper_attention_class
 
 # n_audio_ctx > n_text_ctx, as Whisper's hooks assume (they tell cross-attention
 # by its length); an English-only vocabulary (no language detection).
@@ -109,3 +110,65 @@ def test_the_cases_see_the_audio_and_the_beam():
     assert greedy[0].tokens != greedy[1].tokens
     beam = _decode(original, reference.OriginalGivenOneAudioPerRow, audio[:1], DecodingOptions(**OPTIONS, beam_size=5))
     assert beam[0].tokens != greedy[0].tokens
+
+
+# The loop over the C++ decoder (CppDecoder)
+
+needs_cpp_decoder = pytest.mark.skipif(
+    not hasattr(rotary_attention._C, "_WhisperInference"), reason="built without the Whisper fork (RA_BUILD_WHISPER)"
+)
+
+
+def _fork(original):
+    """The original's weights in whisper's model with the library's own layer class
+    (a subclass may compute something else: the C++ decoder refuses it)."""
+    with whisper_attention_class(rotary_attention.MultiHeadAttention):
+        fork = whisper.model.Whisper(DIMS).eval()
+    fork.load_state_dict(original.state_dict())
+    return fork
+
+
+@needs_cpp_decoder
+@pytest.mark.parametrize("case", list(CASES))
+def test_whisper_s_loop_over_the_cpp_decoder_gives_the_original_tokens(case):
+    """The C++ decoder sums in another order (fp32 rounding): the tokens are the
+    original's, the log-probabilities equal to rounding."""
+    n_audio, through_encoder, options = CASES[case]
+    original, _, _ = _models(True)
+    fork = _fork(original)
+    mel = _audio(n_audio, through_encoder)
+    want = _decode(original, reference.OriginalGivenOneAudioPerRow, mel, options)
+    with whisper_attention_class(rotary_attention.MultiHeadAttention):
+        got = CppDecoder(fork).decode(mel, options)
+        int8 = CppDecoder(fork, compute_type="int8").decode(mel, options)
+    assert [r.tokens for r in got] == [r.tokens for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert g.avg_logprob == pytest.approx(w.avg_logprob, abs=1e-5)
+        assert g.no_speech_prob == pytest.approx(w.no_speech_prob, rel=1e-5, abs=1e-9)
+    assert len(int8) == len(want) and all(r.tokens for r in int8)
+
+
+@needs_cpp_decoder
+def test_the_cpp_decoder_refuses_a_decoder_it_would_not_compute():
+    """A hook, a replaced child, or other attention options: the C++ decoder would
+    silently compute something else, so it says why instead."""
+    original, subclassed, _ = _models(True)
+    with pytest.raises(ValueError, match=r"decoder.blocks.0.attn is a Port"):
+        CppDecoder(subclassed)
+    port = _fork(original)
+    with pytest.raises(ValueError, match=r"decoder.blocks.0.attn.value has hooks"):
+        handle = port.decoder.blocks[0].attn.value.register_forward_hook(lambda *a: None)
+        try:
+            CppDecoder(port)
+        finally:
+            handle.remove()
+    port.decoder.blocks[1].mlp[1] = torch.nn.ReLU()  # no weights: the state dict alone would not show it
+    with pytest.raises(ValueError, match=r"decoder.blocks.1.mlp.1 is a ReLU"):
+        CppDecoder(port)
+    port.decoder.blocks[1].mlp[1] = torch.nn.GELU()
+    port.decoder.blocks[0].cross_attn.sdpa = False
+    with pytest.raises(ValueError, match="blocks.0.cross_attn is not a default MultiHeadAttention"):
+        CppDecoder(port)
+    port.decoder.blocks[0].cross_attn.sdpa = True
+    with pytest.raises(RuntimeError, match='expected "float32" or "int8"'):
+        CppDecoder(port, compute_type="fp8")

@@ -8,7 +8,10 @@
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
+#include <array>
 #include <string>
+#include <unordered_map>
+#include <utility>
 
 #include "rotary_attention/nn/kv_cache.h"
 #include "rotary_attention/nn/multi_head_attention.h"
@@ -34,6 +37,21 @@ struct ModelDimensions {
   }
   int64_t num_languages() const {
     return n_vocab - 51765 - (is_multilingual() ? 1 : 0);
+  }
+
+  /// Each dim's name (openai-whisper's field name) and member.
+  static constexpr std::array<std::pair<const char*, int64_t ModelDimensions::*>, 10> fields() {
+    return {
+        {{"n_mels", &ModelDimensions::n_mels},
+         {"n_audio_ctx", &ModelDimensions::n_audio_ctx},
+         {"n_audio_state", &ModelDimensions::n_audio_state},
+         {"n_audio_head", &ModelDimensions::n_audio_head},
+         {"n_audio_layer", &ModelDimensions::n_audio_layer},
+         {"n_vocab", &ModelDimensions::n_vocab},
+         {"n_text_ctx", &ModelDimensions::n_text_ctx},
+         {"n_text_state", &ModelDimensions::n_text_state},
+         {"n_text_head", &ModelDimensions::n_text_head},
+         {"n_text_layer", &ModelDimensions::n_text_layer}}};
   }
 };
 
@@ -132,6 +150,13 @@ class WhisperImpl : public torch::nn::Cloneable<WhisperImpl> {
   /// missing dim, a tensor whose shape disagrees with the dims, or a missing
   /// or unexpected tensor is an error naming it.
   static std::shared_ptr<WhisperImpl> load(const std::string& path);
+
+  /// A model of `dims` holding copies of `state` (openai-whisper's keys, any
+  /// floating dtype, loaded strictly in fp32); `source` names it in errors.
+  static std::shared_ptr<WhisperImpl> from_state_dict(
+      const ModelDimensions& dims,
+      const std::unordered_map<std::string, torch::Tensor>& state,
+      const std::string& source = "the state dict");
 
   ModelDimensions dims;
   AudioEncoder encoder{nullptr};

@@ -82,12 +82,15 @@ void bind_whisper(py::module& m) {
   // whisper's `Inference` (logits, rearrange_kv_cache, cleanup_caching) in C++.
   py::class_<rw::WhisperInference>(m, "_WhisperInference")
       .def(
-          py::init([](const std::shared_ptr<rw::WhisperImpl>& w, const std::string& compute_type) {
+          py::init([](const std::shared_ptr<rw::WhisperImpl>& w,
+                      const std::string& compute_type,
+                      bool own_caches) {
             return std::make_unique<rw::WhisperInference>(
-                rw::Whisper(w), rw::compute_type_from_string(compute_type));
+                rw::Whisper(w), rw::compute_type_from_string(compute_type), own_caches);
           }),
           py::arg("model"),
           py::arg("compute_type") = "float32",
+          py::arg("own_caches") = true,
           py::call_guard<py::gil_scoped_release>())
       .def(
           "logits",

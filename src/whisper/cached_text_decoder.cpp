@@ -24,7 +24,7 @@ at::Tensor layer_norm(const at::Tensor& x, const torch::nn::LayerNorm& ln) {
 
 bool CachedTextDecoder::supports(const TextDecoderImpl& decoder) {
   if (decoder.is_training() || decoder.token_embedding->weight.scalar_type() != at::kFloat ||
-      !decoder.token_embedding->weight.device().is_cpu()) {
+      !decoder.token_embedding->weight.device().is_cpu() || decoder.blocks->size() == 0) {
     return false;
   }
   for (const auto& module : *decoder.blocks) {
@@ -125,12 +125,7 @@ void CachedTextDecoder::cache_audio(const at::Tensor& audio_features) {
 
 at::Tensor CachedTextDecoder::logits(const at::Tensor& tokens, const at::Tensor& audio_features) {
   const auto& dims = decoder_->dims;
-  TORCH_CHECK(
-      tokens.dim() == 2 && tokens.scalar_type() == at::kLong,
-      "TextDecoder: expected int64 tokens of shape (B, T), got ",
-      tokens.scalar_type(),
-      " of shape ",
-      tokens.sizes());
+  TextDecoderImpl::check_tokens(tokens);
   TORCH_CHECK(
       audio_features.dim() == 3 && audio_features.size(2) == dims.n_text_state &&
           audio_features.size(0) > 0 && tokens.size(0) % audio_features.size(0) == 0,

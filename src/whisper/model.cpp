@@ -134,14 +134,18 @@ void TextDecoderImpl::reset() {
   mask = at::full({dims.n_text_ctx, dims.n_text_ctx}, -INFINITY).triu_(1);
 }
 
-torch::Tensor TextDecoderImpl::forward(
-    const torch::Tensor& tokens, const torch::Tensor& audio_features, KVCache* kv_cache) {
+void TextDecoderImpl::check_tokens(const torch::Tensor& tokens) {
   TORCH_CHECK(
       tokens.dim() == 2 && tokens.scalar_type() == at::kLong,
       "TextDecoder: expected int64 tokens of shape (B, T), got ",
       tokens.scalar_type(),
       " of shape ",
       tokens.sizes());
+}
+
+torch::Tensor TextDecoderImpl::forward(
+    const torch::Tensor& tokens, const torch::Tensor& audio_features, KVCache* kv_cache) {
+  check_tokens(tokens);
   TORCH_CHECK(
       audio_features.dim() == 3 && audio_features.size(2) == dims.n_text_state,
       "TextDecoder: expected audio_features of shape (B, S, n_text_state=",

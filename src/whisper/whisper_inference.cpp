@@ -13,16 +13,17 @@ ComputeType compute_type_from_string(const std::string& name) {
   return ComputeType::kInt8;
 }
 
-WhisperInference::WhisperInference(Whisper model, ComputeType compute_type)
+WhisperInference::WhisperInference(Whisper model, ComputeType compute_type, bool own_caches)
     : model_(std::move(model)), compute_type_(compute_type), cache_(model_->dims.n_text_ctx) {
-  if (detail::CachedTextDecoder::supports(*model_->decoder)) {
+  if (own_caches && detail::CachedTextDecoder::supports(*model_->decoder)) {
     cached_ = std::make_unique<detail::CachedTextDecoder>(model_->decoder, compute_type);
     return;
   }
   TORCH_CHECK(
       compute_type == ComputeType::kFloat32,
-      "WhisperInference: compute_type int8 needs an fp32 CPU model in eval mode whose attention "
-      "layers have the default options (sdpa, LayerNorm, relative positions)");
+      "WhisperInference: compute_type int8 needs the decoder's own caches: an fp32 CPU model in "
+      "eval mode whose attention layers have the default options (sdpa, LayerNorm, relative "
+      "positions)");
   // A beam reads its audio's keys and values once per step, not once per row.
   cache_.set_shared_keys_read_once(true);
 }

@@ -39,14 +39,18 @@ def folder(tmp_path_factory):
     return path, greedy, beam
 
 
-def test_the_python_block_runs_and_decodes_as_whisper(folder, monkeypatch):
-    path, greedy, _ = folder
-    (code,) = blocks("python")
+def test_the_python_blocks_run_and_decode_as_whisper(folder, monkeypatch):
+    """The C++ fork (greedy), then openai-whisper's loop over the C++ decoder (beam 5)."""
+    path, greedy, beam = folder
+    cpp_fork, whisper_loop = blocks("python")
     monkeypatch.chdir(path)
     namespace = {}
-    exec(compile(code, PAGE, "exec"), namespace)
+    exec(compile(cpp_fork, PAGE, "exec"), namespace)
     assert namespace["result"].tokens == greedy.tokens and namespace["result"].text == greedy.text
     assert len(namespace["results"]) == 2
+    namespace = {}
+    exec(compile(whisper_loop, PAGE, "exec"), namespace)
+    assert namespace["result"].tokens == beam.tokens and namespace["result"].text == beam.text
 
 
 def test_the_shell_block_runs(folder):

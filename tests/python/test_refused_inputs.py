@@ -42,10 +42,8 @@ def storage_size_mismatch(tmp_path):
     return path
 
 
-def small_fork(p, **change):
-    """A tiny openai-whisper checkpoint of the fork (random weights), its dims changed."""
-    import dataclasses
-
+def small_model():
+    """A tiny fork in Python: openai-whisper's model with the library's layers (random weights)."""
     import whisper.model
 
     from rotary_attention.whisper_inference import whisper_attention_class
@@ -55,10 +53,31 @@ def small_fork(p, **change):
         n_vocab=51865, n_text_ctx=8, n_text_state=16, n_text_head=2, n_text_layer=1,
     )  # fmt: skip
     with whisper_attention_class(rotary_attention.MultiHeadAttention):
-        model = whisper.model.Whisper(dims)
+        return whisper.model.Whisper(dims)
+
+
+def small_fork(p, **change):
+    """A tiny openai-whisper checkpoint of the fork (random weights), its dims changed."""
+    import dataclasses
+
+    model = small_model()
+    dims = model.dims
     checkpoint = {"dims": {**dataclasses.asdict(dims), **change}, "model_state_dict": model.state_dict()}
     torch.save(checkpoint, p / "fork.pt")
     return p / "fork.pt"
+
+
+def hooked_fork():
+    """A small fork in Python, a forward hook on its first decoder block's MLP."""
+    model = small_model()
+    model.decoder.blocks[0].mlp.register_forward_hook(lambda *args: None)
+    return model
+
+
+def CppDecoder(model):  # noqa: N802 (the class, imported when the row runs: whisper is needed)
+    from rotary_attention.whisper_inference import CppDecoder as cpp_decoder
+
+    return cpp_decoder(model)
 
 
 def vocabulary(name):
@@ -197,6 +216,10 @@ ROWS = [
      lambda p: cpp.Whisper.load(small_fork(p, n_mels="80"), tokenizer=vocabulary("multilingual")), RuntimeError),
     ("cpp.Whisper.load", "a vocabulary that does not fit the checkpoint", "does not fit the model",
      lambda p: cpp.Whisper.load(small_fork(p), tokenizer=vocabulary("gpt2")), RuntimeError),
+    ("cpp.Whisper.load", "a compute_type other than float32 and int8", 'expected "float32" or "int8", got "int4"',
+     lambda p: cpp.Whisper.load(small_fork(p), vocabulary("multilingual"), compute_type="int4"), RuntimeError),
+    ("whisper_inference.CppDecoder", "a decoder with a hook", "would not compute this model's decoder",
+     lambda p: CppDecoder(hooked_fork()), ValueError),
     ("cpp.Whisper.decode", "temperature > 0 (sampling)", "which is not implemented",
      lambda p: cpp.Whisper.load(small_fork(p), vocabulary("multilingual")).decode(torch.randn(20, 16), temperature=0.5),
      RuntimeError),

@@ -527,15 +527,17 @@ def decode_calls(rows, seed=0):
             (tokens(1), None)]  # fmt: skip
 
 
+@pytest.mark.parametrize("own_caches", [True, False], ids=["own caches", "TextDecoder over a KVCache"])
 @pytest.mark.parametrize("rows", [2, 6], ids=["a row per audio", "a beam of 3 per audio"])
-def test_the_decoder_s_caches_give_the_original_s_logits_step_by_step(rows, multilingual):
+def test_the_decoder_s_caches_give_the_original_s_logits_step_by_step(rows, own_caches, multilingual):
     """Rotated keys cached once per token and per audio, a beam's audio read once, the
-    few-rows product: the original's logits (recomputing every rotation) to fp32 rounding."""
+    few-rows product: the original's logits (recomputing every rotation) to fp32 rounding.
+    The path other models take (TextDecoder::forward over a KVCache) too."""
     original, fork, path = multilingual
     features = audio_features(2)
     calls = decode_calls(rows)
     want = original_steps(original, features.repeat_interleave(rows // 2, 0), calls)
-    inference = rotary_attention._C._WhisperInference(fork._model, "float32")
+    inference = rotary_attention._C._WhisperInference(fork._model, "float32", own_caches)
     for (tokens, source), w in zip(calls, want, strict=True):
         if source is not None:
             inference.reorder(source)

@@ -50,11 +50,13 @@ class CachedTextDecoder;
 /// own: self-attention keys kept rotated, written once per token; the audio's
 /// keys rotated once per audio and read once per step by a whole beam; the
 /// projections and the logits by a few-rows product (the logits agree with
-/// `TextDecoder::forward` to fp32 rounding). Other models, and only in fp32,
-/// run `TextDecoder::forward` over the library's `KVCache`.
+/// `TextDecoder::forward` to fp32 rounding). Other models, or any with
+/// `own_caches` false, run `TextDecoder::forward` over the library's
+/// `KVCache` (fp32 only).
 class WhisperInference : public DecoderInference {
  public:
-  explicit WhisperInference(Whisper model, ComputeType compute_type = ComputeType::kFloat32);
+  explicit WhisperInference(
+      Whisper model, ComputeType compute_type = ComputeType::kFloat32, bool own_caches = true);
   ~WhisperInference() override;
   at::Tensor logits(const at::Tensor& tokens, const at::Tensor& audio_features) override;
   void reorder(const std::vector<int64_t>& source_rows) override;

@@ -113,6 +113,9 @@ class TextDecoderImpl : public torch::nn::Cloneable<TextDecoderImpl> {
       const torch::Tensor& audio_features,
       KVCache* kv_cache = nullptr);
 
+  /// tokens must be int64 of shape (B, T).
+  static void check_tokens(const torch::Tensor& tokens);
+
   ModelDimensions dims;
   torch::nn::Embedding token_embedding{nullptr};
   torch::Tensor positional_embedding;

@@ -462,8 +462,8 @@ MUTANTS = [
     Mutant(
         "whisper: the C++ decoder's beams read another audio's keys",
         "src/whisper/cached_text_decoder.cpp",
-        "    const auto keys = at::linear(audio_features, weight_of(c.key), c.key.bias);",
-        "    const auto keys = at::linear(audio_features.roll(1, 0), weight_of(c.key), c.key.bias);",
+        "    audio_keys_.push_back(c.rotate(c.key(audio_features), n_head_, 0).contiguous());",
+        "    audio_keys_.push_back(c.rotate(c.key(audio_features.roll(1, 0)), n_head_, 0).contiguous());",
         pytest="test_whisper_fork.py -k 'caches_give'",
     ),
     Mutant(

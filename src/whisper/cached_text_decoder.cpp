@@ -38,11 +38,19 @@ bool CachedTextDecoder::supports(const TextDecoderImpl& decoder) {
 }
 
 at::Tensor CachedTextDecoder::Projection::operator()(const at::Tensor& x) const {
-  // fp32: the few-rows product for a decode step, MKL's GEMM for a prompt.
-  if (!scale.defined() && !few_rows_apply(x, weight)) {
-    return at::linear(x, weight, bias);
+  // The few-rows product for a decode step; MKL's GEMM for a prompt's many
+  // rows (over dequantized int8 weights: the few-rows product reads the
+  // weights once per 8 rows, a GEMM reuses them from cache).
+  const bool few_rows =
+      scale.defined() ? x.numel() <= 4 * kMaxRows * x.size(-1) : few_rows_apply(x, weight);
+  if (few_rows) {
+    return few_rows_linear(x, weight, bias, scale);
   }
-  return few_rows_linear(x, weight, bias, scale);
+  return at::linear(x, dense_weight(), bias);
+}
+
+at::Tensor CachedTextDecoder::Projection::dense_weight() const {
+  return scale.defined() ? weight.to(at::kFloat) * scale.unsqueeze(1) : weight;
 }
 
 CachedTextDecoder::Projection CachedTextDecoder::projection(
@@ -106,20 +114,13 @@ CachedTextDecoder::CachedTextDecoder(TextDecoder decoder, ComputeType compute_ty
 }
 
 void CachedTextDecoder::cache_audio(const at::Tensor& audio_features) {
-  const int64_t n_audio = audio_features.size(0), s = audio_features.size(1);
   audio_keys_.clear();
   audio_values_.clear();
   for (const auto& layer : layers_) {
-    // A prompt-sized product: at::linear over the (dequantized) weights.
+    // S rows: at::linear (Projection's GEMM).
     const auto& c = layer.cross;
-    const auto weight_of = [](const Projection& p) {
-      return p.scale.defined() ? p.weight.to(at::kFloat) * p.scale.unsqueeze(1) : p.weight;
-    };
-    const auto keys = at::linear(audio_features, weight_of(c.key), c.key.bias);
-    audio_keys_.push_back(c.rotate(keys, n_head_, 0).contiguous());
-    audio_values_.push_back(
-        at::linear(audio_features, weight_of(c.value), c.value.bias).contiguous());
-    TORCH_INTERNAL_ASSERT(audio_keys_.back().size(0) == n_audio && audio_keys_.back().size(1) == s);
+    audio_keys_.push_back(c.rotate(c.key(audio_features), n_head_, 0).contiguous());
+    audio_values_.push_back(c.value(audio_features).contiguous());
   }
 }
 

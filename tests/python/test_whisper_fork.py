@@ -566,6 +566,12 @@ def test_int8_weights_give_logits_close_to_float32_s(multilingual):
         # (A small random model: 64 features. BENCHMARKS.md states the error at base size.)
         error = (got - want).norm() / want.norm()
         assert 0 < error < 0.05, error
+    # A prompt's many rows (72) take a GEMM over the dequantized weights.
+    exact.reset()
+    int8.reset()
+    prompt = torch.randint(0, 51865, (6, 12), generator=torch.Generator().manual_seed(5))
+    want, got = exact.logits(prompt, features), int8.logits(prompt, features)
+    assert 0 < (got - want).norm() / want.norm() < 0.05
     with pytest.raises(RuntimeError, match='expected "float32" or "int8", got "int4"'):
         rotary_attention._C._WhisperInference(fork._model, "int4")
 

@@ -288,6 +288,18 @@ def _holds_subclass_tensors(module: nn.Module) -> bool:
     )
 
 
+def _query_position_if(absolute: bool, cache: tuple) -> tuple:
+    """attention_core's cache arguments (cached_key, cached_value, query_position,
+    ...): the query position given only for absolute positions (None: the
+    original's)."""
+    if not cache:
+        return (None, None, 0) if absolute else ()
+    cache = list(cache)
+    if not absolute:
+        cache[2] = None
+    return tuple(cache)
+
+
 def _global_hooks() -> bool:
     """Hooks registered for every module (torch.nn.modules.module.register_module_*_hook)."""
     g = torch.nn.modules.module
@@ -507,12 +519,15 @@ class MultiHeadAttention(nn.Module):
             self.temperature,
             self.n_head,
             self.sdpa,
-            getattr(self.dropout, "p", 0.0),  # (sdpa: a replaced dropout is never called)
-            self.training,
-            self.absolute_positions if absolute is None else absolute,
+            self._dropout_p(),
             rotate,
-            *cache,
+            *_query_position_if(self.absolute_positions if absolute is None else absolute, cache),
         )
+
+    def _dropout_p(self) -> float:
+        """What the operators take: the dropout's p in training, 0 otherwise (as SDPA)."""
+        # (sdpa: a replaced dropout is never called)
+        return getattr(self.dropout, "p", 0.0) if self.training else 0.0
 
     def _attention_through_children(
         self,
@@ -635,12 +650,10 @@ class MultiHeadAttention(nn.Module):
             self.temperature,
             self.n_head,
             self.sdpa,
-            getattr(self.dropout, "p", 0.0),  # (sdpa: a replaced dropout is never called)
-            self.training,
-            self.absolute_positions if absolute is None else absolute,
+            self._dropout_p(),
             cached_key,
             cached_value,
-            query_position,
+            query_position if (self.absolute_positions if absolute is None else absolute) else None,
             key_buffer,
             value_buffer,
             cache_length,

@@ -304,9 +304,9 @@ CacheUse check_cache_arguments(
   if (per_row) {
     TORCH_CHECK(
         buffered && absolute_positions,
-        "KVCache(static=True) needs absolute_positions=True, as rows of different lengths do "
-        "(the original's semantics rotate the whole cache again at every step); lengths go with "
-        "self-attention's key_buffer/value_buffer");
+        "KVCache(static=True) needs absolute_positions=True (the operator: a query_position), as "
+        "rows of different lengths do (the original's semantics rotate the whole cache again at "
+        "every step); lengths go with self-attention's key_buffer/value_buffer");
     TORCH_CHECK(
         lengths->dim() == 1 && lengths->sym_size(0) == x.sym_size(0) &&
             lengths->scalar_type() == at::kLong && lengths->device() == x.device(),
@@ -355,7 +355,8 @@ CacheUse check_cache_arguments(
     TORCH_CHECK(
         absolute_positions && cross,
         "multi_head_attention: positions (the queries' positions of a static cache's "
-        "cross-attention) need xa and absolute_positions=True; self-attention takes lengths");
+        "cross-attention) need xa and absolute_positions=True (a query_position); self-attention "
+        "takes lengths");
     TORCH_CHECK(
         positions->scalar_type() == at::kLong && x.sym_size(1) > 0 &&
             ((positions->dim() == 1 && positions->sym_size(0) == x.sym_size(1)) ||
@@ -540,16 +541,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
     int64_t n_head,
     bool sdpa,
     double dropout_p,
-    bool train,
-    bool absolute_positions,
     const std::optional<at::Tensor>& cached_key,
     const std::optional<at::Tensor>& cached_value,
-    c10::SymInt query_position,
+    std::optional<c10::SymInt> query_position_opt,
     const std::optional<at::Tensor>& key_buffer,
     const std::optional<at::Tensor>& value_buffer,
     c10::SymInt cache_length,
     const std::optional<at::Tensor>& positions,
     const std::optional<at::Tensor>& lengths) {
+  // A query position given: absolute positions (the library's option); none:
+  // the original's relative ones (queries at 0..T-1, keys at 0..S-1).
+  const bool absolute_positions = query_position_opt.has_value();
+  const c10::SymInt query_position = query_position_opt.value_or(c10::SymInt(0));
   const c10::SymInt n_state = query_weight.sym_size(0);
   check_heads("multi_head_attention", n_state, n_head);
   check_input("x", x, n_state);
@@ -585,7 +588,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
   }
 
   const Layer layer{
-      inv_freq, rotation_matrix, temperature, n_head, n_state / n_head, sdpa, dropout_p, train};
+      inv_freq,
+      rotation_matrix,
+      temperature,
+      n_head,
+      n_state / n_head,
+      sdpa,
+      dropout_p,
+      dropout_p > 0.0};
   const at::Tensor q = whisper_linear(x_norm, query_weight, query_bias);
   at::Tensor k, v;
   if (!(cross && use.cached)) {
@@ -620,17 +630,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core_compos
     int64_t n_head,
     bool sdpa,
     double dropout_p,
-    bool train,
-    bool absolute_positions,
     bool rotate,
     const std::optional<at::Tensor>& cached_key,
     const std::optional<at::Tensor>& cached_value,
-    c10::SymInt query_position,
+    std::optional<c10::SymInt> query_position_opt,
     const std::optional<at::Tensor>& key_buffer,
     const std::optional<at::Tensor>& value_buffer,
     c10::SymInt cache_length,
     const std::optional<at::Tensor>& positions,
     const std::optional<at::Tensor>& lengths) {
+  const bool absolute_positions = query_position_opt.has_value(); // (as multi_head_attention)
+  const c10::SymInt query_position = query_position_opt.value_or(c10::SymInt(0));
   TORCH_CHECK(
       q.dim() == 3,
       "attention_core: expected q of shape (B, T, n_state), got shape ",
@@ -680,9 +690,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core_compos
   TORCH_CHECK(
       rotate || (!absolute_positions && !use.cached && !use.buffered && !use.fixed),
       "attention_core: rotate=False (q and k rotated by the caller) takes no cache and no "
-      "absolute_positions: the cache's keys are rotated by the operator");
+      "query_position (absolute positions): the cache's keys are rotated by the operator");
   const Layer layer{
-      inv_freq, rotation_matrix, temperature, n_head, n_state / n_head, sdpa, dropout_p, train};
+      inv_freq,
+      rotation_matrix,
+      temperature,
+      n_head,
+      n_state / n_head,
+      sdpa,
+      dropout_p,
+      dropout_p > 0.0};
   return attend_projected(
       q,
       k,
@@ -724,11 +741,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
     int64_t n_head,
     bool sdpa,
     double dropout_p,
-    bool train,
-    bool absolute_positions,
     const std::optional<at::Tensor>& cached_key,
     const std::optional<at::Tensor>& cached_value,
-    c10::SymInt query_position,
+    std::optional<c10::SymInt> query_position_opt,
     const std::optional<at::Tensor>& key_buffer,
     const std::optional<at::Tensor>& value_buffer,
     c10::SymInt cache_length,
@@ -756,11 +771,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
       n_head,
       sdpa,
       dropout_p,
-      train,
-      absolute_positions,
       cached_key,
       cached_value,
-      std::move(query_position),
+      std::move(query_position_opt),
       key_buffer,
       value_buffer,
       std::move(cache_length),
@@ -780,12 +793,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core(
     int64_t n_head,
     bool sdpa,
     double dropout_p,
-    bool train,
-    bool absolute_positions,
     bool rotate,
     const std::optional<at::Tensor>& cached_key,
     const std::optional<at::Tensor>& cached_value,
-    c10::SymInt query_position,
+    std::optional<c10::SymInt> query_position_opt,
     const std::optional<at::Tensor>& key_buffer,
     const std::optional<at::Tensor>& value_buffer,
     c10::SymInt cache_length,
@@ -805,12 +816,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core(
       n_head,
       sdpa,
       dropout_p,
-      train,
-      absolute_positions,
       rotate,
       cached_key,
       cached_value,
-      std::move(query_position),
+      std::move(query_position_opt),
       key_buffer,
       value_buffer,
       std::move(cache_length),

@@ -39,8 +39,8 @@ TORCH_LIBRARY(rotary_attention, m) {
       "Tensor? norm_bias, bool group_norm, Tensor query_weight, Tensor? query_bias, "
       "Tensor key_weight, Tensor value_weight, Tensor? value_bias, Tensor out_weight, "
       "Tensor? out_bias, Tensor inv_freq, Tensor rotation_matrix, Tensor temperature, "
-      "int n_head, bool sdpa, float dropout_p, bool train, bool absolute_positions, "
-      "Tensor? cached_key, Tensor? cached_value, SymInt query_position, "
+      "int n_head, bool sdpa, float dropout_p, "
+      "Tensor? cached_key, Tensor? cached_value, SymInt? query_position, "
       "Tensor(a!)? key_buffer=None, Tensor(b!)? value_buffer=None, SymInt cache_length=0, "
       "Tensor? positions=None, Tensor? lengths=None) -> (Tensor out, Tensor qk, Tensor key, Tensor "
       "value)");
@@ -52,8 +52,8 @@ TORCH_LIBRARY(rotary_attention, m) {
   m.def(
       "attention_core(Tensor q, Tensor k, Tensor v, bool cross, Tensor? mask, Tensor inv_freq, "
       "Tensor rotation_matrix, Tensor temperature, int n_head, bool sdpa, float dropout_p, "
-      "bool train, bool absolute_positions, bool rotate=True, Tensor? cached_key=None, "
-      "Tensor? cached_value=None, SymInt query_position=0, Tensor(a!)? key_buffer=None, "
+      "bool rotate=True, Tensor? cached_key=None, "
+      "Tensor? cached_value=None, SymInt? query_position=None, Tensor(a!)? key_buffer=None, "
       "Tensor(b!)? value_buffer=None, SymInt cache_length=0, Tensor? positions=None, "
       "Tensor? lengths=None) -> "
       "(Tensor attention, Tensor qk, Tensor key, Tensor value)");

@@ -37,11 +37,9 @@ def arguments(ref, sdpa):
         weights(ref),
         sdpa=sdpa,
         dropout_p=0.0,
-        train=False,
-        absolute_positions=False,
         cached_key=None,
         cached_value=None,
-        query_position=0,
+        query_position=None,
     )
 
 

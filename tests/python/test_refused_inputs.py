@@ -176,8 +176,8 @@ ROWS = [
          x4(1, 1, 16).requires_grad_(), x4(1, 4, 16), x4(1, 4, 16), torch.tensor([1]), 2), RuntimeError),
     ("attention_core", "rotate=False with a cache", "rotate=False (q and k rotated by the caller) takes no cache",
      lambda p: torch.ops.rotary_attention.attention_core(
-         *[torch.randn(1, 2, 16)] * 3, False, None, freq(4), torch.eye(8), torch.ones(1), 2, True, 0.0, False, False,
-         False, torch.randn(1, 2, 16), torch.randn(1, 2, 16)), RuntimeError),
+         *[torch.randn(1, 2, 16)] * 3, False, None, freq(4), torch.eye(8), torch.ones(1), 2, True, 0.0, False,
+         torch.randn(1, 2, 16), torch.randn(1, 2, 16)), RuntimeError),
     ("load_file / load", "a path that does not exist", "cannot open",
      lambda p: rotary_attention.load_file(p / "missing.pt"), RuntimeError),
     ("load_file / load", "a pickle naming a global weights_only refuses",

@@ -18,23 +18,25 @@ namespace rotary_attention {
 /// Weights are the module's (`attn_ln` as norm_weight/norm_bias, LayerNorm or,
 /// with group_norm, GroupNorm(1, n_state)); Linear weights are cast to x's
 /// dtype as Whisper's Linear does. `dropout_p` applies on the explicit path
-/// when `train`. Keys and values:
+/// (the caller passes 0 outside training, as to SDPA). Keys and values:
 /// - self-attention (xa absent): from x; with cached_key/cached_value they are
 ///   appended to the cache (the detached concatenation, as Whisper's hook);
 /// - cross-attention: from xa, or the cached ones when given; xa (or the
 ///   cached keys) may have a batch of 1 for any batch of x (a beam).
-/// With `absolute_positions`, queries (and new self-attention keys) are
-/// rotated at `query_position` onward and keys are cached rotated; otherwise
-/// queries and all keys are rotated at 0.. (the original's semantics).
+/// With a `query_position` (absolute positions, the layer's
+/// absolute_positions=True), queries (and new self-attention keys) are rotated
+/// at `query_position` onward and keys are cached rotated; without one
+/// (std::nullopt) queries and all keys are rotated at 0.. (the original's
+/// semantics).
 ///
 /// A growing self-attention cache without a copy per step: key_buffer and
 /// value_buffer, (B, capacity, n_state) in x's dtype, hold `cache_length`
 /// cached steps; the new keys/values are written in place at
 /// [cache_length, cache_length + T) and attention reads the first
 /// cache_length + T steps (the buffers must have room: the caller grows them);
-/// with absolute_positions, x's first token is at position cache_length
-/// (query_position is not used).
-/// Each row's own count (absolute_positions only): `lengths`, an int64 tensor
+/// with absolute positions, x's first token is at position cache_length
+/// (query_position's value is not used).
+/// Each row's own count (absolute positions only): `lengths`, an int64 tensor
 /// (B,), holds the steps each row has cached, as data (a static cache's, for
 /// compiled decoding with fixed shapes, or rows of different lengths);
 /// cache_length is then not used. Row b's new keys/values are written at
@@ -72,11 +74,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
     int64_t n_head,
     bool sdpa,
     double dropout_p,
-    bool train,
-    bool absolute_positions,
     const std::optional<at::Tensor>& cached_key,
     const std::optional<at::Tensor>& cached_value,
-    c10::SymInt query_position,
+    std::optional<c10::SymInt> query_position,
     const std::optional<at::Tensor>& key_buffer = std::nullopt,
     const std::optional<at::Tensor>& value_buffer = std::nullopt,
     c10::SymInt cache_length = 0,
@@ -90,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention(
 /// `cross`, where a batch of 1 serves every row of q, as a beam search passes
 /// one audio's features). Rotary and the rotation layer are applied to q and k
 /// (unless `rotate` is false: the caller rotated them, and then no cache and
-/// no absolute_positions); the cache arguments are multi_head_attention's (k
+/// no query_position); the cache arguments are multi_head_attention's (k
 /// and v are not read for cross-attention with cached keys). Returns
 /// (attention, qk, key, value): the layer's output is out(attention) + x.
 /// The Python nn.Module calls it when its children must run as modules
@@ -107,12 +107,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core(
     int64_t n_head,
     bool sdpa,
     double dropout_p,
-    bool train,
-    bool absolute_positions,
     bool rotate = true,
     const std::optional<at::Tensor>& cached_key = std::nullopt,
     const std::optional<at::Tensor>& cached_value = std::nullopt,
-    c10::SymInt query_position = 0,
+    std::optional<c10::SymInt> query_position = std::nullopt,
     const std::optional<at::Tensor>& key_buffer = std::nullopt,
     const std::optional<at::Tensor>& value_buffer = std::nullopt,
     c10::SymInt cache_length = 0,

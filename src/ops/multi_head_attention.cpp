@@ -68,8 +68,7 @@ struct Layer {
   int64_t n_head;
   c10::SymInt head_dim;
   bool sdpa;
-  double dropout_p;
-  bool train;
+  double dropout_p; // 0 outside training
 
   // (B, T, n_state) -> rotary at positions offset.. (or at `positions`, a
   // static cache's tensor of positions), then the rotation layer.
@@ -230,7 +229,7 @@ struct Layer {
     }
     qk = qk.to(at::kFloat);
     auto w = at::softmax(qk, -1).to(q.scalar_type());
-    w = at::dropout(w, dropout_p, train);
+    w = at::dropout(w, dropout_p, /*train=*/dropout_p > 0.0);
     auto out = at::matmul(w, v).permute({0, 2, 1, 3}).reshape_symint({n_batch, n_ctx, n_state});
     return {out, qk.detach()};
   }
@@ -588,14 +587,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multi_head_attention_
   }
 
   const Layer layer{
-      inv_freq,
-      rotation_matrix,
-      temperature,
-      n_head,
-      n_state / n_head,
-      sdpa,
-      dropout_p,
-      dropout_p > 0.0};
+      inv_freq, rotation_matrix, temperature, n_head, n_state / n_head, sdpa, dropout_p};
   const at::Tensor q = whisper_linear(x_norm, query_weight, query_bias);
   at::Tensor k, v;
   if (!(cross && use.cached)) {
@@ -692,14 +684,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_core_compos
       "attention_core: rotate=False (q and k rotated by the caller) takes no cache and no "
       "query_position (absolute positions): the cache's keys are rotated by the operator");
   const Layer layer{
-      inv_freq,
-      rotation_matrix,
-      temperature,
-      n_head,
-      n_state / n_head,
-      sdpa,
-      dropout_p,
-      dropout_p > 0.0};
+      inv_freq, rotation_matrix, temperature, n_head, n_state / n_head, sdpa, dropout_p};
   return attend_projected(
       q,
       k,

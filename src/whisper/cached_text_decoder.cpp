@@ -38,19 +38,7 @@ bool CachedTextDecoder::supports(const TextDecoderImpl& decoder) {
 }
 
 at::Tensor CachedTextDecoder::Projection::operator()(const at::Tensor& x) const {
-  // The few-rows product for a decode step; MKL's GEMM for a prompt's many
-  // rows (over dequantized int8 weights: the few-rows product reads the
-  // weights once per 8 rows, a GEMM reuses them from cache).
-  const bool few_rows =
-      scale.defined() ? x.numel() <= 4 * kMaxRows * x.size(-1) : few_rows_apply(x, weight);
-  if (few_rows) {
-    return few_rows_linear(x, weight, bias, scale);
-  }
-  return at::linear(x, dense_weight(), bias);
-}
-
-at::Tensor CachedTextDecoder::Projection::dense_weight() const {
-  return scale.defined() ? weight.to(at::kFloat) * scale.unsqueeze(1) : weight;
+  return linear_for_rows(x, weight, bias, scale);
 }
 
 CachedTextDecoder::Projection CachedTextDecoder::projection(

@@ -46,7 +46,6 @@ class CachedTextDecoder {
   struct Projection {
     at::Tensor weight, bias, scale;
     at::Tensor operator()(const at::Tensor& x) const;
-    at::Tensor dense_weight() const; ///< fp32 (dequantized when int8)
   };
   struct Attention {
     Projection query, key, value, out;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -118,6 +119,26 @@ inline __attribute__((always_inline)) void rows_times_weights(
   }
 }
 
+// rows_times_weights<count> for count in 1..8, the constant a template needs
+// picked from the runtime count (one instantiation each).
+template <typename Widen, typename W, int... I>
+inline __attribute__((always_inline)) void rows_in_registers(
+    std::integer_sequence<int, I...>,
+    int64_t count,
+    const float* x,
+    int64_t k,
+    const W* weight,
+    const float* scale,
+    const float* bias,
+    float* y,
+    int64_t n,
+    int64_t begin,
+    int64_t end) {
+  ((count == I + 1 &&
+    (rows_times_weights<I + 1, Widen>(x, k, weight, scale, bias, y, n, begin, end), true)) ||
+   ...);
+}
+
 // Up to 8 rows at a time (8 x 16 sums in registers, with room for the weights).
 template <typename Widen, typename W>
 inline __attribute__((always_inline)) void all_rows(
@@ -134,32 +155,18 @@ inline __attribute__((always_inline)) void all_rows(
   for (int64_t first = 0; first < rows; first += 8) {
     const float* xs = x + first * k;
     float* ys = y + first * n;
-    switch (std::min<int64_t>(rows - first, 8)) {
-      case 1:
-        rows_times_weights<1, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
-        break;
-      case 2:
-        rows_times_weights<2, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
-        break;
-      case 3:
-        rows_times_weights<3, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
-        break;
-      case 4:
-        rows_times_weights<4, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
-        break;
-      case 5:
-        rows_times_weights<5, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
-        break;
-      case 6:
-        rows_times_weights<6, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
-        break;
-      case 7:
-        rows_times_weights<7, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
-        break;
-      default:
-        rows_times_weights<8, Widen>(xs, k, weight, scale, bias, ys, n, begin, end);
-        break;
-    }
+    rows_in_registers<Widen>(
+        std::make_integer_sequence<int, 8>{},
+        std::min<int64_t>(rows - first, 8),
+        xs,
+        k,
+        weight,
+        scale,
+        bias,
+        ys,
+        n,
+        begin,
+        end);
   }
 }
 
@@ -299,6 +306,23 @@ at::Tensor few_rows_linear(
     });
   }
   return y.view(sizes);
+}
+
+at::Tensor linear_for_rows(
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const at::Tensor& scale) {
+  const bool few_rows =
+      scale.defined() ? x.numel() <= 4 * kMaxRows * x.size(-1) : few_rows_apply(x, weight);
+  if (few_rows) {
+    return few_rows_linear(x, weight, bias, scale);
+  }
+  return at::linear(x, dequantized(weight, scale), bias);
+}
+
+at::Tensor dequantized(const at::Tensor& weight, const at::Tensor& scale) {
+  return scale.defined() ? weight.to(at::kFloat) * scale.unsqueeze(1) : weight;
 }
 
 std::pair<at::Tensor, at::Tensor> quantize_rows_int8(const at::Tensor& weight) {

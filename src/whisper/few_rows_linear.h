@@ -28,6 +28,19 @@ std::pair<at::Tensor, at::Tensor> quantize_rows_int8(const at::Tensor& weight);
 /// Up to this many rows, few_rows_linear beats MKL's GEMM on fp32 weights.
 constexpr int64_t kMaxRows = 16;
 
+/// F.linear over an fp32 weight, or an int8 one with its scale: few_rows_linear
+/// for a decode step's rows (few_rows_apply; int8: up to 4 x kMaxRows rows),
+/// at::linear otherwise (over the dequantized weight: a GEMM reuses the
+/// weights from cache where the few-rows product reads them once per 8 rows).
+at::Tensor linear_for_rows(
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const at::Tensor& scale = {});
+
+/// weight, or q * scale[:, None] for an int8 one (fp32).
+at::Tensor dequantized(const at::Tensor& weight, const at::Tensor& scale);
+
 /// Whether few_rows_linear takes this product: a decode step's rows on the
 /// CPU, an fp32 model (other dtypes and devices take at::linear).
 inline bool few_rows_apply(const at::Tensor& x, const at::Tensor& weight) {

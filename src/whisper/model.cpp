@@ -39,13 +39,9 @@ void ResidualAttentionBlockImpl::reset() {
 
 namespace {
 
-// F.linear for a decode step's few rows reads the weight once at memory
-// speed (few_rows_linear.h); longer inputs take at::linear.
+// F.linear; a decode step's few rows read the weight once at memory speed.
 at::Tensor linear_of_rows(const at::Tensor& x, const torch::nn::LinearImpl& layer) {
-  if (!detail::few_rows_apply(x, layer.weight)) {
-    return at::linear(x, layer.weight, layer.bias);
-  }
-  return detail::few_rows_linear(x, layer.weight, layer.bias).to(x.scalar_type());
+  return detail::linear_for_rows(x, layer.weight, layer.bias).to(x.scalar_type());
 }
 
 } // namespace

@@ -474,6 +474,13 @@ MUTANTS = [
         pytest="test_whisper_fork.py -k 'few_rows or int8'",
     ),
     Mutant(
+        "whisper: the second output of a pair computed from the first's weights",
+        "src/whisper/few_rows_linear.cpp",
+        "    const W* v = w + half * k;",
+        "    const W* v = w;",
+        pytest="test_whisper_fork.py -k 'few_rows'",
+    ),
+    Mutant(
         "python: the rotated cross-attention keys read with the queries at the positions seen so far",
         "python/rotary_attention/layers.py",
         "        query_position = entry.queries if entry is not None and self.absolute_positions else 0",

@@ -440,11 +440,13 @@ def test_the_command_reports_bad_files_on_stderr_with_a_non_zero_exit(thirty_sec
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 16, 17, 33])
 @pytest.mark.parametrize("k", [17, 100, 512, 2048])
-def test_few_rows_linear_is_linear_within_fp32_rounding(rows, k):
+@pytest.mark.parametrize("outputs", [3, 301])
+def test_few_rows_linear_is_linear_within_fp32_rounding(rows, k, outputs):
     """Within the bound of fp32 summation (k ulps of the sum of |x w| terms), against fp64;
-    int8 weights against the fp64 product of their dequantized values."""
+    int8 weights against the fp64 product of their dequantized values. (Odd numbers of
+    outputs: a thread's range pairs outputs half of it apart and leaves one.)"""
     g = torch.Generator().manual_seed(rows * 10_000 + k)
-    x, w, b = torch.randn(rows, k, generator=g), torch.randn(300, k, generator=g), torch.randn(300, generator=g)
+    x, w, b = torch.randn(rows, k, generator=g), torch.randn(outputs, k, generator=g), torch.randn(outputs, generator=g)
     q, scale = rotary_attention._C._quantize_rows_int8(w)
     for weight, dequantized, s in ((w, w, None), (q, q.double() * scale.double()[:, None], scale)):
         for bias in (b, None):
@@ -452,7 +454,7 @@ def test_few_rows_linear_is_linear_within_fp32_rounding(rows, k):
             want = torch.nn.functional.linear(x.double(), dequantized.double(), None if bias is None else bias.double())
             terms = x.double().abs() @ dequantized.double().abs().T + (0 if bias is None else b.abs().double())
             bound = (k + 3) * 2.0**-24 * terms
-            assert got.dtype == torch.float32 and got.shape == (rows, 300)
+            assert got.dtype == torch.float32 and got.shape == (rows, outputs)
             assert ((got.double() - want).abs() <= bound).all()
 
 

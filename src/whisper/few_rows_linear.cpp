@@ -77,6 +77,20 @@ struct Plain {
   }
 };
 
+// The sum of a Lanes' 16 floats, halves added to halves (four dependent adds,
+// where adding them in turn takes sixteen: with few columns, or a beam's
+// rows, these sums are a large part of the work).
+inline __attribute__((always_inline)) float lane_sum(Lanes v) {
+  using Half = float __attribute__((vector_size(kLanes / 2 * sizeof(float))));
+  using Quarter = float __attribute__((vector_size(kLanes / 4 * sizeof(float))));
+  using Pair = float __attribute__((vector_size(2 * sizeof(float))));
+  const Half h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Quarter q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+  const Pair p = __builtin_shufflevector(q, q, 0, 1) + __builtin_shufflevector(q, q, 2, 3);
+  return p[0] + p[1];
+}
+
 // Output o of R rows: the weight row meets all R rows of x, whose R x 16
 // sums stay in registers (R is a constant, so the compiler unrolls the row
 // loop). int8 weights are widened as they are read, and each output's sum is
@@ -94,10 +108,7 @@ inline __attribute__((always_inline)) void finish_output(
     int64_t n,
     int64_t o) {
   for (int r = 0; r < R; ++r) {
-    float sum = 0.0f;
-    for (int l = 0; l < kLanes; ++l) {
-      sum += acc[r][l];
-    }
+    float sum = lane_sum(acc[r]);
     for (int64_t i = body; i < k; ++i) {
       sum += x[r * k + i] * static_cast<float>(w[i]);
     }

@@ -84,7 +84,8 @@ inline void add_scaled(float* acc, float w, const T* v, int64_t D) {
   }
 }
 
-// The same for four steps at once, v_step apart: acc is read and written once.
+// acc[0..D) += w[0] v[0..D) + ... + w[3] v[3 v_step + 0..D): acc is read and
+// written once for four steps.
 template <typename T>
 inline void add_scaled4(float* acc, const float* w, const T* v, int64_t v_step, int64_t D) {
   const VecF w0(w[0]), w1(w[1]), w2(w[2]), w3(w[3]);
@@ -101,6 +102,40 @@ inline void add_scaled4(float* acc, const float* w, const T* v, int64_t v_step, 
   for (; d < D; ++d) {
     acc[d] += w[0] * static_cast<float>(v[d]) + w[1] * static_cast<float>(v1[d]) +
               w[2] * static_cast<float>(v2[d]) + w[3] * static_cast<float>(v3[d]);
+  }
+}
+
+// acc[i][0..D) += w[i][0] v[0..D) + ... + w[i][3] v[3 v_step + 0..D), for
+// `count` sums over the same four steps (a row's queries): each sum is read
+// and written once, and each value loaded once for all of them.
+template <typename T>
+inline void add_scaled4_shared(
+    float* const* acc, const float* const* w, int64_t count, const T* v, int64_t v_step, int64_t D) {
+  if (count == 1) { // (one query: its weights stay in registers, the same sums)
+    add_scaled4(acc[0], w[0], v, v_step, D);
+    return;
+  }
+  const T* v1 = v + v_step;
+  const T* v2 = v + 2 * v_step;
+  const T* v3 = v + 3 * v_step;
+  int64_t d = 0;
+  for (; d + VF <= D; d += VF) {
+    const VecF x0 = load_float(v + d), x1 = load_float(v1 + d), x2 = load_float(v2 + d),
+               x3 = load_float(v3 + d);
+    for (int64_t i = 0; i < count; ++i) {
+      const float* wi = w[i];
+      VecF a = at::vec::fmadd(VecF(wi[0]), x0, VecF::loadu(acc[i] + d));
+      a = at::vec::fmadd(VecF(wi[1]), x1, a);
+      a = at::vec::fmadd(VecF(wi[2]), x2, a);
+      at::vec::fmadd(VecF(wi[3]), x3, a).store(acc[i] + d);
+    }
+  }
+  for (; d < D; ++d) {
+    for (int64_t i = 0; i < count; ++i) {
+      const float* wi = w[i];
+      acc[i][d] += wi[0] * static_cast<float>(v[d]) + wi[1] * static_cast<float>(v1[d]) +
+                   wi[2] * static_cast<float>(v2[d]) + wi[3] * static_cast<float>(v3[d]);
+    }
   }
 }
 
@@ -234,6 +269,8 @@ void decode_typed(const DecodeAttentionArgs& a) {
   at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> p(H * Tq * kChunk); // logits, then weights, per (h, t)
     std::vector<int64_t> seen(Tq);         // keys of the chunk query t sees
+    std::vector<float*> sums(Tq);          // the queries that see four steps: their sums
+    std::vector<const float*> weights(Tq); // and their weights
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / blocks, blk = task % blocks;
       // (visible(b, Tq - 1) is the row's length: its last query sees every step.)
@@ -294,20 +331,25 @@ void decode_typed(const DecodeAttentionArgs& a) {
           }
         }
         // Weighted values, four steps at a time (each head's sums are read and
-        // written once per four steps).
+        // written once per four steps, the four values loaded once for every
+        // query that sees them).
         for (int64_t j = 0; j < n_max; j += 4) {
           for (int64_t h = 0; h < H; ++h) {
+            int64_t whole = 0;
             for (int64_t t = 0; t < Tq; ++t) {
               float* acc = partial_at(b, blk, h, t) + 2;
               const float* w = p.data() + (h * Tq + t) * kChunk + j;
               if (j + 4 <= seen[t]) {
-                add_scaled4(acc, w, v_chunk + j * v_step + h * D, v_step, D);
+                sums[whole] = acc;
+                weights[whole++] = w;
               } else {
                 for (int64_t i = j; i < seen[t]; ++i) {
                   add_scaled(acc, w[i - j], v_chunk + i * v_step + h * D, D);
                 }
               }
             }
+            add_scaled4_shared(
+                sums.data(), weights.data(), whole, v_chunk + j * v_step + h * D, v_step, D);
           }
         }
       }

@@ -90,18 +90,21 @@ bool BeamSearch::update(Rows& tokens, const at::Tensor& logits, std::vector<floa
     finished_.resize(n_audio);
   }
   const auto logprobs = at::log_softmax(logits, -1);
+  // Each row's beam_size + 1 likeliest continuations, all rows in one call
+  // (its rows in parallel).
+  const auto [top_values, top_indices] = at::topk(logprobs, beam_size_ + 1);
+  const auto values = top_values.contiguous();
+  const auto indices = top_indices.contiguous();
   Rows next_tokens;
   std::vector<int64_t> source_rows;
   std::vector<Scored> newly_finished(n_audio);
   for (size_t i = 0; i < n_audio; ++i) {
-    // Each beam's beam_size + 1 likeliest continuations.
     Scored scores;
     std::vector<int64_t> sources;
     for (int64_t j = 0; j < beam_size_; ++j) {
       const int64_t row = static_cast<int64_t>(i) * beam_size_ + j;
-      const auto [values, indices] = at::topk(logprobs[row], beam_size_ + 1);
-      const float* v = values.data_ptr<float>();
-      const int64_t* t = indices.data_ptr<int64_t>();
+      const float* v = values.data_ptr<float>() + row * (beam_size_ + 1);
+      const int64_t* t = indices.data_ptr<int64_t>() + row * (beam_size_ + 1);
       for (int64_t c = 0; c <= beam_size_; ++c) {
         auto sequence = tokens[row];
         sequence.push_back(t[c]);

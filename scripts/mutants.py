@@ -124,6 +124,13 @@ MUTANTS = [
         pytest="test_decode_attention.py -k 'h8d64 and T3 and causal'",
     ),
     Mutant(
+        "decode: a row's queries all weigh the shared value rows with the first query's weights",
+        "src/ops/cpu/decode_attention_loop.cpp",
+        "      const float* wi = w[i];\n      VecF a = at::vec::fmadd(VecF(wi[0])",
+        "      const float* wi = w[0];\n      VecF a = at::vec::fmadd(VecF(wi[0])",
+        pytest="test_decode_attention.py -k 'h8d64 and T3'",
+    ),
+    Mutant(
         "module: rows of different lengths written at the longest row's position",
         "src/ops/multi_head_attention.cpp",
         "    const at::Tensor at_rows = rows.unsqueeze(1) + at::arange(c10::Scalar(n_ctx), rows.options());",

@@ -86,7 +86,8 @@ inline __attribute__((always_inline)) float lane_sum(Lanes v) {
   using Pair = float __attribute__((vector_size(2 * sizeof(float))));
   const Half h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
                  __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const Quarter q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+  const Quarter q =
+      __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
   const Pair p = __builtin_shufflevector(q, q, 0, 1) + __builtin_shufflevector(q, q, 2, 3);
   return p[0] + p[1];
 }
@@ -180,10 +181,9 @@ inline __attribute__((always_inline)) void rows_in_registers(
     int64_t n,
     int64_t begin,
     int64_t end) {
-  ((count == I + 1 &&
-    (rows_times_weights<I + 1, (I + 1 <= PairedRows), Widen>(
-         x, k, weight, scale, bias, y, n, begin, end),
-     true)) ||
+  ((count == I + 1 && (rows_times_weights<I + 1, (I + 1 <= PairedRows), Widen>(
+                           x, k, weight, scale, bias, y, n, begin, end),
+                       true)) ||
    ...);
 }
 
@@ -225,18 +225,18 @@ inline __attribute__((always_inline)) void all_rows(
 // ROTARY_ATTENTION_CPU_CAPABILITY (rotary_attention::cpu_kernel_capability()).
 // PairedRows: how many rows' sums fit twice in the set's 16-float registers
 // (AVX-512: 32 of them; AVX2: 16 of half the width; SSE: 16 of a quarter).
-#define RA_FEW_ROWS_KERNEL(name, attributes, PairedRows, Widen, W)      \
-  attributes void name(                                                 \
-      const float* x,                                                   \
-      int64_t rows,                                                     \
-      int64_t k,                                                        \
-      const W* weight,                                                  \
-      const float* scale,                                               \
-      const float* bias,                                                \
-      float* y,                                                         \
-      int64_t n,                                                        \
-      int64_t begin,                                                    \
-      int64_t end) {                                                    \
+#define RA_FEW_ROWS_KERNEL(name, attributes, PairedRows, Widen, W)                  \
+  attributes void name(                                                             \
+      const float* x,                                                               \
+      int64_t rows,                                                                 \
+      int64_t k,                                                                    \
+      const W* weight,                                                              \
+      const float* scale,                                                           \
+      const float* bias,                                                            \
+      float* y,                                                                     \
+      int64_t n,                                                                    \
+      int64_t begin,                                                                \
+      int64_t end) {                                                                \
     all_rows<PairedRows, Widen>(x, rows, k, weight, scale, bias, y, n, begin, end); \
   }
 RA_FEW_ROWS_KERNEL(fp32_default, , 1, Plain, float)

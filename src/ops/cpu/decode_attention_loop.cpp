@@ -110,7 +110,12 @@ inline void add_scaled4(float* acc, const float* w, const T* v, int64_t v_step, 
 // and written once, and each value loaded once for all of them.
 template <typename T>
 inline void add_scaled4_shared(
-    float* const* acc, const float* const* w, int64_t count, const T* v, int64_t v_step, int64_t D) {
+    float* const* acc,
+    const float* const* w,
+    int64_t count,
+    const T* v,
+    int64_t v_step,
+    int64_t D) {
   if (count == 1) { // (one query: its weights stay in registers, the same sums)
     add_scaled4(acc[0], w[0], v, v_step, D);
     return;

@@ -19,27 +19,45 @@ namespace rotary_attention::whisper::detail {
 
 namespace {
 
-constexpr int kLanes = 16;
-
-// 16 floats: GCC's vector extension, lowered to each kernel's registers (one
-// zmm with AVX-512, two ymm with AVX2). (Only ever inlined: GCC's note that
-// returning one changes the ABI without AVX-512 does not apply.)
+// N floats: GCC's vector extension. Each kernel uses its instruction set's
+// own register width (16 for AVX-512, 8 for AVX2, 4 for SSE): a vector wider
+// than the set's registers is not kept in registers at all but lowered
+// through the stack (16 lanes under AVX2 ran at a third of the speed). (Only
+// ever inlined: GCC's note that passing one changes the ABI does not apply.)
 #pragma GCC diagnostic ignored "-Wpsabi"
-using Lanes = float __attribute__((vector_size(kLanes * sizeof(float))));
+// (Plain typedefs: GCC drops vector_size from an alias template's type.)
+typedef float Floats2 __attribute__((vector_size(2 * sizeof(float))));
+typedef float Floats4 __attribute__((vector_size(4 * sizeof(float))));
+typedef float Floats8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float Floats16 __attribute__((vector_size(16 * sizeof(float))));
 
-inline __attribute__((always_inline)) Lanes load_lanes(const float* p) {
-  Lanes v;
+template <typename V>
+constexpr int kLanes = sizeof(V) / sizeof(float);
+
+template <typename V>
+inline __attribute__((always_inline)) V load_lanes(const float* p) {
+  V v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-// 16 int8 weights widened to floats. GCC scalarises __builtin_convertvector
-// from int8 lanes, so each instruction set gets its own widening (vpmovsxbd,
-// vcvtdq2ps), inlined into a kernel built for that set.
+// How each kernel reads its weights as Vec: fp32 as they are, int8 widened
+// to floats. GCC scalarises __builtin_convertvector from int8 lanes, so each
+// instruction set gets its own widening (vpmovsxbd, vcvtdq2ps), inlined into
+// a kernel built for that set.
+template <typename V>
+struct Plain {
+  using Vec = V;
+  static inline __attribute__((always_inline)) V load(const float* p) {
+    return load_lanes<V>(p);
+  }
+};
+template <typename V>
 struct WidenScalar {
-  static inline __attribute__((always_inline)) Lanes load(const int8_t* p) {
-    Lanes v;
-    for (int l = 0; l < kLanes; ++l) {
+  using Vec = V;
+  static inline __attribute__((always_inline)) V load(const int8_t* p) {
+    V v;
+    for (int l = 0; l < kLanes<V>; ++l) {
       v[l] = static_cast<float>(p[l]);
     }
     return v;
@@ -50,46 +68,44 @@ struct WidenScalar {
 // flatten inlines it: a false positive.)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 struct WidenAvx2 {
-  static inline __attribute__((target("avx2,fma"))) Lanes load(const int8_t* p) {
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    const __m256 halves[2] = {
-        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)),
-        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)))};
-    Lanes v;
-    std::memcpy(&v, halves, sizeof(v));
+  using Vec = Floats8;
+  static inline __attribute__((target("avx2,fma"))) Vec load(const int8_t* p) {
+    const __m256 all = _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    Vec v;
+    std::memcpy(&v, &all, sizeof(v));
     return v;
   }
 };
 struct WidenAvx512 {
-  static inline __attribute__((target("avx512f"))) Lanes load(const int8_t* p) {
+  using Vec = Floats16;
+  static inline __attribute__((target("avx512f"))) Vec load(const int8_t* p) {
     const __m512 all = _mm512_cvtepi32_ps(
         _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-    Lanes v;
+    Vec v;
     std::memcpy(&v, &all, sizeof(v));
     return v;
   }
 };
 #endif
-// fp32 weights need no widening.
-struct Plain {
-  static inline __attribute__((always_inline)) Lanes load(const float* p) {
-    return load_lanes(p);
-  }
-};
 
-// The sum of a Lanes' 16 floats, halves added to halves (four dependent adds,
-// where adding them in turn takes sixteen: with few columns, or a beam's
-// rows, these sums are a large part of the work).
-inline __attribute__((always_inline)) float lane_sum(Lanes v) {
-  using Half = float __attribute__((vector_size(kLanes / 2 * sizeof(float))));
-  using Quarter = float __attribute__((vector_size(kLanes / 4 * sizeof(float))));
-  using Pair = float __attribute__((vector_size(2 * sizeof(float))));
-  const Half h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const Quarter q =
-      __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
-  const Pair p = __builtin_shufflevector(q, q, 0, 1) + __builtin_shufflevector(q, q, 2, 3);
-  return p[0] + p[1];
+// The sum of a vector's lanes, halves added to halves (four dependent adds
+// for 16 lanes, where adding them in turn takes sixteen: with few columns, or
+// a beam's rows, these sums are a large part of the work).
+template <typename V>
+inline __attribute__((always_inline)) float lane_sum(V v) {
+  if constexpr (kLanes<V> == 16) {
+    return lane_sum(
+        __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+        __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+  } else if constexpr (kLanes<V> == 8) {
+    return lane_sum(
+        __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7));
+  } else {
+    static_assert(kLanes<V> == 4, "lane_sum: 4, 8 or 16 lanes");
+    const Floats2 pair = __builtin_shufflevector(v, v, 0, 1) + __builtin_shufflevector(v, v, 2, 3);
+    return pair[0] + pair[1];
+  }
 }
 
 // Output o of R rows: the weight row meets all R rows of x, whose R x 16
@@ -98,7 +114,7 @@ inline __attribute__((always_inline)) float lane_sum(Lanes v) {
 // multiplied by its row's scale.
 template <int R, typename Widen, typename W>
 inline __attribute__((always_inline)) void finish_output(
-    const Lanes* acc,
+    const typename Widen::Vec* acc,
     const float* x,
     int64_t k,
     const W* w,
@@ -136,16 +152,17 @@ inline __attribute__((always_inline)) void rows_times_weights(
     int64_t n,
     int64_t begin,
     int64_t end) {
-  const int64_t body = k - k % kLanes;
+  using V = typename Widen::Vec;
+  const int64_t body = k - k % kLanes<V>;
   const int64_t half = Paired ? (end - begin) / 2 : 0;
   for (int64_t o = begin; o < begin + half; ++o) {
     const W* w = weight + o * k;
     const W* v = w + half * k;
-    Lanes acc[R] = {}, acc2[R] = {};
-    for (int64_t i = 0; i < body; i += kLanes) {
-      const Lanes wl = Widen::load(w + i), vl = Widen::load(v + i);
+    V acc[R] = {}, acc2[R] = {};
+    for (int64_t i = 0; i < body; i += kLanes<V>) {
+      const V wl = Widen::load(w + i), vl = Widen::load(v + i);
       for (int r = 0; r < R; ++r) {
-        const Lanes xl = load_lanes(x + r * k + i);
+        const V xl = load_lanes<V>(x + r * k + i);
         acc[r] += xl * wl;
         acc2[r] += xl * vl;
       }
@@ -155,11 +172,11 @@ inline __attribute__((always_inline)) void rows_times_weights(
   }
   for (int64_t o = begin + 2 * half; o < end; ++o) {
     const W* w = weight + o * k;
-    Lanes acc[R] = {};
-    for (int64_t i = 0; i < body; i += kLanes) {
-      const Lanes wl = Widen::load(w + i);
+    V acc[R] = {};
+    for (int64_t i = 0; i < body; i += kLanes<V>) {
+      const V wl = Widen::load(w + i);
       for (int r = 0; r < R; ++r) {
-        acc[r] += load_lanes(x + r * k + i) * wl;
+        acc[r] += load_lanes<V>(x + r * k + i) * wl;
       }
     }
     finish_output<R, Widen>(acc, x, k, w, body, scale, bias, y, n, o);
@@ -187,7 +204,7 @@ inline __attribute__((always_inline)) void rows_in_registers(
    ...);
 }
 
-// Up to 8 rows at a time (8 x 16 sums in registers, with room for the
+// Up to 8 rows at a time (8 vectors of sums in registers, with room for the
 // weights); up to PairedRows of them over two weight streams (twice the sums).
 template <int PairedRows, typename Widen, typename W>
 inline __attribute__((always_inline)) void all_rows(
@@ -223,8 +240,8 @@ inline __attribute__((always_inline)) void all_rows(
 // inlined and built for that set too), and the set is picked once as the
 // library's own loops pick theirs: ATen's choice, capped by
 // ROTARY_ATTENTION_CPU_CAPABILITY (rotary_attention::cpu_kernel_capability()).
-// PairedRows: how many rows' sums fit twice in the set's 16-float registers
-// (AVX-512: 32 of them; AVX2: 16 of half the width; SSE: 16 of a quarter).
+// PairedRows: how many rows' sums fit twice in the set's registers, beside
+// two weight vectors and a row of x (AVX-512: 32 of them; AVX2 and SSE: 16).
 #define RA_FEW_ROWS_KERNEL(name, attributes, PairedRows, Widen, W)                  \
   attributes void name(                                                             \
       const float* x,                                                               \
@@ -239,12 +256,14 @@ inline __attribute__((always_inline)) void all_rows(
       int64_t end) {                                                                \
     all_rows<PairedRows, Widen>(x, rows, k, weight, scale, bias, y, n, begin, end); \
   }
-RA_FEW_ROWS_KERNEL(fp32_default, , 1, Plain, float)
-RA_FEW_ROWS_KERNEL(int8_default, , 1, WidenScalar, int8_t)
+RA_FEW_ROWS_KERNEL(fp32_default, , 6, Plain<Floats4>, float)
+RA_FEW_ROWS_KERNEL(int8_default, , 6, WidenScalar<Floats4>, int8_t)
 #if defined(__x86_64__)
-RA_FEW_ROWS_KERNEL(fp32_avx2, __attribute__((target("avx2,fma"), flatten)), 2, Plain, float)
-RA_FEW_ROWS_KERNEL(fp32_avx512, __attribute__((target("avx512f"), flatten)), 8, Plain, float)
-RA_FEW_ROWS_KERNEL(int8_avx2, __attribute__((target("avx2,fma"), flatten)), 2, WidenAvx2, int8_t)
+RA_FEW_ROWS_KERNEL(
+    fp32_avx2, __attribute__((target("avx2,fma"), flatten)), 6, Plain<Floats8>, float)
+RA_FEW_ROWS_KERNEL(
+    fp32_avx512, __attribute__((target("avx512f"), flatten)), 8, Plain<Floats16>, float)
+RA_FEW_ROWS_KERNEL(int8_avx2, __attribute__((target("avx2,fma"), flatten)), 6, WidenAvx2, int8_t)
 RA_FEW_ROWS_KERNEL(int8_avx512, __attribute__((target("avx512f"), flatten)), 8, WidenAvx512, int8_t)
 #endif
 #undef RA_FEW_ROWS_KERNEL

@@ -448,8 +448,8 @@ MUTANTS = [
     Mutant(
         "whisper: the few-rows product drops the bias",
         "src/whisper/few_rows_linear.cpp",
-        "    y[r * n + o] = sum + (bias != nullptr ? bias[o] : 0.0f);",
-        "    y[r * n + o] = sum;",
+        "    p.y[r * p.n + o] = sum + (p.bias != nullptr ? p.bias[o] : 0.0f);",
+        "    p.y[r * p.n + o] = sum;",
         pytest="test_whisper_fork.py -k 'few_rows or (decode_gives and greedy)'",
     ),
     Mutant(
@@ -476,7 +476,7 @@ MUTANTS = [
     Mutant(
         "whisper: int8 weights read without their scale",
         "src/whisper/few_rows_linear.cpp",
-        "      sum *= scale[o];",
+        "      sum *= p.scale[o];",
         "      sum *= 1.0f;",
         pytest="test_whisper_fork.py -k 'few_rows or int8'",
     ),

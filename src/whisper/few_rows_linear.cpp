@@ -108,99 +108,87 @@ inline __attribute__((always_inline)) float lane_sum(V v) {
   }
 }
 
-// Output o of R rows: the weight row meets all R rows of x, whose R x 16
-// sums stay in registers (R is a constant, so the compiler unrolls the row
-// loop). int8 weights are widened as they are read, and each output's sum is
+// One product y = x W^T + bias over a few rows: x (rows, k), W (n, k), fp32 or
+// int8 with an fp32 scale per row (else scale is null), bias (n,) or null,
+// y (rows, n).
+template <typename W>
+struct Product {
+  const float* x;
+  int64_t rows;
+  int64_t k;
+  const W* weight;
+  const float* scale;
+  const float* bias;
+  float* y;
+  int64_t n;
+};
+
+// Output o of R rows: the weight row w meets all R rows of x, whose sums
+// stay in registers (R is a constant, so the compiler unrolls the row loop).
+// int8 weights are widened as they are read, and each output's sum is
 // multiplied by its row's scale.
 template <int R, typename Widen, typename W>
 inline __attribute__((always_inline)) void finish_output(
-    const typename Widen::Vec* acc,
-    const float* x,
-    int64_t k,
-    const W* w,
-    int64_t body,
-    const float* scale,
-    const float* bias,
-    float* y,
-    int64_t n,
-    int64_t o) {
+    const typename Widen::Vec* acc, const Product<W>& p, const W* w, int64_t body, int64_t o) {
   for (int r = 0; r < R; ++r) {
     float sum = lane_sum(acc[r]);
-    for (int64_t i = body; i < k; ++i) {
-      sum += x[r * k + i] * static_cast<float>(w[i]);
+    for (int64_t i = body; i < p.k; ++i) {
+      sum += p.x[r * p.k + i] * static_cast<float>(w[i]);
     }
-    if (scale != nullptr) {
-      sum *= scale[o];
+    if (p.scale != nullptr) {
+      sum *= p.scale[o];
     }
-    y[r * n + o] = sum + (bias != nullptr ? bias[o] : 0.0f);
+    p.y[r * p.n + o] = sum + (p.bias != nullptr ? p.bias[o] : 0.0f);
   }
 }
 
-// Outputs [begin, end) of R rows, each weight row read once. With Paired,
+// Outputs [begin, end) of p's R rows, each weight row read once. With Paired,
 // outputs o and o + half (half of the range apart) are computed side by side:
 // two streams through far-apart weights keep more reads in flight than one
 // (measured: about a tenth more bandwidth for one row; outputs next to each
 // other, one stream with two rows per step, measured slower).
 template <int R, bool Paired, typename Widen, typename W>
 inline __attribute__((always_inline)) void rows_times_weights(
-    const float* x,
-    int64_t k,
-    const W* weight,
-    const float* scale,
-    const float* bias,
-    float* y,
-    int64_t n,
-    int64_t begin,
-    int64_t end) {
+    const Product<W>& p, int64_t begin, int64_t end) {
   using V = typename Widen::Vec;
+  const int64_t k = p.k;
   const int64_t body = k - k % kLanes<V>;
   const int64_t half = Paired ? (end - begin) / 2 : 0;
   for (int64_t o = begin; o < begin + half; ++o) {
-    const W* w = weight + o * k;
+    const W* w = p.weight + o * k;
     const W* v = w + half * k;
     V acc[R] = {}, acc2[R] = {};
     for (int64_t i = 0; i < body; i += kLanes<V>) {
       const V wl = Widen::load(w + i), vl = Widen::load(v + i);
       for (int r = 0; r < R; ++r) {
-        const V xl = load_lanes<V>(x + r * k + i);
+        const V xl = load_lanes<V>(p.x + r * k + i);
         acc[r] += xl * wl;
         acc2[r] += xl * vl;
       }
     }
-    finish_output<R, Widen>(acc, x, k, w, body, scale, bias, y, n, o);
-    finish_output<R, Widen>(acc2, x, k, v, body, scale, bias, y, n, o + half);
+    finish_output<R, Widen>(acc, p, w, body, o);
+    finish_output<R, Widen>(acc2, p, v, body, o + half);
   }
   for (int64_t o = begin + 2 * half; o < end; ++o) {
-    const W* w = weight + o * k;
+    const W* w = p.weight + o * k;
     V acc[R] = {};
     for (int64_t i = 0; i < body; i += kLanes<V>) {
       const V wl = Widen::load(w + i);
       for (int r = 0; r < R; ++r) {
-        acc[r] += load_lanes<V>(x + r * k + i) * wl;
+        acc[r] += load_lanes<V>(p.x + r * k + i) * wl;
       }
     }
-    finish_output<R, Widen>(acc, x, k, w, body, scale, bias, y, n, o);
+    finish_output<R, Widen>(acc, p, w, body, o);
   }
 }
 
-// rows_times_weights<count> for count in 1..8, the constant a template needs
-// picked from the runtime count (one instantiation each).
+// rows_times_weights<p.rows> for p.rows in 1..8, the constant a template
+// needs picked from the runtime count (one instantiation each).
 template <int PairedRows, typename Widen, typename W, int... I>
 inline __attribute__((always_inline)) void rows_in_registers(
-    std::integer_sequence<int, I...>,
-    int64_t count,
-    const float* x,
-    int64_t k,
-    const W* weight,
-    const float* scale,
-    const float* bias,
-    float* y,
-    int64_t n,
-    int64_t begin,
-    int64_t end) {
-  ((count == I + 1 && (rows_times_weights<I + 1, (I + 1 <= PairedRows), Widen>(
-                           x, k, weight, scale, bias, y, n, begin, end),
-                       true)) ||
+    std::integer_sequence<int, I...>, const Product<W>& p, int64_t begin, int64_t end) {
+  ((p.rows == I + 1 &&
+    (rows_times_weights<I + 1, (I + 1 <= PairedRows), Widen>(p, begin, end), true)) ||
    ...);
 }
 
@@ -208,31 +196,13 @@ inline __attribute__((always_inline)) void rows_in_registers(
 // weights); up to PairedRows of them over two weight streams (twice the sums).
 template <int PairedRows, typename Widen, typename W>
 inline __attribute__((always_inline)) void all_rows(
-    const float* x,
-    int64_t rows,
-    int64_t k,
-    const W* weight,
-    const float* scale,
-    const float* bias,
-    float* y,
-    int64_t n,
-    int64_t begin,
-    int64_t end) {
-  for (int64_t first = 0; first < rows; first += 8) {
-    const float* xs = x + first * k;
-    float* ys = y + first * n;
-    rows_in_registers<PairedRows, Widen>(
-        std::make_integer_sequence<int, 8>{},
-        std::min<int64_t>(rows - first, 8),
-        xs,
-        k,
-        weight,
-        scale,
-        bias,
-        ys,
-        n,
-        begin,
-        end);
+    const Product<W>& p, int64_t begin, int64_t end) {
+  for (int64_t first = 0; first < p.rows; first += 8) {
+    Product<W> block = p; // (a local copy: the compiler keeps its fields in registers)
+    block.x += first * p.k;
+    block.y += first * p.n;
+    block.rows = std::min<int64_t>(p.rows - first, 8);
+    rows_in_registers<PairedRows, Widen>(std::make_integer_sequence<int, 8>{}, block, begin, end);
   }
 }
 
@@ -242,19 +212,9 @@ inline __attribute__((always_inline)) void all_rows(
 // ROTARY_ATTENTION_CPU_CAPABILITY (rotary_attention::cpu_kernel_capability()).
 // PairedRows: how many rows' sums fit twice in the set's registers, beside
 // two weight vectors and a row of x (AVX-512: 32 of them; AVX2 and SSE: 16).
-#define RA_FEW_ROWS_KERNEL(name, attributes, PairedRows, Widen, W)                  \
-  attributes void name(                                                             \
-      const float* x,                                                               \
-      int64_t rows,                                                                 \
-      int64_t k,                                                                    \
-      const W* weight,                                                              \
-      const float* scale,                                                           \
-      const float* bias,                                                            \
-      float* y,                                                                     \
-      int64_t n,                                                                    \
-      int64_t begin,                                                                \
-      int64_t end) {                                                                \
-    all_rows<PairedRows, Widen>(x, rows, k, weight, scale, bias, y, n, begin, end); \
+#define RA_FEW_ROWS_KERNEL(name, attributes, PairedRows, Widen, W)        \
+  attributes void name(const Product<W>& p, int64_t begin, int64_t end) { \
+    all_rows<PairedRows, Widen>(p, begin, end);                           \
   }
 RA_FEW_ROWS_KERNEL(fp32_default, , 6, Plain<Floats4>, float)
 RA_FEW_ROWS_KERNEL(int8_default, , 6, WidenScalar<Floats4>, int8_t)
@@ -287,17 +247,7 @@ InstructionSet instruction_set() {
 }
 
 template <typename W>
-using Kernel = void (*)(
-    const float*,
-    int64_t,
-    int64_t,
-    const W*,
-    const float*,
-    const float*,
-    float*,
-    int64_t,
-    int64_t,
-    int64_t);
+using Kernel = void (*)(const Product<W>&, int64_t, int64_t);
 
 template <typename W>
 Kernel<W> kernel_for_this_cpu() {
@@ -363,17 +313,13 @@ at::Tensor few_rows_linear(
   if (int8) {
     const auto scale_c = scale.contiguous();
     const float* s = scale_c.data_ptr<float>();
-    const int8_t* w = weight.data_ptr<int8_t>();
+    const Product<int8_t> product{xp, r, k, weight.data_ptr<int8_t>(), s, b, yp, n};
     const auto kernel = kernel_for_this_cpu<int8_t>();
-    at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
-      kernel(xp, r, k, w, s, b, yp, n, begin, end);
-    });
+    at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) { kernel(product, begin, end); });
   } else {
-    const float* w = weight.data_ptr<float>();
+    const Product<float> product{xp, r, k, weight.data_ptr<float>(), nullptr, b, yp, n};
     const auto kernel = kernel_for_this_cpu<float>();
-    at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
-      kernel(xp, r, k, w, nullptr, b, yp, n, begin, end);
-    });
+    at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) { kernel(product, begin, end); });
   }
   return y.view(sizes);
 }

@@ -9,19 +9,23 @@ if(RA_BUILD_WHISPER STREQUAL "OFF")
 endif()
 pkg_check_modules(SNDFILE IMPORTED_TARGET sndfile>=1.0.28)
 pkg_check_modules(SOXR IMPORTED_TARGET soxr>=0.1.3)
+# PCRE2: the tokenizer's split pattern (Unicode letters, numbers, spaces), as tiktoken's.
+pkg_check_modules(PCRE2 IMPORTED_TARGET libpcre2-8>=10.34)
+find_package(ZLIB)
 find_package(CLI11 QUIET)
-if(NOT (SNDFILE_FOUND AND SOXR_FOUND AND CLI11_FOUND))
+if(NOT (SNDFILE_FOUND AND SOXR_FOUND AND PCRE2_FOUND AND ZLIB_FOUND AND CLI11_FOUND))
   if(RA_BUILD_WHISPER STREQUAL "ON")
-    message(FATAL_ERROR "RA_BUILD_WHISPER=ON needs libsndfile, libsoxr and CLI11 "
-                        "(Debian: libsndfile1-dev libsoxr-dev libcli11-dev)")
+    message(FATAL_ERROR "RA_BUILD_WHISPER=ON needs libsndfile, libsoxr, PCRE2, zlib and CLI11 "
+                        "(Debian: libsndfile1-dev libsoxr-dev libpcre2-dev zlib1g-dev libcli11-dev)")
   endif()
-  message(STATUS "rotary_attention: the Whisper fork is not built (libsndfile, libsoxr or CLI11 not found)")
+  message(STATUS "rotary_attention: the Whisper fork is not built (libsndfile, libsoxr, PCRE2, zlib or CLI11 not found)")
   return()
 endif()
 set(RA_WHISPER_ENABLED ON)
 
 add_library(rotary_whisper SHARED
   src/whisper/model.cpp
+  src/whisper/plain_attention.cpp
   src/whisper/few_rows_linear.cpp
   src/whisper/log_mel.cpp
   src/whisper/audio_file.cpp
@@ -30,9 +34,11 @@ add_library(rotary_whisper SHARED
   src/whisper/token_search.cpp
   src/whisper/cached_text_decoder.cpp
   src/whisper/whisper_inference.cpp
-  src/whisper/decoding_task.cpp)
+  src/whisper/decoding_task.cpp
+  src/whisper/transcribe.cpp)
 add_library(RotaryAttention::whisper ALIAS rotary_whisper)
-target_link_libraries(rotary_whisper PUBLIC rotary_attention PRIVATE PkgConfig::SNDFILE PkgConfig::SOXR)
+target_link_libraries(rotary_whisper PUBLIC rotary_attention
+  PRIVATE PkgConfig::SNDFILE PkgConfig::SOXR PkgConfig::PCRE2 ZLIB::ZLIB)
 # at::parallel_for runs serially unless this code is built with torch's OpenMP.
 target_link_libraries(rotary_whisper PRIVATE OpenMP::OpenMP_CXX)
 target_compile_options(rotary_whisper PRIVATE -Wall -Wextra -Wno-unused-parameter)

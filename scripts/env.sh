@@ -13,7 +13,7 @@ export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_fi
 
 ra_install_debian_packages() {
   local need=()
-  for pkg in catch2 nlohmann-json3-dev libzip-dev libsndfile1-dev libsoxr-dev libcli11-dev pkg-config ninja-build ccache cmake g++; do
+  for pkg in catch2 nlohmann-json3-dev libzip-dev libsndfile1-dev libsoxr-dev libpcre2-dev zlib1g-dev libcli11-dev pkg-config ninja-build ccache cmake g++; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if ((${#need[@]})); then

@@ -7,9 +7,60 @@
 #include "../../src/whisper/few_rows_linear.h"
 #include "rotary_attention/whisper/audio.h"
 #include "rotary_attention/whisper/decoding.h"
+#include "rotary_attention/whisper/transcribe.h"
 
 namespace py = pybind11;
 namespace rw = rotary_attention::whisper;
+
+namespace {
+
+// Options set by name from a dict, through each struct's `fields()`: an
+// unknown name is a TypeError naming the accepted ones.
+template <class Options>
+Options options_from(const py::dict& given, const char* what) {
+  Options options;
+  for (const auto& [key, value] : given) {
+    const auto name = py::cast<std::string>(key);
+    bool known = false;
+    Options::fields([&](const char* field, auto member) {
+      if (name == field) {
+        known = true;
+        using Value = std::remove_reference_t<decltype(options.*member)>;
+        try {
+          options.*member = py::cast<Value>(value);
+        } catch (const py::cast_error&) {
+          const std::string given = py::cast<std::string>(py::repr(value));
+          throw py::type_error(std::string(what) + "(): option " + name + " got " + given);
+        }
+      }
+    });
+    if (!known) {
+      std::string names;
+      Options::fields([&](const char* field, auto) { names += std::string(names.empty() ? "" : ", ") + field; });
+      throw py::type_error(std::string(what) + "() got an unexpected option " + name + " (accepted: " + names + ")");
+    }
+  }
+  return options;
+}
+
+template <class Options>
+py::dict defaults() {
+  const Options options;
+  py::dict out;
+  Options::fields([&](const char* name, auto member) { out[name] = py::cast(options.*member); });
+  return out;
+}
+
+// A result struct as whisper's dict; its text is valid UTF-8 (the tokenizer
+// replaced invalid bytes by U+FFFD).
+template <class Result>
+py::dict as_dict(const Result& result) {
+  py::dict out;
+  Result::fields([&](const char* name, auto member) { out[name] = py::cast(result.*member); });
+  return out;
+}
+
+} // namespace
 
 void bind_whisper(py::module& m) {
   py::class_<rw::Tokenizer>(m, "_WhisperTokenizer")
@@ -19,6 +70,7 @@ void bind_whisper(py::module& m) {
           py::arg("num_languages"),
           py::arg("n_vocab") = std::nullopt)
       .def("decode", &rw::Tokenizer::decode)
+      .def("encode", &rw::Tokenizer::encode, py::arg("text"))
       .def("decode_with_timestamps", &rw::Tokenizer::decode_with_timestamps)
       .def(
           "encode_piece",
@@ -112,28 +164,8 @@ void bind_whisper(py::module& m) {
           [](rw::WhisperInference& inference,
              const rw::Tokenizer& tokenizer,
              const torch::Tensor& mel_or_features,
-             const std::string& task,
-             std::optional<std::string> language,
-             double temperature,
-             std::optional<int64_t> sample_len,
-             std::optional<int64_t> best_of,
-             std::optional<int64_t> beam_size,
-             std::optional<double> patience,
-             std::optional<double> length_penalty,
-             std::vector<int64_t> prompt,
-             std::vector<int64_t> prefix,
-             std::vector<int64_t> suppress_tokens,
-             bool suppress_blank,
-             bool without_timestamps,
-             std::optional<double> max_initial_timestamp) {
-            rw::DecodingOptions o;
-            o.task = task, o.language = language, o.temperature = temperature;
-            o.sample_len = sample_len, o.best_of = best_of, o.beam_size = beam_size;
-            o.patience = patience, o.length_penalty = length_penalty;
-            o.prompt = std::move(prompt), o.prefix = std::move(prefix);
-            o.suppress_tokens = std::move(suppress_tokens), o.suppress_blank = suppress_blank;
-            o.without_timestamps = without_timestamps,
-            o.max_initial_timestamp = max_initial_timestamp;
+             const py::dict& options) {
+            const auto o = options_from<rw::DecodingOptions>(options, "decode");
             std::vector<rw::DecodingResult> results;
             {
               py::gil_scoped_release released;
@@ -141,36 +173,68 @@ void bind_whisper(py::module& m) {
             }
             py::list out;
             for (const auto& r : results) {
-              py::dict d;
-              d["language"] = r.language;
-              d["language_probs"] = r.language_probs;
-              d["tokens"] = r.tokens;
-              // Invalid UTF-8 was already replaced by U+FFFD: the text is valid.
-              d["text"] = py::str(r.text);
-              d["avg_logprob"] = r.avg_logprob;
-              d["no_speech_prob"] = r.no_speech_prob;
-              d["temperature"] = r.temperature;
-              out.append(d);
+              out.append(as_dict(r));
             }
             return out;
           },
           py::arg("tokenizer"),
           py::arg("mel_or_features"),
-          py::arg("task"),
-          py::arg("language"),
-          py::arg("temperature"),
-          py::arg("sample_len"),
-          py::arg("best_of"),
-          py::arg("beam_size"),
-          py::arg("patience"),
-          py::arg("length_penalty"),
-          py::arg("prompt"),
-          py::arg("prefix"),
-          py::arg("suppress_tokens"),
-          py::arg("suppress_blank"),
-          py::arg("without_timestamps"),
-          py::arg("max_initial_timestamp"));
+          py::arg("options"))
+      .def(
+          "transcribe",
+          [](rw::WhisperInference& inference,
+             const rw::Tokenizer& tokenizer,
+             const torch::Tensor& audio,
+             const py::dict& options,
+             const py::object& progress) {
+            // Options of both structs, each by its own name.
+            py::dict own, decoding;
+            bool found = false;
+            const auto is_own = [&](const std::string& key) {
+              found = false;
+              rw::TranscribeOptions::fields([&](const char* name, auto) { found |= key == name; });
+              return found;
+            };
+            for (const auto& [key, value] : options) {
+              (is_own(py::cast<std::string>(key)) ? own : decoding)[key] = value;
+            }
+            auto o = options_from<rw::TranscribeOptions>(own, "transcribe");
+            o.decoding = options_from<rw::DecodingOptions>(decoding, "transcribe");
+            rw::TranscribeProgress report;
+            if (!progress.is_none()) {
+              report = [&progress](
+                           const std::vector<rw::Segment>& segments, int64_t seek, int64_t total) {
+                py::gil_scoped_acquire acquired;
+                py::list added;
+                for (const auto& segment : segments) {
+                  added.append(as_dict(segment));
+                }
+                progress(added, seek, total);
+              };
+            }
+            rw::Transcription result;
+            {
+              py::gil_scoped_release released;
+              result = rw::transcribe(inference, tokenizer, audio, o, report);
+            }
+            py::list segments;
+            for (const auto& segment : result.segments) {
+              segments.append(as_dict(segment));
+            }
+            py::dict out;
+            out["text"] = py::str(result.text);
+            out["segments"] = segments;
+            out["language"] = result.language;
+            return out;
+          },
+          py::arg("tokenizer"),
+          py::arg("audio"),
+          py::arg("options"),
+          py::arg("progress") = py::none());
 
+  m.def("_decoding_defaults", [] { return defaults<rw::DecodingOptions>(); });
+  m.def("_transcribe_defaults", [] { return defaults<rw::TranscribeOptions>(); });
+  m.def("_compression_ratio", &rw::compression_ratio, py::arg("text"));
   m.def("_mel_filters", &rw::mel_filters, py::arg("n_mels"));
   // The decoder's few-rows product, for its tests and benchmarks.
   m.def(

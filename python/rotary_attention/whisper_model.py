@@ -1,38 +1,34 @@
 """The Whisper fork in C++, from Python: `Whisper.load(checkpoint, tokenizer=path)`
-reads a checkpoint as openai-whisper saves it, and `decode` runs the C++
-decoding loop (openai-whisper's `DecodingTask` at temperature 0) with no
-Python per step. Its options are `whisper.decoding.DecodingOptions` or their
-field names; its results carry `whisper.decoding.DecodingResult`'s fields.
+reads a checkpoint as openai-whisper saves it (a fork's, or one of Whisper's
+own), `transcribe` runs `whisper.transcribe` over audio of any length and
+`decode` one window (openai-whisper's `DecodingTask`), in C++ with no Python
+per step or window. Options are whisper's keyword names (or a
+`whisper.decoding.DecodingOptions`); results carry whisper's fields.
 openai-whisper is not needed."""
 
 import dataclasses
 import math
 import os
-import zlib
 from dataclasses import dataclass, field
 
 import torch
 
 from . import _C
 
-# whisper.decoding.DecodingOptions' fields and defaults.
-_DEFAULTS = dict(
-    task="transcribe",
-    language=None,
-    temperature=0.0,
-    sample_len=None,
-    best_of=None,
-    beam_size=None,
-    patience=None,
-    length_penalty=None,
-    prompt=None,
-    prefix=None,
-    suppress_tokens="-1",
-    suppress_blank=True,
-    without_timestamps=False,
-    max_initial_timestamp=1.0,
-    fp16=True,
+# whisper.decoding.DecodingOptions' fields and defaults: the C++ struct's
+# (its `fields()`), with whisper's spellings of two of them, and fp16.
+_DEFAULTS = (
+    {**_C._decoding_defaults(), "prompt": None, "prefix": None, "suppress_tokens": "-1", "fp16": True}
+    if hasattr(_C, "_decoding_defaults")
+    else {}
 )
+# whisper.transcribe's own keywords (besides the decoding options), less word timestamps.
+_TRANSCRIBE_DEFAULTS = (
+    {**_C._transcribe_defaults(), "temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "clip_timestamps": "0"}
+    if hasattr(_C, "_transcribe_defaults")
+    else {}
+)
+_WORD_OPTIONS = ("word_timestamps", "prepend_punctuations", "append_punctuations", "hallucination_silence_threshold")
 
 
 @dataclass(frozen=True)
@@ -50,11 +46,6 @@ class DecodingResult:
     compression_ratio: float = math.nan
 
 
-def _compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data))
-
-
 def _options(options, kwargs) -> dict:
     if options is None:
         values = dict(_DEFAULTS)
@@ -66,19 +57,34 @@ def _options(options, kwargs) -> dict:
     if unknown:
         raise TypeError(f"decode() got unexpected options: {sorted(unknown)}")
     values.update(kwargs)
-    for name in ("prompt", "prefix"):
-        if isinstance(values[name], str):
-            raise TypeError(
-                f"{name} must be a list of token ids: the C++ tokenizer does not encode whole texts "
-                "(encode it with whisper.tokenizer.get_tokenizer(...).encode)"
-            )
     suppress = values["suppress_tokens"]
     if isinstance(suppress, str):
         suppress = [int(t) for t in suppress.split(",")] if suppress else []
     values["suppress_tokens"] = list(suppress) if suppress is not None else []
-    values["prompt"] = list(values["prompt"] or [])
-    values["prefix"] = list(values["prefix"] or [])
+    values["prompt"] = values["prompt"] or []
+    values["prefix"] = values["prefix"] or []
     return values
+
+
+def _token_list(tokenizer, text_or_tokens) -> list:
+    """A prompt or prefix: text is encoded as whisper's DecodingTask encodes it."""
+    if isinstance(text_or_tokens, str):
+        return tokenizer.encode(" " + text_or_tokens.strip())
+    return list(text_or_tokens)
+
+
+def format_timestamp(seconds: float, always_include_hours: bool = False, decimal_marker: str = ".") -> str:
+    """whisper.utils.format_timestamp."""
+    assert seconds >= 0, "non-negative timestamp expected"
+    milliseconds = round(seconds * 1000.0)
+    hours = milliseconds // 3_600_000
+    milliseconds -= hours * 3_600_000
+    minutes = milliseconds // 60_000
+    milliseconds -= minutes * 60_000
+    seconds = milliseconds // 1_000
+    milliseconds -= seconds * 1_000
+    hours_marker = f"{hours:02d}:" if always_include_hours or hours > 0 else ""
+    return f"{hours_marker}{minutes:02d}:{seconds:02d}{decimal_marker}{milliseconds:03d}"
 
 
 class Whisper:
@@ -137,16 +143,79 @@ class Whisper:
         features = batch if tuple(batch.shape[-2:]) == (ctx, state) else self.embed_audio(batch)
         features = features.float()
         del values["fp16"]
-        out = self._inference.decode(self.tokenizer, features, **values)
+        values["prompt"] = _token_list(self.tokenizer, values["prompt"])
+        values["prefix"] = _token_list(self.tokenizer, values["prefix"])
+        out = self._inference.decode(self.tokenizer, features, values)
         results = [
-            DecodingResult(
-                audio_features=features[i],
-                compression_ratio=_compression_ratio(r["text"]),
-                **{**r, "language_probs": r["language_probs"] or None},
-            )
+            DecodingResult(audio_features=features[i], **{**r, "language_probs": r["language_probs"] or None})
             for i, r in enumerate(out)
         ]
         return results[0] if single else results
+
+    def transcribe(self, audio, *, verbose=None, **kwargs) -> dict:
+        """whisper.transcribe(model, audio, **kwargs) in C++: `audio` is a file's
+        path, or 16-kHz mono samples (a NumPy array or a tensor). Keywords are
+        whisper.transcribe's (`temperature`, `compression_ratio_threshold`,
+        `logprob_threshold`, `no_speech_threshold`, `condition_on_previous_text`,
+        `initial_prompt`, `carry_initial_prompt`, `clip_timestamps`) and the
+        decoding options (`language`, `task`, `beam_size`, `best_of`, ...), plus
+        `seed` (sampling's generator; none: torch's default, as whisper). Returns
+        whisper's dict: `text`, `segments`, `language`. verbose: True prints each
+        segment as whisper does, False shows a progress bar (tqdm, when installed),
+        None neither."""
+        words = [name for name in _WORD_OPTIONS if kwargs.get(name) not in (None, False)]
+        if "word_timestamps" in words:
+            raise NotImplementedError("word_timestamps: word-level timestamps are not implemented yet")
+        for name in _WORD_OPTIONS:
+            kwargs.pop(name, None)
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in _TRANSCRIBE_DEFAULTS}
+        unknown = set(kwargs) - set(_DEFAULTS)
+        if unknown:
+            raise TypeError(f"transcribe() got unexpected options: {sorted(unknown)}")
+        kwargs.pop("fp16", None)  # fp32 on the CPU, as whisper.transcribe there
+        if "temperature" in kwargs:  # whisper's decode_options can't hold it either
+            raise TypeError("transcribe() got multiple values for temperature")
+        if isinstance(kwargs.get("suppress_tokens"), str):
+            kwargs["suppress_tokens"] = [int(t) for t in kwargs["suppress_tokens"].split(",") if t]
+        for name in ("prompt", "prefix"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = _token_list(self.tokenizer, kwargs[name])
+            else:
+                kwargs.pop(name, None)
+        temperature = own.get("temperature", _TRANSCRIBE_DEFAULTS["temperature"])
+        own["temperature"] = [float(temperature)] if isinstance(temperature, int | float) else list(temperature)
+        clips = own.get("clip_timestamps", "0")
+        if isinstance(clips, str):
+            clips = [float(t) for t in clips.split(",")] if clips else []
+        own["clip_timestamps"] = [float(t) for t in clips]
+        if isinstance(audio, str | os.PathLike):
+            audio = load_audio(audio)
+        samples = torch.as_tensor(audio).float()
+        progress = None
+        if verbose:
+
+            def progress(segments, seek, total):
+                for s in segments:
+                    print(f"[{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}] {s['text']}", flush=True)
+
+        elif verbose is False:
+            try:
+                import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                bar = tqdm.tqdm(total=samples.shape[-1] // 160, unit="frames")
+                done = [0]
+
+                def progress(segments, seek, total):
+                    bar.update(seek - done[0])
+                    done[0] = seek
+
+        try:
+            return self._inference.transcribe(self.tokenizer, samples, {**own, **kwargs}, progress)
+        finally:
+            if verbose is False and progress is not None:
+                bar.close()
 
 
 def load_audio(path, sample_rate: int = 16000) -> torch.Tensor:

@@ -10,10 +10,18 @@ namespace rotary_attention::whisper::detail {
 
 namespace {
 
-bool plain_attention(const MultiHeadAttentionImpl& a) {
+bool fp32_cpu_eval(const torch::nn::Module& layer, const torch::nn::LinearImpl& query) {
+  return !layer.is_training() && query.weight.scalar_type() == at::kFloat &&
+         query.weight.device().is_cpu();
+}
+
+bool reproduced(const MultiHeadAttentionImpl& a) {
   const auto& o = a.options;
-  return o.sdpa() && !o.group_norm() && !o.absolute_positions() && !a.is_training() &&
-         a.query->weight.scalar_type() == at::kFloat && a.query->weight.device().is_cpu();
+  return o.sdpa() && !o.group_norm() && !o.absolute_positions() && fp32_cpu_eval(a, *a.query);
+}
+
+bool reproduced(const PlainAttentionImpl& a) {
+  return fp32_cpu_eval(a, *a.query);
 }
 
 at::Tensor layer_norm(const at::Tensor& x, const torch::nn::LayerNorm& ln) {
@@ -29,8 +37,13 @@ bool CachedTextDecoder::supports(const TextDecoderImpl& decoder) {
   }
   for (const auto& module : *decoder.blocks) {
     const auto& block = *module->as<ResidualAttentionBlock>();
-    if (!block.cross_attention || !plain_attention(*block.attn) ||
-        !plain_attention(*block.cross_attn)) {
+    if (!block.cross_attention) {
+      return false;
+    }
+    const bool ok = block.attention == AttentionKind::kPlain
+                        ? reproduced(*block.plain_attn) && reproduced(*block.plain_cross_attn)
+                        : reproduced(*block.attn) && reproduced(*block.cross_attn);
+    if (!ok) {
       return false;
     }
   }
@@ -63,11 +76,24 @@ CachedTextDecoder::Attention CachedTextDecoder::attention(
   a.ln = layer.layer_norm;
   a.inv_freq = layer.rotary_emb->inv_freq;
   a.rotation = layer.rotation_layer->rotation_matrix;
+  a.inner_residual = true;
+  return a;
+}
+
+CachedTextDecoder::Attention CachedTextDecoder::attention(const PlainAttentionImpl& layer) const {
+  Attention a;
+  a.query = projection(*layer.query);
+  a.key = projection(*layer.key);
+  a.value = projection(*layer.value);
+  a.out = projection(*layer.out);
   return a;
 }
 
 at::Tensor CachedTextDecoder::Attention::rotate(
     const at::Tensor& x, int64_t n_head, int64_t offset) const {
+  if (!inv_freq.defined()) {
+    return x; // Whisper's own attention: no rotation
+  }
   const int64_t rows = x.size(0), t = x.size(1);
   const auto heads = x.reshape({rows, t, n_head, -1});
   return at::matmul(rotary(heads, inv_freq, std::nullopt, offset), rotation).view(x.sizes());
@@ -87,8 +113,13 @@ CachedTextDecoder::CachedTextDecoder(TextDecoder decoder, ComputeType compute_ty
     layer.attn_ln = block.attn_ln;
     layer.cross_attn_ln = block.cross_attn_ln;
     layer.mlp_ln = block.mlp_ln;
-    layer.self = attention(*block.attn);
-    layer.cross = attention(*block.cross_attn);
+    if (block.attention == AttentionKind::kPlain) {
+      layer.self = attention(*block.plain_attn);
+      layer.cross = attention(*block.plain_cross_attn);
+    } else {
+      layer.self = attention(*block.attn);
+      layer.cross = attention(*block.cross_attn);
+    }
     layer.fc1 = projection(*block.mlp->ptr<torch::nn::LinearImpl>(0));
     layer.fc2 = projection(*block.mlp->ptr<torch::nn::LinearImpl>(2));
     layers_.push_back(std::move(layer));
@@ -165,12 +196,13 @@ at::Tensor CachedTextDecoder::logits(const at::Tensor& tokens, const at::Tensor&
   };
   for (size_t l = 0; l < layers_.size(); ++l) {
     const auto& layer = layers_[l];
-    // Self-attention. The layer adds its input (the block's attn_ln(x)) to
-    // its output, and the block adds x: the original's two residuals.
+    // Self-attention. The fork's layer adds its input (the block's
+    // attn_ln(x)) to its output, and the block adds x: the original's two
+    // residuals. Whisper's own layer has neither its norm nor its residual.
     {
       const auto& a = layer.self;
       const auto h = layer_norm(x, layer.attn_ln);
-      const auto xn = layer_norm(h, a.ln);
+      const auto xn = a.norm(h);
       // The original rotates the queries at 0..T-1 and every cached key at
       // its index: the new keys once, at length_.., into the cache.
       const auto q = a.rotate(a.query(xn), n_head_, 0);
@@ -191,14 +223,14 @@ at::Tensor CachedTextDecoder::logits(const at::Tensor& tokens, const at::Tensor&
                        .transpose(1, 2)
                        .reshape({rows, t, n});
       }
-      x = x + (a.out(attended) + h);
+      x = x + a.residual(a.out(attended), h);
     }
     // Cross-attention: a beam's queries read their audio's keys once, as one
     // row's queries (their positions: 0..T-1, each).
     {
       const auto& a = layer.cross;
       const auto h = layer_norm(x, layer.cross_attn_ln);
-      const auto q = a.rotate(a.query(layer_norm(h, a.ln)), n_head_, 0);
+      const auto q = a.rotate(a.query(a.norm(h)), n_head_, 0);
       const auto grouped = q.reshape({n_audio, per_audio * t, n});
       at::Tensor attended;
       if (t == 1) {
@@ -212,7 +244,7 @@ at::Tensor CachedTextDecoder::logits(const at::Tensor& tokens, const at::Tensor&
                        heads(audio_values_[l], n_audio, s))
                        .transpose(1, 2);
       }
-      x = x + (a.out(attended.reshape({rows, t, n})) + h);
+      x = x + a.residual(a.out(attended.reshape({rows, t, n})), h);
     }
     x = x + layer.fc2(at::gelu(layer.fc1(layer_norm(x, layer.mlp_ln))));
   }

@@ -9,7 +9,7 @@
 // the sums run in another order, so the logits agree with the module's to
 // fp32 rounding, not bit for bit.
 
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
 
 #include <vector>
 
@@ -47,12 +47,23 @@ class CachedTextDecoder {
     at::Tensor weight, bias, scale;
     at::Tensor operator()(const at::Tensor& x) const;
   };
+  /// The fork's attention (its own norm, rotations and residual), or
+  /// Whisper's own (none of them: `ln` null, `inv_freq` undefined).
   struct Attention {
     Projection query, key, value, out;
     torch::nn::LayerNorm ln{nullptr}; ///< the layer's own attn_ln
     at::Tensor inv_freq, rotation;
+    bool inner_residual = false; ///< the layer adds its input to its output
     /// rotary at positions offset.. then the learned rotation, of (rows, T, n_state).
     at::Tensor rotate(const at::Tensor& x, int64_t n_head, int64_t offset) const;
+    at::Tensor norm(const at::Tensor& h) const {
+      return ln ? at::layer_norm(
+                      h, ln->options.normalized_shape(), ln->weight, ln->bias, ln->options.eps())
+                : h;
+    }
+    at::Tensor residual(const at::Tensor& attended, const at::Tensor& input) const {
+      return inner_residual ? attended + input : attended;
+    }
   };
   struct Layer {
     torch::nn::LayerNorm attn_ln{nullptr}, cross_attn_ln{nullptr}, mlp_ln{nullptr};
@@ -61,6 +72,7 @@ class CachedTextDecoder {
   };
   Projection projection(const torch::nn::LinearImpl& linear) const;
   Attention attention(const MultiHeadAttentionImpl& layer) const;
+  Attention attention(const PlainAttentionImpl& layer) const;
   void cache_audio(const at::Tensor& audio_features);
 
   TextDecoder decoder_;

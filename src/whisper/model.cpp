@@ -15,17 +15,26 @@
 namespace rotary_attention::whisper {
 
 ResidualAttentionBlockImpl::ResidualAttentionBlockImpl(
-    int64_t n_state_, int64_t n_head_, bool cross_attention_)
-    : n_state(n_state_), n_head(n_head_), cross_attention(cross_attention_) {
+    int64_t n_state_, int64_t n_head_, bool cross_attention_, AttentionKind attention_)
+    : n_state(n_state_), n_head(n_head_), cross_attention(cross_attention_), attention(attention_) {
   reset();
 }
 
 void ResidualAttentionBlockImpl::reset() {
   auto norm = [&] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({n_state})); };
-  attn = register_module("attn", MultiHeadAttention(n_state, n_head));
+  const bool plain = attention == AttentionKind::kPlain;
+  if (plain) {
+    plain_attn = register_module("attn", PlainAttention(n_state, n_head));
+  } else {
+    attn = register_module("attn", MultiHeadAttention(n_state, n_head));
+  }
   attn_ln = register_module("attn_ln", norm());
   if (cross_attention) {
-    cross_attn = register_module("cross_attn", MultiHeadAttention(n_state, n_head));
+    if (plain) {
+      plain_cross_attn = register_module("cross_attn", PlainAttention(n_state, n_head));
+    } else {
+      cross_attn = register_module("cross_attn", MultiHeadAttention(n_state, n_head));
+    }
     cross_attn_ln = register_module("cross_attn_ln", norm());
   }
   mlp = register_module(
@@ -46,11 +55,23 @@ at::Tensor linear_of_rows(const at::Tensor& x, const torch::nn::LinearImpl& laye
 
 } // namespace
 
+const torch::nn::Module* ResidualAttentionBlockImpl::self_attention() const {
+  return attn ? static_cast<const torch::nn::Module*>(attn.get()) : plain_attn.get();
+}
+
 torch::Tensor ResidualAttentionBlockImpl::forward(
     const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask, KVCache* kv_cache) {
-  auto h = x + std::get<0>(attn->forward(attn_ln->forward(x), {}, mask, kv_cache));
-  if (cross_attention) {
-    h = h + std::get<0>(cross_attn->forward(cross_attn_ln->forward(h), xa, {}, kv_cache));
+  at::Tensor h;
+  if (attention == AttentionKind::kPlain) {
+    h = x + plain_attn->forward(attn_ln->forward(x), {}, mask, kv_cache);
+    if (cross_attention) {
+      h = h + plain_cross_attn->forward(cross_attn_ln->forward(h), xa, {}, kv_cache);
+    }
+  } else {
+    h = x + std::get<0>(attn->forward(attn_ln->forward(x), {}, mask, kv_cache));
+    if (cross_attention) {
+      h = h + std::get<0>(cross_attn->forward(cross_attn_ln->forward(h), xa, {}, kv_cache));
+    }
   }
   const auto hidden =
       at::gelu(linear_of_rows(mlp_ln->forward(h), *mlp->ptr<torch::nn::LinearImpl>(0)));
@@ -69,10 +90,11 @@ at::Tensor sinusoids(int64_t length, int64_t channels) {
   return at::cat({at::sin(scaled), at::cos(scaled)}, 1);
 }
 
-torch::nn::ModuleList blocks_of(int64_t n, int64_t n_state, int64_t n_head, bool cross) {
+torch::nn::ModuleList blocks_of(
+    int64_t n, int64_t n_state, int64_t n_head, bool cross, AttentionKind attention) {
   torch::nn::ModuleList list;
   for (int64_t i = 0; i < n; ++i) {
-    list->push_back(ResidualAttentionBlock(n_state, n_head, cross));
+    list->push_back(ResidualAttentionBlock(n_state, n_head, cross, attention));
   }
   return list;
 }
@@ -83,7 +105,8 @@ torch::nn::LayerNorm layer_norm(int64_t n) {
 
 } // namespace
 
-AudioEncoderImpl::AudioEncoderImpl(const ModelDimensions& dims_) : dims(dims_) {
+AudioEncoderImpl::AudioEncoderImpl(const ModelDimensions& dims_, AttentionKind attention_)
+    : dims(dims_), attention(attention_) {
   reset();
 }
 
@@ -94,7 +117,8 @@ void AudioEncoderImpl::reset() {
   conv2 = register_module(
       "conv2", torch::nn::Conv1d(torch::nn::Conv1dOptions(n, n, 3).stride(2).padding(1)));
   positional_embedding = register_buffer("positional_embedding", sinusoids(dims.n_audio_ctx, n));
-  blocks = register_module("blocks", blocks_of(dims.n_audio_layer, n, dims.n_audio_head, false));
+  blocks = register_module(
+      "blocks", blocks_of(dims.n_audio_layer, n, dims.n_audio_head, false, attention));
   ln_post = register_module("ln_post", layer_norm(n));
 }
 
@@ -116,7 +140,8 @@ torch::Tensor AudioEncoderImpl::forward(const torch::Tensor& mel) {
   return ln_post->forward(x);
 }
 
-TextDecoderImpl::TextDecoderImpl(const ModelDimensions& dims_) : dims(dims_) {
+TextDecoderImpl::TextDecoderImpl(const ModelDimensions& dims_, AttentionKind attention_)
+    : dims(dims_), attention(attention_) {
   reset();
 }
 
@@ -125,7 +150,8 @@ void TextDecoderImpl::reset() {
   token_embedding = register_module("token_embedding", torch::nn::Embedding(dims.n_vocab, n));
   positional_embedding =
       register_parameter("positional_embedding", at::empty({dims.n_text_ctx, n}).normal_(0, 0.01));
-  blocks = register_module("blocks", blocks_of(dims.n_text_layer, n, dims.n_text_head, true));
+  blocks = register_module(
+      "blocks", blocks_of(dims.n_text_layer, n, dims.n_text_head, true, attention));
   ln = register_module("ln", layer_norm(n));
   mask = at::full({dims.n_text_ctx, dims.n_text_ctx}, -INFINITY).triu_(1);
 }
@@ -149,7 +175,7 @@ torch::Tensor TextDecoderImpl::forward(
       "), got shape ",
       audio_features.sizes());
   const auto* first =
-      blocks->size() ? blocks[0]->as<ResidualAttentionBlock>()->attn.get() : nullptr;
+      blocks->size() ? blocks[0]->as<ResidualAttentionBlock>()->self_attention() : nullptr;
   const int64_t offset = kv_cache != nullptr && first != nullptr ? kv_cache->length(first) : 0;
   const int64_t n = tokens.size(1);
   TORCH_CHECK(
@@ -178,13 +204,27 @@ torch::Tensor TextDecoderImpl::forward(
   return at::matmul(x, embedding.to(x.scalar_type()).t()).to(at::kFloat);
 }
 
-WhisperImpl::WhisperImpl(const ModelDimensions& dims_) : dims(dims_) {
+WhisperImpl::WhisperImpl(const ModelDimensions& dims_, AttentionKind attention_)
+    : dims(dims_), attention(attention_) {
   reset();
 }
 
 void WhisperImpl::reset() {
-  encoder = register_module("encoder", AudioEncoder(dims));
-  decoder = register_module("decoder", TextDecoder(dims));
+  encoder = register_module("encoder", AudioEncoder(dims, attention));
+  decoder = register_module("decoder", TextDecoder(dims, attention));
+}
+
+AttentionKind WhisperImpl::attention_in(
+    const std::unordered_map<std::string, torch::Tensor>& state) {
+  for (const auto& [name, tensor] : state) {
+    for (const char* fork_only :
+         {".rotary_emb.", ".rotation_layer.", "attn.attn_ln.", "attn.temperature"}) {
+      if (name.find(fork_only) != std::string::npos) {
+        return AttentionKind::kRotary;
+      }
+    }
+  }
+  return AttentionKind::kPlain;
 }
 
 std::shared_ptr<WhisperImpl> WhisperImpl::load(const std::string& path) {
@@ -226,7 +266,7 @@ std::shared_ptr<WhisperImpl> WhisperImpl::from_state_dict(
       ") differs from n_text_state (",
       dims.n_text_state,
       "); the decoder attends over the encoder's features");
-  auto model = std::make_shared<WhisperImpl>(dims);
+  auto model = std::make_shared<WhisperImpl>(dims, attention_in(state));
   try {
     at::NoGradGuard no_grad;
     load_state_dict(*model, state, /*strict=*/true);

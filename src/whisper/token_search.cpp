@@ -8,9 +8,23 @@
 
 namespace rotary_attention::whisper::detail {
 
+at::Tensor GreedySearch::next_tokens(const at::Tensor& logits) const {
+  if (temperature_ == 0.0) {
+    return at::argmax(logits, -1);
+  }
+  // torch.distributions.Categorical(logits=l).sample(): logits normalised
+  // by their logsumexp, softmax, multinomial with replacement over all rows.
+  auto scaled = logits / temperature_;
+  scaled = scaled - scaled.logsumexp(-1, /*keepdim=*/true);
+  return at::multinomial(at::softmax(scaled, -1), 1, /*replacement=*/true, generator_)
+      .t()
+      .reshape({-1})
+      .contiguous();
+}
+
 bool GreedySearch::update(
     Rows& tokens, const at::Tensor& logits, std::vector<float>& sum_logprobs) {
-  const auto next = at::argmax(logits, -1);
+  const auto next = next_tokens(logits);
   const auto logprobs = at::log_softmax(logits, -1);
   const int64_t* next_data = next.data_ptr<int64_t>();
   bool completed = true;
@@ -26,13 +40,17 @@ bool GreedySearch::update(
 }
 
 Candidates GreedySearch::finalize(const Rows& tokens, const std::vector<float>& sum_logprobs) {
-  // One candidate per audio, with an end of text at its end.
+  // Each audio's `group` candidates, each with an end of text at its end.
   Candidates out;
   for (size_t row = 0; row < tokens.size(); ++row) {
+    if (row % static_cast<size_t>(group_) == 0) {
+      out.tokens.emplace_back();
+      out.sum_logprobs.emplace_back();
+    }
     auto sequence = tokens[row];
     sequence.push_back(eot_);
-    out.tokens.push_back({std::move(sequence)});
-    out.sum_logprobs.push_back({static_cast<double>(sum_logprobs[row])});
+    out.tokens.back().push_back(std::move(sequence));
+    out.sum_logprobs.back().push_back(static_cast<double>(sum_logprobs[row]));
   }
   return out;
 }

@@ -1,9 +1,10 @@
 #pragma once
-// Whisper's token decoders at temperature 0 (`GreedyDecoder`,
-// `BeamSearchDecoder`): each step picks the next tokens from the logits, and
+// Whisper's token decoders (`GreedyDecoder`, which samples above temperature 0,
+// and `BeamSearchDecoder`): each step picks the next tokens from the logits, and
 // `finalize` gives each audio's candidate sequences with their summed
 // log-probabilities, in Whisper's order.
 
+#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -30,14 +31,27 @@ class TokenSearch {
   virtual Candidates finalize(const Rows& tokens, const std::vector<float>& sum_logprobs) = 0;
 };
 
+/// The likeliest token at temperature 0; above it, a token drawn from
+/// softmax(logits / temperature) for every row at once (whisper's
+/// `Categorical(logits=logits / temperature).sample()`: the same torch call,
+/// so the same draws from the same generator state). `group` consecutive
+/// rows are one audio's candidates (best_of).
 class GreedySearch : public TokenSearch {
  public:
-  explicit GreedySearch(int64_t eot) : eot_(eot) {}
+  GreedySearch(
+      int64_t eot,
+      int64_t group = 1,
+      double temperature = 0.0,
+      std::optional<at::Generator> generator = std::nullopt)
+      : eot_(eot), group_(group), temperature_(temperature), generator_(std::move(generator)) {}
   bool update(Rows& tokens, const at::Tensor& logits, std::vector<float>& sum_logprobs) override;
   Candidates finalize(const Rows& tokens, const std::vector<float>& sum_logprobs) override;
 
  private:
-  int64_t eot_;
+  at::Tensor next_tokens(const at::Tensor& logits) const;
+  int64_t eot_, group_;
+  double temperature_;
+  std::optional<at::Generator> generator_;
 };
 
 class BeamSearch : public TokenSearch {

@@ -2,12 +2,16 @@
 
 #include <c10/util/Exception.h>
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
 #include <algorithm>
 #include <array>
 #include <cctype>
 #include <cstdio>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <set>
 #include <sstream>
 
@@ -436,6 +440,80 @@ std::vector<int64_t> Tokenizer::encode_piece(const std::string& piece) const {
     TORCH_CHECK(
         it != ranks_.end(), "Tokenizer: the vocabulary has no token for a byte of the piece");
     tokens.push_back(it->second);
+  }
+  return tokens;
+}
+
+namespace {
+
+// Whisper's split pattern (its tiktoken encodings' pat_str): contractions,
+// letters, numbers, other symbols, each with one optional leading space, then
+// runs of whitespace. PCRE2 with Unicode properties, as tiktoken's regex.
+class SplitPattern {
+ public:
+  SplitPattern() {
+    static const char pattern[] =
+        R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+    int error = 0;
+    PCRE2_SIZE offset = 0;
+    code_ = pcre2_compile(
+        reinterpret_cast<PCRE2_SPTR>(pattern),
+        PCRE2_ZERO_TERMINATED,
+        PCRE2_UTF | PCRE2_UCP,
+        &error,
+        &offset,
+        nullptr);
+    TORCH_CHECK(code_ != nullptr, "Tokenizer: the split pattern does not compile (PCRE2 error ", error, ")");
+  }
+  ~SplitPattern() {
+    pcre2_code_free(code_);
+  }
+  SplitPattern(const SplitPattern&) = delete;
+  SplitPattern& operator=(const SplitPattern&) = delete;
+
+  /// The pieces of `text`, in order (they cover it whole).
+  std::vector<std::string> split(const std::string& text) const {
+    std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> match(
+        pcre2_match_data_create_from_pattern(code_, nullptr), &pcre2_match_data_free);
+    std::vector<std::string> pieces;
+    const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
+    PCRE2_SIZE at = 0;
+    while (at < text.size()) {
+      const int rc = pcre2_match(code_, subject, text.size(), at, 0, match.get(), nullptr);
+      // Every character matches some alternative: only invalid UTF-8 fails.
+      TORCH_CHECK(
+          rc >= 0,
+          "Tokenizer.encode: the text is not valid UTF-8 (PCRE2 error ",
+          rc,
+          " at byte ",
+          at,
+          ")");
+      const PCRE2_SIZE* range = pcre2_get_ovector_pointer(match.get());
+      pieces.emplace_back(text, range[0], range[1] - range[0]);
+      at = range[1];
+    }
+    return pieces;
+  }
+
+ private:
+  pcre2_code* code_ = nullptr;
+};
+
+} // namespace
+
+std::vector<int64_t> Tokenizer::encode(const std::string& text) const {
+  for (int64_t t = eot_; t < n_vocab(); ++t) {
+    TORCH_CHECK(
+        text.find(vocabulary_[t]) == std::string::npos,
+        "Tokenizer.encode: the text holds the special token ",
+        vocabulary_[t],
+        ", which is not encoded as text (tiktoken refuses it too)");
+  }
+  static const SplitPattern pattern;
+  std::vector<int64_t> tokens;
+  for (const auto& piece : pattern.split(text)) {
+    const auto part = encode_piece(piece);
+    tokens.insert(tokens.end(), part.begin(), part.end());
   }
   return tokens;
 }

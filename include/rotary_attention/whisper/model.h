@@ -15,6 +15,7 @@
 
 #include "rotary_attention/nn/kv_cache.h"
 #include "rotary_attention/nn/multi_head_attention.h"
+#include "rotary_attention/whisper/plain_attention.h"
 
 namespace rotary_attention::whisper {
 
@@ -55,13 +56,28 @@ struct ModelDimensions {
   }
 };
 
-/// Whisper's `ResidualAttentionBlock` with this library's attention: the block
-/// calls the attention on `attn_ln(x)` and adds the result to `x`, and the
-/// attention layer applies its own norm and residual as well (the fork's
-/// arrangement). `cross_attention`: a decoder block.
+/// Which attention a model's blocks hold.
+enum class AttentionKind {
+  /// The fork's: this library's `MultiHeadAttention` (rotary embedding,
+  /// learned rotation, and a norm and residual of its own inside the layer).
+  kRotary,
+  /// Whisper's own (`PlainAttention`): what openai's released checkpoints
+  /// and their fine-tunes hold.
+  kPlain,
+};
+
+/// Whisper's `ResidualAttentionBlock`: the block calls the attention on
+/// `attn_ln(x)` and adds the result to `x`. With the fork's attention
+/// (`kRotary`) the attention layer applies its own norm and residual as well
+/// (the fork's arrangement); with Whisper's (`kPlain`) it does not.
+/// `cross_attention`: a decoder block.
 class ResidualAttentionBlockImpl : public torch::nn::Cloneable<ResidualAttentionBlockImpl> {
  public:
-  ResidualAttentionBlockImpl(int64_t n_state, int64_t n_head, bool cross_attention);
+  ResidualAttentionBlockImpl(
+      int64_t n_state,
+      int64_t n_head,
+      bool cross_attention,
+      AttentionKind attention = AttentionKind::kRotary);
   void reset() override;
 
   /// x: (B, T, n_state). xa: the audio features (decoder blocks). mask: the
@@ -73,11 +89,20 @@ class ResidualAttentionBlockImpl : public torch::nn::Cloneable<ResidualAttention
       const torch::Tensor& mask = {},
       KVCache* kv_cache = nullptr);
 
+  /// The self-attention layer (the state dict's `attn`), whichever its kind.
+  const torch::nn::Module* self_attention() const;
+
   int64_t n_state, n_head;
   bool cross_attention;
+  AttentionKind attention;
+  /// kRotary: `attn` and `cross_attn`; kPlain: `plain_attn` and
+  /// `plain_cross_attn`, registered under the same names ("attn",
+  /// "cross_attn"). The other pair is null.
   MultiHeadAttention attn{nullptr};
+  PlainAttention plain_attn{nullptr};
   torch::nn::LayerNorm attn_ln{nullptr};
   MultiHeadAttention cross_attn{nullptr};
+  PlainAttention plain_cross_attn{nullptr};
   torch::nn::LayerNorm cross_attn_ln{nullptr};
   torch::nn::Sequential mlp{nullptr};
   torch::nn::LayerNorm mlp_ln{nullptr};
@@ -89,11 +114,13 @@ TORCH_MODULE(ResidualAttentionBlock);
 /// log-mel frames -> (B, n_audio_ctx, n_audio_state) audio features.
 class AudioEncoderImpl : public torch::nn::Cloneable<AudioEncoderImpl> {
  public:
-  explicit AudioEncoderImpl(const ModelDimensions& dims);
+  explicit AudioEncoderImpl(
+      const ModelDimensions& dims, AttentionKind attention = AttentionKind::kRotary);
   void reset() override;
   torch::Tensor forward(const torch::Tensor& mel);
 
   ModelDimensions dims;
+  AttentionKind attention;
   torch::nn::Conv1d conv1{nullptr}, conv2{nullptr};
   torch::Tensor positional_embedding;
   torch::nn::ModuleList blocks{nullptr};
@@ -106,7 +133,8 @@ TORCH_MODULE(AudioEncoder);
 /// from the first layer's cached length, as Whisper's hooks give them).
 class TextDecoderImpl : public torch::nn::Cloneable<TextDecoderImpl> {
  public:
-  explicit TextDecoderImpl(const ModelDimensions& dims);
+  explicit TextDecoderImpl(
+      const ModelDimensions& dims, AttentionKind attention = AttentionKind::kRotary);
   void reset() override;
   torch::Tensor forward(
       const torch::Tensor& tokens,
@@ -117,6 +145,7 @@ class TextDecoderImpl : public torch::nn::Cloneable<TextDecoderImpl> {
   static void check_tokens(const torch::Tensor& tokens);
 
   ModelDimensions dims;
+  AttentionKind attention;
   torch::nn::Embedding token_embedding{nullptr};
   torch::Tensor positional_embedding;
   torch::nn::ModuleList blocks{nullptr};
@@ -129,10 +158,12 @@ class TextDecoderImpl : public torch::nn::Cloneable<TextDecoderImpl> {
 TORCH_MODULE(TextDecoder);
 
 /// Whisper's `Whisper`: `encoder` and `decoder`, under the state-dict keys
-/// openai-whisper uses, with this library's attention layers.
+/// openai-whisper uses, with this library's attention layers (a fork) or
+/// Whisper's own (`AttentionKind::kPlain`).
 class WhisperImpl : public torch::nn::Cloneable<WhisperImpl> {
  public:
-  explicit WhisperImpl(const ModelDimensions& dims);
+  explicit WhisperImpl(
+      const ModelDimensions& dims, AttentionKind attention = AttentionKind::kRotary);
   void reset() override;
 
   /// (B, n_mels, frames) -> audio features.
@@ -149,19 +180,29 @@ class WhisperImpl : public torch::nn::Cloneable<WhisperImpl> {
 
   /// Reads a checkpoint as openai-whisper saves it (`torch.save({"dims": ...,
   /// "model_state_dict": ...})`, fp16 or fp32) with the library's reader:
-  /// the model is built from its dims and loaded strictly, in fp32. A
-  /// missing dim, a tensor whose shape disagrees with the dims, or a missing
-  /// or unexpected tensor is an error naming it.
+  /// the model is built from its dims and loaded strictly, in fp32. A fork's
+  /// checkpoint (its attention holds rotary or rotation tensors) gets the
+  /// fork's attention; one without them (openai's released models, their
+  /// fine-tunes) gets Whisper's own. A missing dim, a tensor whose shape
+  /// disagrees with the dims, or a missing or unexpected tensor is an error
+  /// naming the first few.
   static std::shared_ptr<WhisperImpl> load(const std::string& path);
 
   /// A model of `dims` holding copies of `state` (openai-whisper's keys, any
-  /// floating dtype, loaded strictly in fp32); `source` names it in errors.
+  /// floating dtype, loaded strictly in fp32), with the attention that
+  /// `attention_in` finds in it; `source` names it in errors.
   static std::shared_ptr<WhisperImpl> from_state_dict(
       const ModelDimensions& dims,
       const std::unordered_map<std::string, torch::Tensor>& state,
       const std::string& source = "the state dict");
 
+  /// kRotary when any of `state`'s keys belongs to the fork's attention
+  /// (`.rotary_emb.`, `.rotation_layer.`, `.attn.attn_ln.`, `.temperature`),
+  /// kPlain otherwise.
+  static AttentionKind attention_in(const std::unordered_map<std::string, torch::Tensor>& state);
+
   ModelDimensions dims;
+  AttentionKind attention;
   AudioEncoder encoder{nullptr};
   TextDecoder decoder{nullptr};
 };

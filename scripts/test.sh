@@ -13,6 +13,8 @@ source scripts/env.sh
 ra_install_debian_packages
 ra_make_venv
 ra_install_clients
+echo "== real weights and speech (scripts/real_data.py, cached)"
+ra_fetch_real_data
 ra_build_and_install -DRA_BUILD_TESTS=ON -DRA_BUILD_EXAMPLES=ON
 
 echo "== C++ tests (ctest)"

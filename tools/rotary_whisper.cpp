@@ -1,18 +1,23 @@
-// rotary-whisper: a Whisper fork's checkpoint and audio files in, text out.
-// The first 30 s of each file are decoded as `whisper.decode` decodes
-// `log_mel_spectrogram(pad_or_trim(audio))`; options carry openai-whisper's names.
+// rotary-whisper: a Whisper checkpoint (a fork's, or one of Whisper's own) and
+// audio files in, transcripts out, as openai-whisper's `whisper` command
+// writes them: each file transcribed whole (`whisper.transcribe`), its
+// segments printed, and txt, vtt, srt, tsv and json files written into
+// --output_dir. Options carry whisper's command-line names and defaults.
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 
+#include <cmath>
+#include <filesystem>
 #include <iostream>
 #include <sstream>
 
 #include "rotary_attention/whisper/audio.h"
-#include "rotary_attention/whisper/decoding.h"
+#include "rotary_attention/whisper/transcribe.h"
+#include "rotary_attention/whisper/writers.h"
 
 namespace rw = rotary_attention::whisper;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -29,76 +34,240 @@ std::vector<int64_t> token_list(const std::string& text, const char* what) {
       used = 0;
     }
     if (used == 0 || used != item.size()) {
-      throw CLI::ValidationError(what, "expected comma-separated token ids, got '" + text + "'");
+      throw CLI::ValidationError(what, "expected comma-separated integers, got '" + text + "'");
     }
     tokens.push_back(value);
   }
   return tokens;
 }
 
+std::vector<double> seconds_list(const std::string& text) {
+  std::vector<double> values;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    try {
+      size_t used = 0;
+      values.push_back(std::stod(item, &used));
+      if (used != item.size()) {
+        throw std::invalid_argument(item);
+      }
+    } catch (const std::exception&) {
+      throw CLI::ValidationError(
+          "--clip_timestamps", "expected comma-separated seconds, got '" + text + "'");
+    }
+  }
+  return values;
+}
+
+// whisper's optional_float / optional_int: "None" or a number.
+template <class T>
+std::optional<T> optional_number(const std::string& text, const char* what) {
+  if (text == "None") {
+    return std::nullopt;
+  }
+  try {
+    size_t used = 0;
+    const T value = std::is_integral_v<T> ? static_cast<T>(std::stoll(text, &used))
+                                          : static_cast<T>(std::stod(text, &used));
+    if (used == text.size()) {
+      return value;
+    }
+  } catch (const std::exception&) {
+  }
+  throw CLI::ValidationError(what, "expected a number or None, got '" + text + "'");
+}
+
+// whisper's str2bool: exactly "True" or "False".
+bool str2bool(const std::string& text, const char* what) {
+  if (text == "True" || text == "False") {
+    return text == "True";
+  }
+  throw CLI::ValidationError(what, "expected True or False, got '" + text + "'");
+}
+
+std::string message_of(const std::exception& e) {
+  const auto* error = dynamic_cast<const c10::Error*>(&e);
+  return error ? error->what_without_backtrace() : e.what();
+}
+
+// The vocabulary that fits the model when --tokenizer is not given: beside the
+// checkpoint, or in the openai-whisper installed beside this command.
+std::string find_vocabulary(const std::string& model_path, bool multilingual) {
+  const std::string name = multilingual ? "multilingual.tiktoken" : "gpt2.tiktoken";
+  std::vector<fs::path> places{fs::path(model_path).parent_path() / name};
+  std::error_code error;
+  const fs::path self = fs::read_symlink("/proc/self/exe", error);
+  if (!error) {
+    // site-packages/rotary_attention/bin/rotary-whisper, or a venv's bin/.
+    places.push_back(self.parent_path().parent_path().parent_path() / "whisper" / "assets" / name);
+    const fs::path lib = self.parent_path().parent_path() / "lib";
+    if (fs::is_directory(lib, error)) {
+      for (const auto& entry : fs::directory_iterator(lib, error)) {
+        places.push_back(entry.path() / "site-packages" / "whisper" / "assets" / name);
+      }
+    }
+  }
+  for (const auto& place : places) {
+    if (fs::is_regular_file(place, error)) {
+      return place.string();
+    }
+  }
+  throw std::runtime_error(
+      "no --tokenizer given and no " + name + " beside the checkpoint or in an installed "
+      "openai-whisper: pass --tokenizer PATH (openai-whisper ships it in whisper/assets/; "
+      "`pip install openai-whisper`)");
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Transcribe audio with a Whisper fork built from rotary_attention's layers"};
-  std::string model_path, tokenizer_path, output_format = "txt", suppress_tokens = "-1", prompt,
-                                          prefix, compute_type = "float32";
+  CLI::App app{
+      "Transcribe audio files with a Whisper checkpoint (a fork built from rotary_attention's "
+      "layers, or Whisper's own) in C++"};
+  std::string model_path, tokenizer_path, output_dir = ".", output_format = "all",
+                                          suppress_tokens = "-1", prompt, prefix,
+                                          compute_type = "float32", verbose = "True",
+                                          condition = "True", carry = "False",
+                                          increment = "0.2", compression = "2.4",
+                                          logprob = "-1.0", no_speech = "0.6",
+                                          best_of = "5", beam_size = "5", patience = "None",
+                                          clip_timestamps = "0", fp16 = "True";
   std::vector<std::string> audio_paths;
-  rw::DecodingOptions options;
-  std::optional<std::string> language;
-  std::optional<int64_t> beam_size, sample_len;
-  std::optional<double> patience, length_penalty;
-  double max_initial_timestamp = 1.0;
+  rw::TranscribeOptions options;
+  std::optional<std::string> language, initial_prompt, length_penalty;
+  std::optional<int64_t> sample_len;
+  std::optional<uint64_t> seed;
+  double temperature = 0.0, max_initial_timestamp = 1.0;
   bool without_timestamps = false, keep_blank = false;
   int threads = 0;
   app.add_option("--model", model_path, "checkpoint saved as openai-whisper saves it")->required();
-  app.add_option("--tokenizer", tokenizer_path, "the .tiktoken vocabulary (gpt2 or multilingual)")
-      ->required();
-  app.add_option("--language", language, "language spoken (code or name); detected if not given");
-  app.add_option("--task", options.task, "transcribe, or translate into English")
-      ->check(CLI::IsMember({"transcribe", "translate"}));
-  app.add_option("--beam_size", beam_size, "beams in beam search (greedy if not given)");
   app.add_option(
-      "--patience", patience, "beam search patience (finished candidates = beam_size * patience)");
+      "--tokenizer",
+      tokenizer_path,
+      "the .tiktoken vocabulary; default: gpt2 or multilingual.tiktoken beside the checkpoint or "
+      "in an installed openai-whisper");
+  app.add_option("--output_dir,-o", output_dir, "directory to save the outputs")
+      ->capture_default_str();
+  app.add_option("--output_format,-f", output_format, "format of the output file")
+      ->check(CLI::IsMember({"txt", "vtt", "srt", "tsv", "json", "all"}))
+      ->capture_default_str();
+  app.add_option("--verbose", verbose, "print progress and debug messages (True or False)")
+      ->capture_default_str();
+  app.add_option("--task", options.decoding.task, "transcribe, or translate into English")
+      ->check(CLI::IsMember({"transcribe", "translate"}))
+      ->capture_default_str();
+  app.add_option("--language", language, "language spoken (code or name); detected if not given");
+  app.add_option("--temperature", temperature, "temperature to use for sampling")
+      ->capture_default_str();
+  app.add_option("--best_of", best_of, "candidates when sampling with non-zero temperature")
+      ->capture_default_str();
+  app.add_option("--beam_size", beam_size, "beams in beam search, when temperature is zero")
+      ->capture_default_str();
+  app.add_option("--patience", patience, "beam search patience (None: 1.0)")
+      ->capture_default_str();
   app.add_option(
       "--length_penalty",
       length_penalty,
       "NMT length penalty alpha in [0, 1]; default: length normalisation");
-  app.add_option("--sample_len", sample_len, "maximum tokens to sample (default n_text_ctx / 2)");
   app.add_option(
-      "--suppress_tokens",
-      suppress_tokens,
-      "comma-separated token ids; -1: non-speech symbols; '' none");
-  app.add_flag("--without_timestamps", without_timestamps, "text tokens only");
-  app.add_option("--max_initial_timestamp", max_initial_timestamp, "seconds; 0 for no limit");
+         "--suppress_tokens",
+         suppress_tokens,
+         "comma-separated token ids; -1: non-speech symbols; '' none")
+      ->capture_default_str();
+  app.add_option("--initial_prompt", initial_prompt, "text to provide as a prompt for the first window");
+  app.add_option(
+         "--carry_initial_prompt", carry, "the initial prompt opens every window's prompt (True/False)")
+      ->capture_default_str();
+  app.add_option(
+         "--condition_on_previous_text",
+         condition,
+         "the previous output is the next window's prompt (True/False)")
+      ->capture_default_str();
+  app.add_option("--fp16", fp16, "accepted for whisper's sake; the CPU computes in fp32")
+      ->capture_default_str();
+  app.add_option(
+         "--temperature_increment_on_fallback",
+         increment,
+         "temperature increase on fallback (None: no fallback)")
+      ->capture_default_str();
+  app.add_option(
+         "--compression_ratio_threshold", compression, "above it a window fails (None: no check)")
+      ->capture_default_str();
+  app.add_option("--logprob_threshold", logprob, "below it a window fails (None: no check)")
+      ->capture_default_str();
+  app.add_option("--no_speech_threshold", no_speech, "above it (and a failing log-probability) a window is silence")
+      ->capture_default_str();
+  app.add_option(
+         "--clip_timestamps",
+         clip_timestamps,
+         "comma-separated start,end,... seconds of clips to process")
+      ->capture_default_str();
+  app.add_option("--seed", seed, "seed of sampling's generator (default: torch's default generator)");
+  app.add_option("--sample_len", sample_len, "maximum tokens to sample per window (default n_text_ctx / 2)");
+  app.add_flag("--without_timestamps", without_timestamps, "text tokens only (one segment per window)");
+  app.add_option("--max_initial_timestamp", max_initial_timestamp, "seconds; 0 for no limit")
+      ->capture_default_str();
   app.add_flag("--no_suppress_blank", keep_blank, "let the first token be a blank");
-  app.add_option("--prompt", prompt, "comma-separated prompt tokens (previous context)");
-  app.add_option("--prefix", prefix, "comma-separated prefix tokens (start of this text)");
-  app.add_option("--output_format", output_format, "txt (the text) or json (one line per file)")
-      ->check(CLI::IsMember({"txt", "json"}));
+  app.add_option("--prompt", prompt, "comma-separated prompt token ids for the first window");
+  app.add_option("--prefix", prefix, "comma-separated prefix token ids for every window");
   app.add_option(
          "--compute_type",
          compute_type,
          "weights a decode step reads: float32, or int8 (quantized per output row)")
-      ->check(CLI::IsMember({"float32", "int8"}));
-  app.add_option("--threads", threads, "torch's intra-op threads (0: torch's default)");
-  app.add_option("audio", audio_paths, "audio files (WAV, FLAC, Ogg, ...)")->required();
+      ->check(CLI::IsMember({"float32", "int8"}))
+      ->capture_default_str();
+  app.add_option("--threads", threads, "torch's intra-op threads (0: torch's default)")
+      ->capture_default_str();
+  app.add_option("audio", audio_paths, "audio files (WAV, FLAC, Ogg, MP3, ...)")->required();
+  bool print_segments = true;
   try {
     app.parse(argc, argv);
-    options.language = language;
-    options.beam_size = beam_size;
-    options.patience = patience;
-    options.length_penalty = length_penalty;
-    options.sample_len = sample_len;
-    options.suppress_tokens = suppress_tokens.empty()
-                                  ? std::vector<int64_t>{}
-                                  : token_list(suppress_tokens, "--suppress_tokens");
-    options.without_timestamps = without_timestamps;
-    options.max_initial_timestamp = max_initial_timestamp;
-    options.suppress_blank = !keep_blank;
-    if (!prompt.empty())
-      options.prompt = token_list(prompt, "--prompt");
-    if (!prefix.empty())
-      options.prefix = token_list(prefix, "--prefix");
+    auto& d = options.decoding;
+    d.language = language;
+    print_segments = str2bool(verbose, "--verbose");
+    str2bool(fp16, "--fp16");
+    options.condition_on_previous_text = str2bool(condition, "--condition_on_previous_text");
+    options.carry_initial_prompt = str2bool(carry, "--carry_initial_prompt");
+    options.initial_prompt = initial_prompt;
+    options.compression_ratio_threshold = optional_number<double>(compression, "--compression_ratio_threshold");
+    options.logprob_threshold = optional_number<double>(logprob, "--logprob_threshold");
+    options.no_speech_threshold = optional_number<double>(no_speech, "--no_speech_threshold");
+    d.best_of = optional_number<int64_t>(best_of, "--best_of");
+    d.beam_size = optional_number<int64_t>(beam_size, "--beam_size");
+    d.patience = optional_number<double>(patience, "--patience");
+    if (length_penalty) {
+      d.length_penalty = optional_number<double>(*length_penalty, "--length_penalty");
+    }
+    d.sample_len = sample_len;
+    d.suppress_tokens = suppress_tokens.empty() ? std::vector<int64_t>{}
+                                                : token_list(suppress_tokens, "--suppress_tokens");
+    d.without_timestamps = without_timestamps;
+    d.max_initial_timestamp = max_initial_timestamp;
+    d.suppress_blank = !keep_blank;
+    if (!prefix.empty()) {
+      d.prefix = token_list(prefix, "--prefix");
+    }
+    options.clip_timestamps = seconds_list(clip_timestamps);
+    options.seed = seed;
+    // whisper's cli: np.arange(temperature, 1.0 + 1e-6, increment), or the one value.
+    const auto step = optional_number<double>(increment, "--temperature_increment_on_fallback");
+    options.temperatures.clear();
+    if (step) {
+      if (!(*step > 0)) {
+        throw CLI::ValidationError(
+            "--temperature_increment_on_fallback", "expected a positive number or None");
+      }
+      const auto count = static_cast<int64_t>(std::ceil((1.0 + 1e-6 - temperature) / *step));
+      for (int64_t i = 0; i < count; ++i) {
+        options.temperatures.push_back(temperature + static_cast<double>(i) * *step);
+      }
+    } else {
+      options.temperatures.push_back(temperature);
+    }
+    if (options.temperatures.empty()) {
+      throw CLI::ValidationError("--temperature", "must be at most 1 with a fallback increment");
+    }
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
@@ -111,38 +280,38 @@ int main(int argc, char** argv) {
   std::unique_ptr<rw::WhisperInference> inference;
   try {
     model = rw::WhisperImpl::load(model_path);
+    if (tokenizer_path.empty()) {
+      tokenizer_path = find_vocabulary(model_path, model->dims.is_multilingual());
+    }
     tokenizer = std::make_unique<rw::Tokenizer>(
         tokenizer_path, model->dims.num_languages(), model->dims.n_vocab);
     inference = std::make_unique<rw::WhisperInference>(
         rw::Whisper(model), rw::compute_type_from_string(compute_type));
+    if (!prompt.empty()) {
+      options.decoding.prompt = token_list(prompt, "--prompt");
+    }
+    fs::create_directories(output_dir);
   } catch (const std::exception& e) {
-    const auto* error = dynamic_cast<const c10::Error*>(&e);
-    std::cerr << "rotary-whisper: " << (error ? error->what_without_backtrace() : e.what()) << "\n";
+    std::cerr << "rotary-whisper: " << message_of(e) << "\n";
     return 2;
   }
   int status = 0;
   for (const auto& path : audio_paths) {
     try {
       const auto audio = rw::load_audio(path);
-      const auto mel = rw::log_mel_spectrogram(rw::pad_or_trim(audio), model->dims.n_mels);
-      const auto result = rw::decode(*inference, *tokenizer, mel.unsqueeze(0), options).front();
-      if (output_format == "json") {
-        nlohmann::json line{
-            {"file", path},
-            {"text", result.text},
-            {"tokens", result.tokens},
-            {"avg_logprob", result.avg_logprob},
-            {"no_speech_prob", result.no_speech_prob},
-            {"language", result.language}};
-        std::cout << line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
-                  << std::endl;
-      } else {
-        std::cout << result.text << std::endl;
+      rw::TranscribeProgress progress;
+      if (print_segments) {
+        progress = [](const std::vector<rw::Segment>& segments, int64_t, int64_t) {
+          for (const auto& s : segments) {
+            std::cout << "[" << rw::format_timestamp(s.start) << " --> "
+                      << rw::format_timestamp(s.end) << "] " << s.text << std::endl;
+          }
+        };
       }
+      const auto result = rw::transcribe(*inference, *tokenizer, audio, options, progress);
+      rw::write_transcription(result, path, output_dir, output_format);
     } catch (const std::exception& e) {
-      const auto* error = dynamic_cast<const c10::Error*>(&e);
-      std::cerr << "rotary-whisper: " << path << ": "
-                << (error ? error->what_without_backtrace() : e.what()) << "\n";
+      std::cerr << "rotary-whisper: " << path << ": " << message_of(e) << "\n";
       status = 1;
     }
   }

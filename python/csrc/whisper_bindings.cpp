@@ -8,6 +8,7 @@
 #include "rotary_attention/whisper/audio.h"
 #include "rotary_attention/whisper/decoding.h"
 #include "rotary_attention/whisper/transcribe.h"
+#include "rotary_attention/whisper/writers.h"
 
 namespace py = pybind11;
 namespace rw = rotary_attention::whisper;
@@ -235,6 +236,25 @@ void bind_whisper(py::module& m) {
   m.def("_decoding_defaults", [] { return defaults<rw::DecodingOptions>(); });
   m.def("_transcribe_defaults", [] { return defaults<rw::TranscribeOptions>(); });
   m.def("_compression_ratio", &rw::compression_ratio, py::arg("text"));
+  // A result dict (whisper's keys) as the writers write it.
+  m.def(
+      "_format_transcription",
+      [](const py::dict& result, const std::string& format) {
+        rw::Transcription t;
+        t.text = py::cast<std::string>(result["text"]);
+        t.language = py::cast<std::string>(result["language"]);
+        for (const auto& item : result["segments"]) {
+          rw::Segment segment;
+          rw::Segment::fields([&](const char* name, auto member) {
+            using Value = std::remove_reference_t<decltype(segment.*member)>;
+            segment.*member = py::cast<Value>(item[name]);
+          });
+          t.segments.push_back(std::move(segment));
+        }
+        return py::bytes(rw::format_transcription(t, format));
+      },
+      py::arg("result"),
+      py::arg("format"));
   m.def("_mel_filters", &rw::mel_filters, py::arg("n_mels"));
   // The decoder's few-rows product, for its tests and benchmarks.
   m.def(

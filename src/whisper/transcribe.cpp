@@ -258,11 +258,16 @@ Transcription transcribe(
   size_t prompt_reset_since = 0;
   int64_t remaining_prompt_length = dims.n_text_ctx / 2 - 1;
   std::vector<int64_t> initial_prompt_tokens;
+  TORCH_CHECK(
+      !(options.initial_prompt && !options.decoding.prompt.empty()),
+      "transcribe: give the initial prompt as text (initial_prompt) or as tokens (prompt), not both");
   if (options.initial_prompt) {
     initial_prompt_tokens = tokenizer.encode(" " + strip(*options.initial_prompt));
-    all_tokens = initial_prompt_tokens;
-    remaining_prompt_length -= static_cast<int64_t>(initial_prompt_tokens.size());
+  } else {
+    initial_prompt_tokens = options.decoding.prompt; // the initial prompt as tokens
   }
+  all_tokens = initial_prompt_tokens;
+  remaining_prompt_length -= static_cast<int64_t>(initial_prompt_tokens.size());
 
   size_t clip = 0;
   int64_t seek = clips.front().first;

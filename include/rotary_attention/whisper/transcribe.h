@@ -15,7 +15,8 @@ namespace rotary_attention::whisper {
 /// `whisper.transcribe`'s options (openai-whisper 20250625), less word
 /// timestamps. `decoding` holds the `decode_options` every window is decoded
 /// with; its `temperature` and `prompt` are set per window, as whisper sets
-/// them.
+/// them. A `decoding.prompt` given here is the initial prompt as tokens
+/// (whisper ignores it; `initial_prompt` is the same as text).
 struct TranscribeOptions {
   DecodingOptions decoding;
   /// Tried in turn until a window's result passes the thresholds.

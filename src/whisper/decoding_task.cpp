@@ -91,7 +91,8 @@ class DecodingTask {
     }
     if (multilingual_) {
       language = language.value_or("en");
-      task = options.task;
+      // (lang_id stops after the detection: its start tokens are transcribe's.)
+      task = options.task == "lang_id" ? "transcribe" : options.task;
     } else {
       language.reset();
     }

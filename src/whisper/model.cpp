@@ -150,8 +150,8 @@ void TextDecoderImpl::reset() {
   token_embedding = register_module("token_embedding", torch::nn::Embedding(dims.n_vocab, n));
   positional_embedding =
       register_parameter("positional_embedding", at::empty({dims.n_text_ctx, n}).normal_(0, 0.01));
-  blocks = register_module(
-      "blocks", blocks_of(dims.n_text_layer, n, dims.n_text_head, true, attention));
+  blocks =
+      register_module("blocks", blocks_of(dims.n_text_layer, n, dims.n_text_head, true, attention));
   ln = register_module("ln", layer_norm(n));
   mask = at::full({dims.n_text_ctx, dims.n_text_ctx}, -INFINITY).triu_(1);
 }

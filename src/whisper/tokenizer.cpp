@@ -463,7 +463,11 @@ class SplitPattern {
         &error,
         &offset,
         nullptr);
-    TORCH_CHECK(code_ != nullptr, "Tokenizer: the split pattern does not compile (PCRE2 error ", error, ")");
+    TORCH_CHECK(
+        code_ != nullptr,
+        "Tokenizer: the split pattern does not compile (PCRE2 error ",
+        error,
+        ")");
   }
   ~SplitPattern() {
     pcre2_code_free(code_);

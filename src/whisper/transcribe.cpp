@@ -16,7 +16,10 @@ double compression_ratio(const std::string& text) {
   uLongf size = compressBound(text.size());
   std::vector<Bytef> out(size);
   const int status = compress(
-      out.data(), &size, reinterpret_cast<const Bytef*>(text.data()), static_cast<uLong>(text.size()));
+      out.data(),
+      &size,
+      reinterpret_cast<const Bytef*>(text.data()),
+      static_cast<uLong>(text.size()));
   TORCH_CHECK(status == Z_OK, "compression_ratio: zlib failed with status ", status);
   return static_cast<double>(text.size()) / static_cast<double>(size);
 }
@@ -34,14 +37,11 @@ double seconds(int64_t frames) {
 void check_options(const TranscribeOptions& o) {
   TORCH_CHECK(!o.temperatures.empty(), "transcribe: temperature needs at least one value");
   for (const double t : o.temperatures) {
-    TORCH_CHECK(
-        std::isfinite(t) && t >= 0, "transcribe: temperatures must be >= 0, got ", t);
+    TORCH_CHECK(std::isfinite(t) && t >= 0, "transcribe: temperatures must be >= 0, got ", t);
   }
   for (const double t : o.clip_timestamps) {
     TORCH_CHECK(
-        std::isfinite(t) && t >= 0,
-        "transcribe: clip_timestamps must be seconds >= 0, got ",
-        t);
+        std::isfinite(t) && t >= 0, "transcribe: clip_timestamps must be seconds >= 0, got ", t);
   }
   TORCH_CHECK(
       o.decoding.task == "transcribe" || o.decoding.task == "translate",
@@ -162,9 +162,8 @@ WindowSegments segments_of_window(
           std::move(part)));
       last_slice = current;
     }
-    out.seek_advance = single_timestamp_ending
-                           ? segment_size
-                           : (tokens[last_slice - 1] - begin) * input_stride;
+    out.seek_advance =
+        single_timestamp_ending ? segment_size : (tokens[last_slice - 1] - begin) * input_stride;
   } else {
     double duration = seconds(segment_size);
     for (size_t i = n; i-- > 0;) {
@@ -260,7 +259,8 @@ Transcription transcribe(
   std::vector<int64_t> initial_prompt_tokens;
   TORCH_CHECK(
       !(options.initial_prompt && !options.decoding.prompt.empty()),
-      "transcribe: give the initial prompt as text (initial_prompt) or as tokens (prompt), not both");
+      "transcribe: give the initial prompt as text (initial_prompt) or as tokens (prompt), not "
+      "both");
   if (options.initial_prompt) {
     initial_prompt_tokens = tokenizer.encode(" " + strip(*options.initial_prompt));
   } else {
@@ -280,8 +280,7 @@ Transcription transcribe(
       }
       continue;
     }
-    const int64_t segment_size =
-        std::min({kWindowFrames, content_frames - seek, clip_end - seek});
+    const int64_t segment_size = std::min({kWindowFrames, content_frames - seek, clip_end - seek});
     if (segment_size <= 0) {
       // A clip that starts past the audio's end: nothing left in it.
       if (++clip < clips.size()) {
@@ -339,9 +338,10 @@ Transcription transcribe(
       progress(added, std::min(content_frames, seek), content_frames);
     }
   }
-  out.text = tokenizer.decode(std::vector<int64_t>(
-      all_tokens.begin() + static_cast<std::ptrdiff_t>(initial_prompt_tokens.size()),
-      all_tokens.end()));
+  out.text = tokenizer.decode(
+      std::vector<int64_t>(
+          all_tokens.begin() + static_cast<std::ptrdiff_t>(initial_prompt_tokens.size()),
+          all_tokens.end()));
   return out;
 }
 

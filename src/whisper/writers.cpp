@@ -117,7 +117,8 @@ std::string json_string(const std::string& text) {
       out += escape;
     } else {
       const uint32_t v = code - 0x10000;
-      std::snprintf(escape, sizeof escape, "\\u%04x\\u%04x", 0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF));
+      std::snprintf(
+          escape, sizeof escape, "\\u%04x\\u%04x", 0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF));
       out += escape;
     }
   }
@@ -157,7 +158,8 @@ std::string format_timestamp(double seconds, bool always_include_hours, char dec
   ms -= secs * 1000;
   char out[64];
   if (always_include_hours || hours > 0) {
-    std::snprintf(out, sizeof out, "%02lld:%02lld:%02lld%c%03lld", hours, minutes, secs, decimal_marker, ms);
+    std::snprintf(
+        out, sizeof out, "%02lld:%02lld:%02lld%c%03lld", hours, minutes, secs, decimal_marker, ms);
   } else {
     std::snprintf(out, sizeof out, "%02lld:%02lld%c%03lld", minutes, secs, decimal_marker, ms);
   }
@@ -234,7 +236,8 @@ std::vector<std::string> write_transcription(
     }
     std::error_code error;
     fs::rename(partial, path, error);
-    TORCH_CHECK(!error, "write_transcription: could not write '", path.string(), "': ", error.message());
+    TORCH_CHECK(
+        !error, "write_transcription: could not write '", path.string(), "': ", error.message());
     written.push_back(path.string());
   }
   return written;

@@ -2,6 +2,7 @@
 random fork's checkpoint, a vocabulary and a WAV file; its C++ block is part of
 examples/transcribe.cpp, which runs too."""
 
+import json
 import os
 import re
 import subprocess
@@ -11,6 +12,9 @@ import pytest
 import torch
 from test_whisper_fork import MULTILINGUAL, make_fork, original_decode, tones, write_wav
 from whisper.decoding import DecodingOptions
+from whisper.utils import format_timestamp
+
+from rotary_attention import _C
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 BUILD_DIR = os.environ.get("RA_BUILD_DIR", os.path.join(ROOT, "build"))
@@ -54,13 +58,23 @@ def test_the_python_blocks_run_and_decode_as_whisper(folder, monkeypatch):
 
 
 def test_the_shell_block_runs(folder):
-    path, _, beam = folder
+    """Both commands: every format into the folder, then srt files into subtitles/,
+    the segments printed by the first only (--verbose False)."""
+    path, _, _ = folder
     (code,) = blocks("bash")
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     run = subprocess.run(["bash", "-euc", code], cwd=path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    text, *json_lines = run.stdout.splitlines()
-    assert text == beam.text and len(json_lines) == 2  # the text, then one JSON line per file
+    result = json.loads((path / "speech.json").read_text())
+    assert result["language"] == "en" and result["segments"]
+    assert run.stdout.splitlines() == [
+        f"[{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}] {s['text']}" for s in result["segments"]
+    ]
+    for f in ("txt", "vtt", "srt", "tsv"):
+        assert (path / f"speech.{f}").read_bytes() == _C._format_transcription(result, f)
+    # (Written twice: the second transcription's samples follow the first's in
+    # the generator's stream, as in whisper's command.)
+    assert (path / "subtitles" / "speech.srt").read_text().startswith("1\n00:00:")
 
 
 def test_the_cpp_block_is_the_example_program_which_runs(folder):

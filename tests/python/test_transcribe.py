@@ -13,11 +13,10 @@ import pytest
 import torch
 import whisper
 import whisper.tokenizer
+from test_whisper_fork import GPT2, MULTILINGUAL, make_fork, original_sdpa
 
 import rotary_attention.cpp
-from rotary_attention import _C
-from test_whisper_fork import GPT2, MULTILINGUAL, make_fork, original_sdpa
-from rotary_attention import reference
+from rotary_attention import _C, reference
 from rotary_attention.whisper_inference import whisper_attention_class
 
 _spec = importlib.util.spec_from_file_location(
@@ -57,7 +56,7 @@ def assert_same_transcription(got, want):
     assert got["text"] == want["text"]
     assert got["language"] == want["language"]
     assert len(got["segments"]) == len(want["segments"])
-    for g, w in zip(got["segments"], want["segments"]):
+    for g, w in zip(got["segments"], want["segments"], strict=True):
         assert {k: g[k] for k in EXACT} == {k: w[k] for k in EXACT}
         assert g["compression_ratio"] == w["compression_ratio"]  # same text, same zlib
         assert g["avg_logprob"] == pytest.approx(w["avg_logprob"], abs=1e-4)
@@ -130,7 +129,9 @@ def test_sampling_seeds_and_best_of(tiny_en, speech):
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(speech["jfk"])))
     for seed in (0, 1):
         torch.manual_seed(seed)
-        want = whisper.decode(original, mel, whisper.DecodingOptions(language="en", temperature=1.0, best_of=4, fp16=False))
+        want = whisper.decode(
+            original, mel, whisper.DecodingOptions(language="en", temperature=1.0, best_of=4, fp16=False)
+        )
         torch.manual_seed(seed)
         got = model.decode(mel, language="en", temperature=1.0, best_of=4)
         assert got.tokens == want.tokens
@@ -152,7 +153,9 @@ def test_random_fork_on_a_long_signal_equals_whisper_over_the_original_layers(tm
     model = rotary_attention.cpp.Whisper.load(path, tokenizer=MULTILINGUAL)
     g = torch.Generator().manual_seed(9)
     t = torch.arange(75 * 16000) / 16000
-    signal = 0.3 * torch.sin(2 * torch.pi * (200 + 150 * torch.sin(t / 3)) * t) + 0.05 * torch.randn(len(t), generator=g)
+    signal = 0.3 * torch.sin(2 * torch.pi * (200 + 150 * torch.sin(t / 3)) * t) + 0.05 * torch.randn(
+        len(t), generator=g
+    )
     options = dict(language="en", temperature=0.0, compression_ratio_threshold=None, logprob_threshold=None)
     with whisper_attention_class(reference.OriginalGivenOneAudioPerRow), original_sdpa(True):
         want = whisper.transcribe(original, signal.numpy(), fp16=False, **options)
@@ -209,6 +212,7 @@ def test_silence_and_a_clip_past_the_end(tiny_en):
     assert_same_transcription(model.transcribe(silence), whisper.transcribe(original, silence, fp16=False))
     # A clip that starts after the audio's end transcribes nothing (whisper
     # would loop on it: its segment size is not positive there).
-    assert model.transcribe(silence, clip_timestamps="0,2,9")["segments"] == model.transcribe(
-        silence, clip_timestamps="0,2"
-    )["segments"]
+    assert (
+        model.transcribe(silence, clip_timestamps="0,2,9")["segments"]
+        == model.transcribe(silence, clip_timestamps="0,2")["segments"]
+    )

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import whisper
 import whisper.utils
-
-from rotary_attention import _C
 from test_transcribe import read_wav, real_data
 from test_whisper_fork import COMMAND
+
+from rotary_attention import _C
 
 FORMATS = ["txt", "vtt", "srt", "tsv", "json"]
 
@@ -101,7 +101,7 @@ def test_command_equals_whisper_command_defaults(tmp_path):
         assert (out / f"jfk.{fmt}").read_bytes() == expected[fmt]
     got = json.loads((out / "jfk.json").read_text())
     assert got["text"] == want["text"] and len(got["segments"]) == len(want["segments"])
-    for g, w in zip(got["segments"], want["segments"]):
+    for g, w in zip(got["segments"], want["segments"], strict=True):
         assert {k: g[k] for k in ("id", "seek", "start", "end", "text", "tokens")} == {
             k: w[k] for k in ("id", "seek", "start", "end", "text", "tokens")
         }

@@ -338,40 +338,39 @@ def run_command(*args):
 
 
 @pytest.mark.parametrize("beam_size", [None, 5])
-def test_the_command_gives_whisper_decode_s_tokens_and_text_for_a_wav_file(beam_size, thirty_second_fork, tmp_path):
+def test_the_command_gives_whisper_transcribe_s_segments_for_a_wav_file(beam_size, thirty_second_fork, tmp_path):
+    """The command over a fork's checkpoint against whisper.transcribe run over
+    the original layers (temperature 0, no fallback)."""
     original, checkpoint = thirty_second_fork
     pcm = write_wav(tmp_path / "speech.wav", tones(7.0, 16000), 16000)
     audio = torch.from_numpy(pcm[:, 0].astype(np.float32) / 32768.0)  # what whisper.load_audio gives
-    mel = whisper.audio.log_mel_spectrogram(whisper.audio.pad_or_trim(audio))
-    options = DecodingOptions(fp16=False, language="en", beam_size=beam_size)
-    want = original_decode(original, mel, options)
-    beam = ["--beam_size", beam_size] if beam_size else []
+    with whisper_attention_class(reference.OriginalGivenOneAudioPerRow), original_sdpa(True):
+        want = whisper.transcribe(original, audio, language="en", beam_size=beam_size, temperature=0.0, fp16=False)
+    beam = ["--beam_size", beam_size or "None"]
     run = run_command(
         "--model", checkpoint, "--tokenizer", MULTILINGUAL, "--language", "en", *beam,
-        "--output_format", "json", tmp_path / "speech.wav",
+        "--temperature_increment_on_fallback", "None", "--output_format", "json", "-o", tmp_path, "--verbose", "False",
+        tmp_path / "speech.wav",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    (line,) = run.stdout.splitlines()
-    got = json.loads(line)
-    assert len(set(want.tokens)) > 2
-    assert got["tokens"] == want.tokens and got["text"] == want.text and got["language"] == "en"
-    assert got["avg_logprob"] == pytest.approx(want.avg_logprob, abs=1e-5)
-    assert got["no_speech_prob"] == pytest.approx(want.no_speech_prob, rel=1e-5, abs=1e-9)
-    text = run_command(
-        "--model", checkpoint, "--tokenizer", MULTILINGUAL, "--language", "en", *beam, tmp_path / "speech.wav"
-    )
-    assert text.returncode == 0 and text.stdout == want.text + "\n"
+    got = json.loads((tmp_path / "speech.json").read_text())
+    assert len(set(want["segments"][0]["tokens"])) > 2
+    assert got["text"] == want["text"] and got["language"] == "en"
+    for g, w in zip(got["segments"], want["segments"], strict=True):
+        assert (g["start"], g["end"], g["tokens"], g["text"]) == (w["start"], w["end"], w["tokens"], w["text"])
+        assert g["avg_logprob"] == pytest.approx(w["avg_logprob"], abs=1e-5)
+        assert g["no_speech_prob"] == pytest.approx(w["no_speech_prob"], rel=1e-5, abs=1e-9)
 
 
 def test_the_command_reads_a_44_khz_stereo_file(thirty_second_fork, tmp_path):
     _, checkpoint = thirty_second_fork
     write_wav(tmp_path / "stereo.wav", tones(3.0, 44100, channels=2), 44100)
     run = run_command(
-        "--model", checkpoint, "--tokenizer", MULTILINGUAL, "--output_format", "json", tmp_path / "stereo.wav"
-    )
+        "--model", checkpoint, "--tokenizer", MULTILINGUAL, "-f", "json", "-o", tmp_path, tmp_path / "stereo.wav"
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
-    assert result["tokens"] and result["language"]  # detected
+    result = json.loads((tmp_path / "stereo.json").read_text())
+    assert result["segments"] and result["language"]  # detected
 
 
 # Bad inputs: a clear error, a non-zero exit, never a crash (README, "The whole fork")
@@ -420,17 +419,18 @@ def test_the_command_reports_bad_files_on_stderr_with_a_non_zero_exit(thirty_sec
     (tmp_path / "text.wav").write_text("this is not audio")
     write_wav(tmp_path / "empty.wav", np.zeros((0, 1), np.float32), 16000)
     write_wav(tmp_path / "good.wav", tones(1.0, 16000), 16000)
-    run = run_command("--model", checkpoint, "--tokenizer", MULTILINGUAL, "--language", "en",
+    run = run_command("--model", checkpoint, "--tokenizer", MULTILINGUAL, "--language", "en", "-o", tmp_path / "out",
                       tmp_path / "text.wav", tmp_path / "empty.wav", tmp_path / "good.wav")  # fmt: skip
     assert run.returncode == 1
     assert "text.wav" in run.stderr and "as audio" in run.stderr and "holds no audio" in run.stderr
-    assert len(run.stdout.splitlines()) == 1  # the good file was still transcribed
+    # The good file was still transcribed; the bad ones left nothing.
+    assert sorted(os.listdir(tmp_path / "out")) == [f"good.{f}" for f in ("json", "srt", "tsv", "txt", "vtt")]
     for args, message in [
         (("--model", tmp_path / "missing.pt", "--tokenizer", MULTILINGUAL), "cannot open"),
         (("--model", checkpoint, "--tokenizer", GPT2), "does not fit the model"),
         (("--model", checkpoint, "--tokenizer", MULTILINGUAL, "--beam_size", "x"), "beam_size"),
     ]:
-        run = run_command(*args, tmp_path / "good.wav")
+        run = run_command(*args, "-o", tmp_path / "out", tmp_path / "good.wav")
         assert run.returncode != 0 and message in run.stderr, run.stderr
         assert run.returncode < 128  # an exit, not a signal
 

@@ -95,8 +95,8 @@ struct Transcription {
 
 /// Called after each window with the segments it added and how far the seek
 /// has come (`seek` of `content_frames` mel frames).
-using TranscribeProgress = std::function<
-    void(const std::vector<Segment>& new_segments, int64_t seek, int64_t content_frames)>;
+using TranscribeProgress = std::function<void(
+    const std::vector<Segment>& new_segments, int64_t seek, int64_t content_frames)>;
 
 /// `whisper.transcribe(model, audio, **options)`: 16-kHz mono samples of any
 /// length, log-mel once for the whole audio, decoded window by window (30 s)

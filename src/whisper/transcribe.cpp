@@ -9,6 +9,8 @@
 #include <cmath>
 
 #include "rotary_attention/whisper/audio.h"
+#include "rotary_attention/whisper/decoding.h"
+#include "rotary_attention/whisper/tokenizer.h"
 
 namespace rotary_attention::whisper {
 

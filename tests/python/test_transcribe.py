@@ -234,3 +234,19 @@ def test_the_readme_example_runs():
         os.chdir(cwd)
     assert "ask not what your country can do for you" in namespace["result"]["text"].replace(",", "")
     assert namespace["result"]["language"] == "en"
+
+
+def test_audio_keys_are_kept_for_the_same_features_only(tiny_en, speech):
+    """The inference keeps the audio's keys between decodes of the same
+    features tensor (a fallback's temperatures); features changed in place,
+    or another tensor, get their own keys."""
+    _, model = tiny_en
+    mel = model.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(speech["jfk"])))
+    features = model.embed_audio(mel.unsqueeze(0))
+    (first,) = model.decode(features, language="en")  # a batch of one: this tensor reaches the loop
+    assert model.decode(features, language="en")[0].tokens == first.tokens
+    clip = whisper.pad_or_trim(torch.from_numpy(speech["librivox-0870"]))
+    other = model.embed_audio(model.log_mel_spectrogram(clip).unsqueeze(0))
+    features.copy_(other)  # in place: the version changes
+    again, fresh = model.decode(features, language="en")[0], model.decode(other.clone(), language="en")[0]
+    assert again.tokens == fresh.tokens != first.tokens

@@ -8,9 +8,12 @@
 #include <string>
 #include <vector>
 
-#include "rotary_attention/whisper/decoding.h"
+#include "rotary_attention/whisper/decoding_options.h"
 
 namespace rotary_attention::whisper {
+
+class WhisperInference; // decoding.h
+class Tokenizer;        // tokenizer.h
 
 /// `whisper.transcribe`'s options (openai-whisper 20250625), less word
 /// timestamps. `decoding` holds the `decode_options` every window is decoded

@@ -1,0 +1,166 @@
+"""Long-form transcription on real weights and real speech: this library's C++
+`transcribe` against openai-whisper's `whisper.transcribe` and faster-whisper's
+`WhisperModel.transcribe`, over the same weights (Whisper base, OpenAI's, from
+scripts/real_data.py: openai-whisper's checkpoint and the CTranslate2 folder it
+was converted from) and the same recording (`long.wav`: 2 min 3 s of JFK's address
+and LibriVox clips with silences).
+
+    python benchmarks/bench_transcribe.py [--rounds 3] [--model base] [--audio long]
+
+Whisper's command-line defaults for every contender: English, beam 5, best_of 5,
+the temperature fallback (0, 0.2, ..., 1.0) with its thresholds, the previous text
+as the prompt. Each contender runs in a process of its own (faster-whisper's process
+never imports torch: CTranslate2's OpenMP runtime and torch's spin against each
+other in one), loads its model, transcribes a short clip untimed, then the
+recording once, timed; the rounds are interleaved (the order rotates) and the
+medians reported: seconds, the real-time factor (seconds per second of audio) and
+the words out. Contenders: openai-whisper (fp32), faster-whisper float32 and int8
+(`cpu_threads` = the cores), this library's C++ transcribe float32 and int8
+(`compute_type="int8"`: int8 weights, fp32 activations). faster-whisper (pinned
+below) is installed into this interpreter when missing.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import wave
+
+FASTER_WHISPER = ["faster-whisper==1.2.1", "ctranslate2==4.8.5"]
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+OPTIONS = dict(language="en", beam_size=5, best_of=5, temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0))
+CONTENDERS = ["openai-whisper", "faster-whisper float32", "faster-whisper int8", "C++ float32", "C++ int8"]
+
+
+def real_data():
+    spec = importlib.util.spec_from_file_location("real_data", os.path.join(ROOT, "scripts", "real_data.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_wav(path):
+    import numpy as np
+
+    with wave.open(str(path)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+
+
+def cpu_name():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+# ---------------------------------------------------------------- one contender (child)
+
+
+def run_contender(name, checkpoint, ct2_folder, warmup_path, audio_path, fallback):
+    import time
+
+    if fallback == "no":
+        OPTIONS["temperature"] = (0.0,)
+    warmup, audio = read_wav(warmup_path), read_wav(audio_path)
+    if name.startswith("faster-whisper"):
+        from faster_whisper import WhisperModel
+
+        assert "torch" not in sys.modules, "faster-whisper's process must not import torch"
+        model = WhisperModel(ct2_folder, device="cpu", compute_type=name.split()[1], cpu_threads=os.cpu_count())
+
+        def transcribe(samples):
+            segments, _ = model.transcribe(samples, **OPTIONS, condition_on_previous_text=True)
+            return "".join(s.text for s in segments)  # segments is a generator: this runs it
+
+    elif name == "openai-whisper":
+        import whisper
+
+        model = whisper.load_model(checkpoint)
+
+        def transcribe(samples):
+            return whisper.transcribe(model, samples, fp16=False, **OPTIONS)["text"]
+
+    else:
+        import rotary_attention.cpp
+
+        model = rotary_attention.cpp.Whisper.load(checkpoint, compute_type=name.split()[1])
+
+        def transcribe(samples):
+            return model.transcribe(samples, **OPTIONS)["text"]
+
+    transcribe(warmup)
+    start = time.perf_counter()
+    text = transcribe(audio)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"name": name, "seconds": seconds, "text": text}))
+
+
+# ---------------------------------------------------------------- the race (parent)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default="base", choices=["base", "tiny.en"])
+    parser.add_argument("--audio", default="long")
+    parser.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="temperature 0 only: every engine decodes each window once (no sampling, no randomness)",
+    )
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_contender(*args.child)
+        return
+    try:
+        import faster_whisper  # noqa: F401
+    except ImportError:
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *FASTER_WHISPER])
+    data = real_data()
+    checkpoint = data.whisper_model(args.model)
+    ct2_folder = data.DATA / f"ct2-{args.model}"
+    speech = data.speech()
+    duration = len(read_wav(speech[args.audio])) / 16000
+    print(f"{cpu_name()}, {os.cpu_count()} cores; Whisper {args.model}; {args.audio}.wav, {duration:.1f} s; "
+          f"{args.rounds} rounds, order rotating; " + ("temperature 0 only" if args.no_fallback else
+          "temperature fallback (whisper's defaults)"))  # fmt: skip
+    results = {name: [] for name in CONTENDERS}
+    texts = {}
+    for r in range(args.rounds):
+        order = CONTENDERS[r % len(CONTENDERS) :] + CONTENDERS[: r % len(CONTENDERS)]
+        for name in order:
+            child = [str(checkpoint), str(ct2_folder), str(speech["jfk"]), str(speech[args.audio])]
+            child.append("no" if args.no_fallback else "yes")
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", name, *child], capture_output=True, text=True, check=True
+            )
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            results[name].append(result["seconds"])
+            texts[name] = result["text"]
+            print(f"  round {r + 1}: {name:24s} {result['seconds']:7.2f} s", flush=True)
+    reference = texts["openai-whisper"]
+    fastest_faster_whisper = {
+        t: statistics.median(results[f"faster-whisper {t}"]) for t in ("float32", "int8")
+    }  # fmt: skip
+    print(f"\n{'contender':24s} {'median s':>9s} {'RTF':>7s} {'words':>6s}  {'same text as openai-whisper':>27s}  vs faster-whisper")
+    for name in CONTENDERS:
+        seconds = statistics.median(results[name])
+        words = len(texts[name].split())
+        same = "yes" if texts[name].strip() == reference.strip() else "no"
+        compute = name.split()[-1]
+        ratio = fastest_faster_whisper[compute] / seconds if compute in fastest_faster_whisper else float("nan")
+        ratio_text = f"{ratio:.2f}x" if name.startswith("C++") else ""
+        print(f"{name:24s} {seconds:9.2f} {seconds / duration:7.3f} {words:6d}  {same:>27s}  {ratio_text}")
+    for name in CONTENDERS:
+        if texts[name].strip() != reference.strip():
+            print(f"\n{name}'s text:\n{texts[name].strip()}")
+    print(f"\nopenai-whisper's text:\n{reference.strip()}")
+
+
+if __name__ == "__main__":
+    main()

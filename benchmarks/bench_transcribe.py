@@ -49,14 +49,6 @@ def read_wav(path):
         return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
 
 
-def cpu_name():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 # ---------------------------------------------------------------- one contender (child)
 
 
@@ -117,6 +109,8 @@ def main():
     if args.child:
         run_contender(*args.child)
         return
+    from bench_vs_ctranslate2 import cpu_name  # (imports no torch)
+
     try:
         import faster_whisper  # noqa: F401
     except ImportError:
@@ -147,7 +141,9 @@ def main():
     fastest_faster_whisper = {
         t: statistics.median(results[f"faster-whisper {t}"]) for t in ("float32", "int8")
     }  # fmt: skip
-    print(f"\n{'contender':24s} {'median s':>9s} {'RTF':>7s} {'words':>6s}  {'same text as openai-whisper':>27s}  vs faster-whisper")
+    print(
+        f"\n{'contender':24s} {'median s':>9s} {'RTF':>7s} {'words':>6s}  {'same text as openai-whisper':>27s}  vs faster-whisper"
+    )
     for name in CONTENDERS:
         seconds = statistics.median(results[name])
         words = len(texts[name].split())

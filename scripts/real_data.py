@@ -156,29 +156,27 @@ def whisper_state_from_ctranslate2(v: dict) -> tuple[dict, dict]:
     for part in ("conv1", "conv2"):
         linear(f"encoder.{part}", f"encoder/{part}")
     put("encoder.positional_embedding", v["encoder/position_encodings/encodings"])
-    for i in layers("encoder"):
-        src, dst = f"encoder/layer_{i}", f"encoder.blocks.{i}"
+
+    def block(src, dst, cross_attention):
         norm(dst + ".attn_ln", src + "/self_attention/layer_norm")
         stacked([dst + ".attn.query", dst + ".attn.key", dst + ".attn.value"], src + "/self_attention/linear_0")
         linear(dst + ".attn.out", src + "/self_attention/linear_1")
+        if cross_attention:
+            norm(dst + ".cross_attn_ln", src + "/attention/layer_norm")
+            linear(dst + ".cross_attn.query", src + "/attention/linear_0")
+            stacked([dst + ".cross_attn.key", dst + ".cross_attn.value"], src + "/attention/linear_1")
+            linear(dst + ".cross_attn.out", src + "/attention/linear_2")
         norm(dst + ".mlp_ln", src + "/ffn/layer_norm")
         linear(dst + ".mlp.0", src + "/ffn/linear_0")
         linear(dst + ".mlp.2", src + "/ffn/linear_1")
+
+    for i in layers("encoder"):
+        block(f"encoder/layer_{i}", f"encoder.blocks.{i}", cross_attention=False)
     norm("encoder.ln_post", "encoder/layer_norm")
     put("decoder.token_embedding.weight", v["decoder/embeddings/weight"])
     put("decoder.positional_embedding", v["decoder/position_encodings/encodings"])
     for i in layers("decoder"):
-        src, dst = f"decoder/layer_{i}", f"decoder.blocks.{i}"
-        norm(dst + ".attn_ln", src + "/self_attention/layer_norm")
-        stacked([dst + ".attn.query", dst + ".attn.key", dst + ".attn.value"], src + "/self_attention/linear_0")
-        linear(dst + ".attn.out", src + "/self_attention/linear_1")
-        norm(dst + ".cross_attn_ln", src + "/attention/layer_norm")
-        linear(dst + ".cross_attn.query", src + "/attention/linear_0")
-        stacked([dst + ".cross_attn.key", dst + ".cross_attn.value"], src + "/attention/linear_1")
-        linear(dst + ".cross_attn.out", src + "/attention/linear_2")
-        norm(dst + ".mlp_ln", src + "/ffn/layer_norm")
-        linear(dst + ".mlp.0", src + "/ffn/linear_0")
-        linear(dst + ".mlp.2", src + "/ffn/linear_1")
+        block(f"decoder/layer_{i}", f"decoder.blocks.{i}", cross_attention=True)
     norm("decoder.ln", "decoder/layer_norm")
 
     n_vocab, n_state = v["decoder/embeddings/weight"].shape

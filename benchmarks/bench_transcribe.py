@@ -142,7 +142,8 @@ def main():
         t: statistics.median(results[f"faster-whisper {t}"]) for t in ("float32", "int8")
     }  # fmt: skip
     print(
-        f"\n{'contender':24s} {'median s':>9s} {'RTF':>7s} {'words':>6s}  {'same text as openai-whisper':>27s}  vs faster-whisper"
+        f"\n{'contender':24s} {'median s':>9s} {'RTF':>7s} {'words':>6s}  "
+        f"{'same text as openai-whisper':>27s}  vs faster-whisper"
     )
     for name in CONTENDERS:
         seconds = statistics.median(results[name])

@@ -228,7 +228,8 @@ Transcription transcribe(
     }
   }
   Transcription out;
-  out.language = language_code(*decoding.language).value_or(*decoding.language);
+  // As given (whisper returns decode_options["language"] unchanged), or detected.
+  out.language = *decoding.language;
 
   std::vector<std::pair<int64_t, int64_t>> clips;
   {

@@ -250,3 +250,11 @@ def test_audio_keys_are_kept_for_the_same_features_only(tiny_en, speech):
     features.copy_(other)  # in place: the version changes
     again, fresh = model.decode(features, language="en")[0], model.decode(other.clone(), language="en")[0]
     assert again.tokens == fresh.tokens != first.tokens
+
+
+def test_the_language_is_returned_as_given(tiny_en, speech):
+    original, model = tiny_en
+    audio = speech["librivox-0880"]
+    want = whisper.transcribe(original, audio, fp16=False, language="English")
+    assert_same_transcription(model.transcribe(audio, language="English"), want)
+    assert want["language"] == "English"

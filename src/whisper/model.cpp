@@ -5,6 +5,7 @@
 #include <torch/nn/modules/linear.h>
 
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <sstream>
 
@@ -253,6 +254,37 @@ std::shared_ptr<WhisperImpl> WhisperImpl::load(const std::string& path) {
   return from_state_dict(dims, state, "'" + path + "'");
 }
 
+namespace {
+
+// A line listing keys ('missing keys ["a", "b", ...]') keeps its first three
+// and their count: a checkpoint of the other attention misses hundreds.
+std::string first_keys_only(std::string line) {
+  for (const char* list : {"missing keys [", "unexpected keys ["}) {
+    const size_t open = line.find(list);
+    if (open == std::string::npos) {
+      continue;
+    }
+    const size_t begin = open + std::strlen(list);
+    const size_t close = line.find(']', begin);
+    if (close == std::string::npos) {
+      continue;
+    }
+    size_t count = 1, cut = std::string::npos;
+    for (size_t at = line.find(", ", begin); at != std::string::npos && at < close;
+         at = line.find(", ", at + 2)) {
+      if (++count == 4) {
+        cut = at;
+      }
+    }
+    if (cut != std::string::npos) {
+      line.replace(cut, close - cut, ", ... (" + std::to_string(count) + " in all)");
+    }
+  }
+  return line;
+}
+
+} // namespace
+
 std::shared_ptr<WhisperImpl> WhisperImpl::from_state_dict(
     const ModelDimensions& dims,
     const std::unordered_map<std::string, torch::Tensor>& state,
@@ -278,7 +310,7 @@ std::shared_ptr<WhisperImpl> WhisperImpl::from_state_dict(
     size_t n = 0;
     while (std::getline(lines, line)) {
       if (++n <= 4) {
-        reason += (n > 1 ? "\n" : "") + line;
+        reason += (n > 1 ? "\n" : "") + first_keys_only(line);
       }
     }
     if (n > 4) {

@@ -258,3 +258,16 @@ def test_the_language_is_returned_as_given(tiny_en, speech):
     want = whisper.transcribe(original, audio, fp16=False, language="English")
     assert_same_transcription(model.transcribe(audio, language="English"), want)
     assert want["language"] == "English"
+
+
+def test_a_checkpoint_of_the_other_attention_names_its_first_missing_keys(tmp_path):
+    """One fork tensor in Whisper's checkpoint: it is read as a fork, whose
+    hundreds of missing tensors are named by the first three and a count."""
+    checkpoint = torch.load(real_data.whisper_model("tiny.en"))
+    checkpoint["model_state_dict"]["decoder.blocks.0.attn.temperature"] = torch.ones(1)
+    torch.save(checkpoint, tmp_path / "mixed.pt")
+    with pytest.raises(
+        RuntimeError, match=r'missing keys \["decoder\.blocks\.0\.attn\.attn_ln\.bias", .*in all\)'
+    ) as e:
+        rotary_attention.cpp.Whisper.load(tmp_path / "mixed.pt")
+    assert len(str(e.value)) < 800

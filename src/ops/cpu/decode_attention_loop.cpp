@@ -116,6 +116,11 @@ inline void add_scaled4_shared(
     const T* v,
     int64_t v_step,
     int64_t D) {
+  if (count == 0) {
+    // No query sees all four steps (the block's last, partial group): its
+    // values may lie past the end of the cache and must not be loaded.
+    return;
+  }
   if (count == 1) { // (one query: its weights stay in registers, the same sums)
     add_scaled4(acc[0], w[0], v, v_step, D);
     return;

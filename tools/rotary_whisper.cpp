@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <sstream>
@@ -94,10 +95,15 @@ std::string message_of(const std::exception& e) {
 }
 
 // The vocabulary that fits the model when --tokenizer is not given: beside the
-// checkpoint, or in the openai-whisper installed beside this command.
+// checkpoint, in RA_WHISPER_ASSETS, or in the openai-whisper installed beside
+// this command.
 std::string find_vocabulary(const std::string& model_path, bool multilingual) {
   const std::string name = multilingual ? "multilingual.tiktoken" : "gpt2.tiktoken";
   std::vector<fs::path> places{fs::path(model_path).parent_path() / name};
+  // (Set by the Python console script: the installed openai-whisper's assets.)
+  if (const char* assets = std::getenv("RA_WHISPER_ASSETS")) {
+    places.push_back(fs::path(assets) / name);
+  }
   std::error_code error;
   const fs::path self = fs::read_symlink("/proc/self/exe", error);
   if (!error) {

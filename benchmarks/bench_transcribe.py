@@ -14,7 +14,9 @@ never imports torch: CTranslate2's OpenMP runtime and torch's spin against each
 other in one), loads its model, transcribes a short clip untimed, then the
 recording once, timed; the rounds are interleaved (the order rotates) and the
 medians reported: seconds, the real-time factor (seconds per second of audio) and
-the words out. Contenders: openai-whisper (fp32), faster-whisper float32 and int8
+the words out, and each round's decoding passes (each window's temperatures up to
+the one kept: the fallback's work, which differs between rounds where sampling
+does). Contenders: openai-whisper (fp32), faster-whisper float32 and int8
 (`cpu_threads` = the cores), this library's C++ transcribe float32 and int8
 (`compute_type="int8"`: int8 weights, fp32 activations). faster-whisper (pinned
 below) is installed into this interpreter when missing.
@@ -66,7 +68,8 @@ def run_contender(name, checkpoint, ct2_folder, warmup_path, audio_path, fallbac
 
         def transcribe(samples):
             segments, _ = model.transcribe(samples, **OPTIONS, condition_on_previous_text=True)
-            return "".join(s.text for s in segments)  # segments is a generator: this runs it
+            segments = list(segments)  # a generator: this runs it
+            return "".join(s.text for s in segments), [(s.seek, s.temperature) for s in segments]
 
     elif name == "openai-whisper":
         import whisper
@@ -74,7 +77,8 @@ def run_contender(name, checkpoint, ct2_folder, warmup_path, audio_path, fallbac
         model = whisper.load_model(checkpoint)
 
         def transcribe(samples):
-            return whisper.transcribe(model, samples, fp16=False, **OPTIONS)["text"]
+            result = whisper.transcribe(model, samples, fp16=False, **OPTIONS)
+            return result["text"], [(s["seek"], s["temperature"]) for s in result["segments"]]
 
     else:
         import rotary_attention.cpp
@@ -82,13 +86,16 @@ def run_contender(name, checkpoint, ct2_folder, warmup_path, audio_path, fallbac
         model = rotary_attention.cpp.Whisper.load(checkpoint, compute_type=name.split()[1])
 
         def transcribe(samples):
-            return model.transcribe(samples, **OPTIONS)["text"]
+            result = model.transcribe(samples, **OPTIONS)
+            return result["text"], [(s["seek"], s["temperature"]) for s in result["segments"]]
 
     transcribe(warmup)
     start = time.perf_counter()
-    text = transcribe(audio)
+    text, windows = transcribe(audio)
     seconds = time.perf_counter() - start
-    print(json.dumps({"name": name, "seconds": seconds, "text": text}))
+    # Decoding passes: each window's temperatures up to the one kept.
+    passes = sum(OPTIONS["temperature"].index(t) + 1 for t in dict(windows).values())
+    print(json.dumps({"name": name, "seconds": seconds, "text": text, "passes": passes}))
 
 
 # ---------------------------------------------------------------- the race (parent)
@@ -104,6 +111,7 @@ def main():
         action="store_true",
         help="temperature 0 only: every engine decodes each window once (no sampling, no randomness)",
     )
+    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=CONTENDERS)
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -123,10 +131,12 @@ def main():
     print(f"{cpu_name()}, {os.cpu_count()} cores; Whisper {args.model}; {args.audio}.wav, {duration:.1f} s; "
           f"{args.rounds} rounds, order rotating; " + ("temperature 0 only" if args.no_fallback else
           "temperature fallback (whisper's defaults)"))  # fmt: skip
-    results = {name: [] for name in CONTENDERS}
+    contenders = args.contenders
+    results = {name: [] for name in contenders}
+    passes = {name: [] for name in contenders}
     texts = {}
     for r in range(args.rounds):
-        order = CONTENDERS[r % len(CONTENDERS) :] + CONTENDERS[: r % len(CONTENDERS)]
+        order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
         for name in order:
             child = [str(checkpoint), str(ct2_folder), str(speech["jfk"]), str(speech[args.audio])]
             child.append("no" if args.no_fallback else "yes")
@@ -135,25 +145,28 @@ def main():
             )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             results[name].append(result["seconds"])
+            passes[name].append(result["passes"])
             texts[name] = result["text"]
-            print(f"  round {r + 1}: {name:24s} {result['seconds']:7.2f} s", flush=True)
-    reference = texts["openai-whisper"]
+            print(f"  round {r + 1}: {name:24s} {result['seconds']:7.2f} s, {result['passes']} passes", flush=True)
+    reference = texts.get("openai-whisper", "")
     fastest_faster_whisper = {
         t: statistics.median(results[f"faster-whisper {t}"]) for t in ("float32", "int8")
+        if f"faster-whisper {t}" in results
     }  # fmt: skip
     print(
-        f"\n{'contender':24s} {'median s':>9s} {'RTF':>7s} {'words':>6s}  "
+        f"\n{'contender':24s} {'median s':>9s} {'RTF':>7s} {'words':>6s} {'passes':>9s}  "
         f"{'same text as openai-whisper':>27s}  vs faster-whisper"
     )
-    for name in CONTENDERS:
+    for name in contenders:
         seconds = statistics.median(results[name])
         words = len(texts[name].split())
         same = "yes" if texts[name].strip() == reference.strip() else "no"
         compute = name.split()[-1]
         ratio = fastest_faster_whisper[compute] / seconds if compute in fastest_faster_whisper else float("nan")
         ratio_text = f"{ratio:.2f}x" if name.startswith("C++") else ""
-        print(f"{name:24s} {seconds:9.2f} {seconds / duration:7.3f} {words:6d}  {same:>27s}  {ratio_text}")
-    for name in CONTENDERS:
+        each = "/".join(map(str, passes[name]))
+        print(f"{name:24s} {seconds:9.2f} {seconds / duration:7.3f} {words:6d} {each:>9s}  {same:>27s}  {ratio_text}")
+    for name in contenders:
         if texts[name].strip() != reference.strip():
             print(f"\n{name}'s text:\n{texts[name].strip()}")
     print(f"\nopenai-whisper's text:\n{reference.strip()}")

@@ -1,10 +1,12 @@
 // rotary_attention._C: the Whisper fork in C++ (model, front end, tokenizer,
 // decoding loop). The Python face (options, results) is
 // python/rotary_attention/whisper_model.py.
+#include <ATen/CPUGeneratorImpl.h>
 #include <pybind11/stl.h>
 #include <torch/python.h>
 
 #include "../../src/whisper/few_rows_linear.h"
+#include "../../src/whisper/token_search.h"
 #include "rotary_attention/whisper/audio.h"
 #include "rotary_attention/whisper/decoding.h"
 #include "rotary_attention/whisper/transcribe.h"
@@ -275,6 +277,40 @@ void bind_whisper(py::module& m) {
       py::arg("scale") = std::nullopt,
       py::call_guard<py::gil_scoped_release>());
   m.def("_quantize_rows_int8", &rw::detail::quantize_rows_int8, py::arg("weight"));
+  // One sampling step of the decoding loop over [rows, vocabulary] logits,
+  // for the sampler's tests.
+  m.def(
+      "_sample_tokens",
+      [](const torch::Tensor& logits,
+         double temperature,
+         uint64_t seed,
+         bool reproduce_whisper_samples) {
+        TORCH_CHECK(
+            logits.dim() == 2 && logits.scalar_type() == torch::kFloat,
+            "_sample_tokens: logits must be float32 [rows, vocabulary], got ",
+            logits.sizes(),
+            " ",
+            logits.scalar_type());
+        rw::detail::GreedySearch search(
+            /*eot=*/-1,
+            /*group=*/1,
+            temperature,
+            at::make_generator<at::CPUGeneratorImpl>(seed),
+            reproduce_whisper_samples);
+        rw::detail::Rows rows(static_cast<size_t>(logits.size(0)), std::vector<int64_t>{0});
+        std::vector<float> sum_logprobs(rows.size());
+        search.update(rows, logits.contiguous(), sum_logprobs);
+        std::vector<int64_t> drawn;
+        for (const auto& row : rows) {
+          drawn.push_back(row.back());
+        }
+        return drawn;
+      },
+      py::arg("logits"),
+      py::arg("temperature"),
+      py::arg("seed"),
+      py::arg("reproduce_whisper_samples") = false,
+      py::call_guard<py::gil_scoped_release>());
   m.def(
       "_log_mel_spectrogram",
       &rw::log_mel_spectrogram,

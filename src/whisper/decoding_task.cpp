@@ -137,7 +137,11 @@ class DecodingTask {
           *options_.beam_size, tokenizer_.eot(), inference_, options_.patience);
     } else {
       search = std::make_unique<detail::GreedySearch>(
-          tokenizer_.eot(), n_group_, options_.temperature, options_.generator);
+          tokenizer_.eot(),
+          n_group_,
+          options_.temperature,
+          options_.generator,
+          options_.reproduce_whisper_samples);
     }
     std::vector<float> sum_logprobs(rows.size(), 0.0f);
     std::vector<double> no_speech(rows.size(), std::nan(""));

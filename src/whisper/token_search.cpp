@@ -8,32 +8,119 @@
 
 namespace rotary_attention::whisper::detail {
 
-at::Tensor GreedySearch::next_tokens(const at::Tensor& logits) const {
-  if (temperature_ == 0.0) {
-    return at::argmax(logits, -1);
+namespace {
+
+// One uniform number per row, then the inverse of the row's cumulative
+// distribution: softmax(logits / temperature) exactly (a zero-probability
+// token is never drawn), in one pass over a row of probabilities. Sums run
+// over blocks first (four partial sums: they pipeline), then inside the one
+// block where the cumulative sum crosses u * total.
+std::vector<int64_t> sample_by_inverse_cdf(
+    const at::Tensor& logits, double temperature, const std::optional<at::Generator>& generator) {
+  const auto probs = at::softmax(logits.to(at::kFloat) / temperature, -1).contiguous();
+  const int64_t rows = probs.size(0);
+  const int64_t vocab = probs.size(1);
+  const auto uniform =
+      at::empty({rows}, logits.options().dtype(at::kDouble)).uniform_(0.0, 1.0, generator);
+  const double* u = uniform.const_data_ptr<double>();
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (vocab + kBlock - 1) / kBlock;
+  std::vector<double> block_sums(static_cast<size_t>(blocks));
+  std::vector<int64_t> picked(static_cast<size_t>(rows));
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* p = probs.const_data_ptr<float>() + row * vocab;
+    double total = 0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t begin = b * kBlock;
+      const int64_t end = std::min(begin + kBlock, vocab);
+      double partial[4] = {0, 0, 0, 0};
+      int64_t i = begin;
+      for (; i + 4 <= end; i += 4) {
+        for (int k = 0; k < 4; ++k) {
+          partial[k] += p[i + k];
+        }
+      }
+      for (; i < end; ++i) {
+        partial[0] += p[i];
+      }
+      block_sums[static_cast<size_t>(b)] = (partial[0] + partial[1]) + (partial[2] + partial[3]);
+      total += block_sums[static_cast<size_t>(b)];
+    }
+    TORCH_CHECK(
+        std::isfinite(total) && total > 0,
+        "decode: sampling at temperature ",
+        temperature,
+        " found no token with a finite logit in row ",
+        row);
+    const double target = u[row] * total;
+    // The block where the cumulative sum crosses the target (rounding can
+    // leave it past the last block: the last one then).
+    double before = 0;
+    int64_t block = blocks - 1;
+    for (int64_t b = 0; b < blocks; ++b) {
+      if (before + block_sums[static_cast<size_t>(b)] > target) {
+        block = b;
+        break;
+      }
+      before += block_sums[static_cast<size_t>(b)];
+    }
+    // Inside it, the first token past the target; or the block's last token
+    // with a probability, where the two ways of summing round differently.
+    int64_t last_block = block;
+    while (last_block >= 0 && block_sums[static_cast<size_t>(last_block)] == 0) {
+      --last_block;
+    }
+    const int64_t begin = last_block * kBlock;
+    const int64_t end = std::min(begin + kBlock, vocab);
+    double cumulative = last_block == block ? before : 0;
+    int64_t choice = -1;
+    for (int64_t i = begin; i < end; ++i) {
+      if (p[i] > 0) {
+        choice = i;
+        cumulative += p[i];
+        if (last_block == block && cumulative > target) {
+          break;
+        }
+      }
+    }
+    picked[static_cast<size_t>(row)] = choice;
   }
-  // torch.distributions.Categorical(logits=l).sample(): logits normalised
-  // by their logsumexp, softmax, multinomial with replacement over all rows.
+  return picked;
+}
+
+} // namespace
+
+std::vector<int64_t> GreedySearch::next_tokens(const at::Tensor& logits) const {
+  if (temperature_ == 0.0) {
+    const auto best = at::argmax(logits, -1).contiguous();
+    return {best.const_data_ptr<int64_t>(), best.const_data_ptr<int64_t>() + best.numel()};
+  }
+  if (!reproduce_whisper_samples_) {
+    return sample_by_inverse_cdf(logits, temperature_, generator_);
+  }
+  // torch.distributions.Categorical(logits=l).sample(), whisper's own call:
+  // logits normalised by their logsumexp, softmax, multinomial with
+  // replacement over all rows (one exponential number per entry).
   auto scaled = logits / temperature_;
   scaled = scaled - scaled.logsumexp(-1, /*keepdim=*/true);
-  return at::multinomial(at::softmax(scaled, -1), 1, /*replacement=*/true, generator_)
-      .t()
-      .reshape({-1})
-      .contiguous();
+  const auto drawn =
+      at::multinomial(at::softmax(scaled, -1), 1, /*replacement=*/true, generator_).contiguous();
+  return {drawn.const_data_ptr<int64_t>(), drawn.const_data_ptr<int64_t>() + drawn.numel()};
 }
 
 bool GreedySearch::update(
     Rows& tokens, const at::Tensor& logits, std::vector<float>& sum_logprobs) {
   const auto next = next_tokens(logits);
-  const auto logprobs = at::log_softmax(logits, -1);
-  const int64_t* next_data = next.data_ptr<int64_t>();
+  const auto logprobs = at::log_softmax(logits.to(at::kFloat), -1).contiguous();
+  const float* logprob_data = logprobs.const_data_ptr<float>();
+  const int64_t vocab = logprobs.size(-1);
   bool completed = true;
   for (size_t row = 0; row < tokens.size(); ++row) {
     const bool ended = tokens[row].back() == eot_;
     if (!ended) {
-      sum_logprobs[row] += logprobs[static_cast<int64_t>(row)][next_data[row]].item<float>();
+      sum_logprobs[row] += logprob_data[static_cast<int64_t>(row) * vocab + next[row]];
     }
-    tokens[row].push_back(ended ? eot_ : next_data[row]);
+    tokens[row].push_back(ended ? eot_ : next[row]);
     completed = completed && tokens[row].back() == eot_;
   }
   return completed;

@@ -32,26 +32,35 @@ class TokenSearch {
 };
 
 /// The likeliest token at temperature 0; above it, a token drawn from
-/// softmax(logits / temperature) for every row at once (whisper's
-/// `Categorical(logits=logits / temperature).sample()`: the same torch call,
-/// so the same draws from the same generator state). `group` consecutive
-/// rows are one audio's candidates (best_of).
+/// softmax(logits / temperature) for every row (whisper's
+/// `Categorical(logits=logits / temperature).sample()`). By default one
+/// uniform number per row picks the token (the inverse of the cumulative
+/// distribution); `reproduce_whisper_samples` makes whisper's own torch call
+/// instead (an exponential number per vocabulary entry: the very tokens
+/// whisper draws from the same generator state, 20 times slower). `group`
+/// consecutive rows are one audio's candidates (best_of).
 class GreedySearch : public TokenSearch {
  public:
   GreedySearch(
       int64_t eot,
       int64_t group = 1,
       double temperature = 0.0,
-      std::optional<at::Generator> generator = std::nullopt)
-      : eot_(eot), group_(group), temperature_(temperature), generator_(std::move(generator)) {}
+      std::optional<at::Generator> generator = std::nullopt,
+      bool reproduce_whisper_samples = false)
+      : eot_(eot),
+        group_(group),
+        temperature_(temperature),
+        generator_(std::move(generator)),
+        reproduce_whisper_samples_(reproduce_whisper_samples) {}
   bool update(Rows& tokens, const at::Tensor& logits, std::vector<float>& sum_logprobs) override;
   Candidates finalize(const Rows& tokens, const std::vector<float>& sum_logprobs) override;
 
  private:
-  at::Tensor next_tokens(const at::Tensor& logits) const;
+  std::vector<int64_t> next_tokens(const at::Tensor& logits) const;
   int64_t eot_, group_;
   double temperature_;
   std::optional<at::Generator> generator_;
+  bool reproduce_whisper_samples_;
 };
 
 class BeamSearch : public TokenSearch {

@@ -5,6 +5,7 @@ random fork on a synthesized long signal; the tokenizer's encode against
 tiktoken's; refused inputs."""
 
 import importlib.util
+import math
 import os
 import wave
 
@@ -104,7 +105,7 @@ def test_options_take_whisper_decisions(tiny_en, speech, options):
     torch.manual_seed(7)
     want = whisper.transcribe(original, recording, fp16=False, **options)
     torch.manual_seed(7)
-    got = model.transcribe(recording, **options)
+    got = model.transcribe(recording, reproduce_whisper_samples=True, **options)
     assert_same_transcription(got, want)
     if "logprob_threshold" in options and "no_speech_threshold" not in options:
         assert {s["temperature"] for s in got["segments"]} == {options["temperature"][-1]}
@@ -118,13 +119,15 @@ def test_prompt_is_reset_after_a_high_temperature(tiny_en, speech):
     torch.manual_seed(3)
     want = whisper.transcribe(original, speech["two_windows"], fp16=False, **options)
     torch.manual_seed(3)
-    assert_same_transcription(model.transcribe(speech["two_windows"], **options), want)
+    got = model.transcribe(speech["two_windows"], reproduce_whisper_samples=True, **options)
+    assert_same_transcription(got, want)
 
 
 def test_sampling_seeds_and_best_of(tiny_en, speech):
-    """Sampling draws from softmax(logits / T) through torch's default generator
-    (what torch.manual_seed seeds, as whisper), or a generator of the given
-    seed; best_of keeps the candidate of the highest mean log-probability."""
+    """With reproduce_whisper_samples, sampling makes whisper's own torch call on
+    torch's default generator (what torch.manual_seed seeds): whisper's very
+    samples; best_of keeps the candidate of the highest mean log-probability.
+    By default (the sampler below) a seed repeats its draws."""
     original, model = tiny_en
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(speech["jfk"])))
     for seed in (0, 1):
@@ -133,7 +136,7 @@ def test_sampling_seeds_and_best_of(tiny_en, speech):
             original, mel, whisper.DecodingOptions(language="en", temperature=1.0, best_of=4, fp16=False)
         )
         torch.manual_seed(seed)
-        got = model.decode(mel, language="en", temperature=1.0, best_of=4)
+        got = model.decode(mel, language="en", temperature=1.0, best_of=4, reproduce_whisper_samples=True)
         assert got.tokens == want.tokens
         assert got.avg_logprob == pytest.approx(want.avg_logprob, abs=1e-4)
     # An own seed: repeatable, and independent of torch's generator.
@@ -142,6 +145,60 @@ def test_sampling_seeds_and_best_of(tiny_en, speech):
     assert model.transcribe(speech["jfk"], temperature=1.0, seed=11) == first
     texts = {model.transcribe(speech["jfk"], temperature=1.5, seed=s)["text"] for s in range(4)}
     assert len(texts) > 1  # samples differ between seeds
+
+
+def chi_square(counts, probabilities):
+    """Pearson's statistic and its degrees of freedom, over the tokens expected
+    at least 5 times (the rest pooled into one cell)."""
+    expected = probabilities * counts.sum()
+    big = expected >= 5
+    observed = torch.cat([counts[big], counts[~big].sum().reshape(1)])
+    expected = torch.cat([expected[big], expected[~big].sum().reshape(1)])
+    keep = expected > 0
+    statistic = ((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum().item()
+    return statistic, int(keep.sum()) - 1
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 1.7])
+def test_sampler_draws_softmax_over_temperature(temperature):
+    """The default sampler (one uniform number per row, the inverse of the
+    cumulative distribution) draws each token with probability
+    softmax(logits / T): Pearson's chi-square at a fixed seed within 6 standard
+    deviations of its mean, as whisper's torch.multinomial call is; a
+    suppressed (-inf) token is never drawn; a seed repeats its draws."""
+    g = torch.Generator().manual_seed(0)
+    vocab = 700  # two blocks of 256 and a partial third
+    row = torch.randn(vocab, generator=g) * 1.5
+    row[::5] = -math.inf
+    row[-1] = 2.5  # the last token, at the end of the partial block
+    row[255:257] = 2.0  # both sides of a block edge
+    logits = row.expand(30000, vocab).contiguous()
+    probabilities = torch.softmax(row.double() / temperature, -1)
+    for reproduce in (False, True):
+        drawn = torch.tensor(_C._sample_tokens(logits, temperature, 5, reproduce))
+        counts = torch.bincount(drawn, minlength=vocab).double()
+        assert counts[row == -math.inf].sum() == 0
+        statistic, freedom = chi_square(counts, probabilities)
+        assert abs(statistic - freedom) < 6 * math.sqrt(2 * freedom), (reproduce, statistic, freedom)
+    assert _C._sample_tokens(logits[:50], temperature, 5) == _C._sample_tokens(logits[:50], temperature, 5)
+    assert _C._sample_tokens(logits[:50], temperature, 5) != _C._sample_tokens(logits[:50], temperature, 6)
+    # reproduce_whisper_samples: Categorical(logits=l / T).sample()'s own draws.
+    want = torch.distributions.Categorical(logits=logits[:50] / temperature)
+    torch.manual_seed(5)
+    assert _C._sample_tokens(logits[:50], temperature, 5, True) == want.sample().tolist()
+
+
+def test_sampler_on_a_whole_vocabulary():
+    """51864 tokens (Whisper's), almost all suppressed: only the allowed ones,
+    in their proportions."""
+    logits = torch.full((400, 51864), -math.inf)
+    allowed = torch.tensor([3, 256, 20000, 51863])
+    logits[:, allowed] = torch.tensor([0.0, 1.0, -1.0, 0.5])
+    drawn = torch.tensor(_C._sample_tokens(logits, 1.0, 1))
+    counts = torch.bincount(drawn, minlength=51864).double()
+    assert counts.sum() == counts[allowed].sum()
+    statistic, freedom = chi_square(counts[allowed], torch.softmax(logits[0, allowed].double(), -1))
+    assert statistic < 25  # chi-square with 3 degrees of freedom: p < 1e-4
 
 
 def test_random_fork_on_a_long_signal_equals_whisper_over_the_original_layers(tmp_path):

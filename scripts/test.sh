@@ -33,7 +33,7 @@ print('imported from', rotary_attention.__file__, '- CPU loop', rotary_attention
 echo "== Python tests (pytest)"
 py_status=0
 (cd "$ROOT/tests/python" &&
-  "$RA_PY" -m pytest -q -p no:cacheprovider -n "${RA_PYTEST_WORKERS:-auto}" "$@") || py_status=$?
+  "$RA_PY" -m pytest -q -p no:cacheprovider -n "${RA_PYTEST_WORKERS:-auto}" --dist worksteal --durations=15 "$@") || py_status=$?
 
 echo "== summary: ctest exit ${cpp_status}, pytest exit ${py_status}"
 [[ $cpp_status -eq 0 && $py_status -eq 0 ]]

@@ -15,9 +15,12 @@ from rotary_attention import reference
 
 # Under pytest-xdist (scripts/test.sh runs `-n auto`) the workers share the
 # cores: each takes its share of torch's threads, as OpenMP threads waiting
-# beside another busy process spin and slow everything down.
+# beside another busy process spin and slow everything down. The programs the
+# tests start (the command, a process per CPU build) get the same share.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(_share)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
 randomize = reference.randomize_weights_
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -175,18 +178,27 @@ def assert_rotation_close(got, want, x, f):
 CPU_BUILDS = ["default", "avx2", "avx512", "avx512_bf16"]
 
 
-def outputs_of_each_cpu_build(script, tmp_path):
-    """Runs `script` (which saves its outputs with torch.save to sys.argv[1] and prints
-    rotary_attention.cpu_kernel_capability()) once per CPU build of the loops, each forced
-    with ROTARY_ATTENTION_CPU_CAPABILITY in its own process (a build this CPU cannot run
-    gives the best one it can). Returns {the build that ran: its outputs}."""
+def run_as_cpu_build(cap, script, *args):
+    """Runs `script` in its own process with ROTARY_ATTENTION_CPU_CAPABILITY=cap;
+    returns its standard output."""
     here = os.path.dirname(os.path.abspath(__file__))
     pythonpath = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, ROTARY_ATTENTION_CPU_CAPABILITY=cap, PYTHONPATH=pythonpath)
+    run = subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
+def outputs_of_each_cpu_build(script, tmp_path):
+    """Runs `script` (which saves its outputs with torch.save to sys.argv[1] and prints
+    rotary_attention.cpu_kernel_capability()) once per CPU build of the loops that this
+    CPU can run, each forced with ROTARY_ATTENTION_CPU_CAPABILITY in its own process
+    (the builds above the best one would run it again: test_a_build_this_cpu_lacks_...
+    checks that). Returns {the build that ran: its outputs}."""
+    best = rotary_attention.cpu_kernel_capability().lower()
     results = {}
-    for cap in CPU_BUILDS:
+    for cap in CPU_BUILDS[: CPU_BUILDS.index(best) + 1]:
         path = tmp_path / f"{cap}.pt"
-        env = dict(os.environ, ROTARY_ATTENTION_CPU_CAPABILITY=cap, PYTHONPATH=pythonpath)
-        run = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True)
-        assert run.returncode == 0, run.stderr
-        results[run.stdout.strip()] = torch.load(path)
+        ran = run_as_cpu_build(cap, script, path)
+        results[ran] = torch.load(path)
     return results

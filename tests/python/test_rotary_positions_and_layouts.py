@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 
 import rotary_attention
 from conftest import (
+    CPU_BUILDS,
     DEVICES,
     DTYPES,
     LAYOUTS,
     assert_rotation_close,
     inv_freq,
     outputs_of_each_cpu_build,
+    run_as_cpu_build,
     table_reference,
 )
 
@@ -257,6 +259,17 @@ def test_every_cpu_build_of_the_loop_gives_the_same_results(tmp_path):
     for name, got in results.items():
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, equal_nan=True, msg=f"{name} {key}")
+
+
+def test_a_build_this_cpu_lacks_gives_the_best_it_has():
+    """ROTARY_ATTENTION_CPU_CAPABILITY caps the build: one above what the CPU
+    runs gives the best it runs."""
+    best = rotary_attention.cpu_kernel_capability()
+    lacking = CPU_BUILDS[CPU_BUILDS.index(best.lower()) + 1 :]
+    if not lacking:
+        pytest.skip(f"this CPU runs every build of the loop ({best})")
+    script = "import rotary_attention; print(rotary_attention.cpu_kernel_capability())"
+    assert run_as_cpu_build(lacking[-1], script) == best
 
 
 @pytest.mark.parametrize("device", DEVICES)

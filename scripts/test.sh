@@ -13,9 +13,13 @@ source scripts/env.sh
 ra_install_debian_packages
 ra_make_venv
 ra_install_clients
-echo "== real weights and speech (scripts/real_data.py, cached)"
-ra_fetch_real_data
+# The real weights and speech are for the tests: fetched (or found cached) while
+# the library builds.
+echo "== real weights and speech (scripts/real_data.py, cached), beside the build"
+ra_fetch_real_data &
+real_data_pid=$!
 ra_build_and_install -DRA_BUILD_TESTS=ON -DRA_BUILD_EXAMPLES=ON
+wait "$real_data_pid"
 
 echo "== C++ tests (ctest)"
 cpp_status=0

@@ -94,38 +94,29 @@ std::string message_of(const std::exception& e) {
   return error ? error->what_without_backtrace() : e.what();
 }
 
-// The vocabulary that fits the model when --tokenizer is not given: beside the
-// checkpoint, in RA_WHISPER_ASSETS, or in the openai-whisper installed beside
-// this command.
-std::string find_vocabulary(const std::string& model_path, bool multilingual) {
-  const std::string name = multilingual ? "multilingual.tiktoken" : "gpt2.tiktoken";
-  std::vector<fs::path> places{fs::path(model_path).parent_path() / name};
+// Where openai-whisper's vocabularies may lie when --tokenizer is not given
+// (rw::find_vocabulary looks beside the checkpoint first): RA_WHISPER_ASSETS,
+// or the openai-whisper installed beside this command.
+std::vector<std::string> vocabulary_folders() {
+  std::vector<std::string> folders;
   // (Set by the Python console script: the installed openai-whisper's assets.)
   if (const char* assets = std::getenv("RA_WHISPER_ASSETS")) {
-    places.push_back(fs::path(assets) / name);
+    folders.emplace_back(assets);
   }
   std::error_code error;
   const fs::path self = fs::read_symlink("/proc/self/exe", error);
   if (!error) {
     // site-packages/rotary_attention/bin/rotary-whisper, or a venv's bin/.
-    places.push_back(self.parent_path().parent_path().parent_path() / "whisper" / "assets" / name);
+    folders.push_back(
+        (self.parent_path().parent_path().parent_path() / "whisper" / "assets").string());
     const fs::path lib = self.parent_path().parent_path() / "lib";
     if (fs::is_directory(lib, error)) {
       for (const auto& entry : fs::directory_iterator(lib, error)) {
-        places.push_back(entry.path() / "site-packages" / "whisper" / "assets" / name);
+        folders.push_back((entry.path() / "site-packages" / "whisper" / "assets").string());
       }
     }
   }
-  for (const auto& place : places) {
-    if (fs::is_regular_file(place, error)) {
-      return place.string();
-    }
-  }
-  throw std::runtime_error(
-      "no --tokenizer given and no " + name +
-      " beside the checkpoint or in an installed "
-      "openai-whisper: pass --tokenizer PATH (openai-whisper ships it in whisper/assets/; "
-      "`pip install openai-whisper`)");
+  return folders;
 }
 
 } // namespace
@@ -296,7 +287,8 @@ int main(int argc, char** argv) {
   try {
     model = rw::WhisperImpl::load(model_path);
     if (tokenizer_path.empty()) {
-      tokenizer_path = find_vocabulary(model_path, model->dims.is_multilingual());
+      tokenizer_path = rw::find_vocabulary(
+          model_path, model->dims.is_multilingual(), vocabulary_folders(), "--tokenizer PATH");
     }
     tokenizer = std::make_unique<rw::Tokenizer>(
         tokenizer_path, model->dims.num_languages(), model->dims.n_vocab);

@@ -261,6 +261,13 @@ void bind_whisper(py::module& m) {
       py::arg("result"),
       py::arg("format"));
   m.def("_mel_filters", &rw::mel_filters, py::arg("n_mels"));
+  m.def(
+      "_find_vocabulary",
+      &rw::find_vocabulary,
+      py::arg("checkpoint"),
+      py::arg("multilingual"),
+      py::arg("folders"),
+      py::arg("how_to_pass"));
   // The decoder's few-rows product, for its tests and benchmarks.
   m.def(
       "_few_rows_linear",

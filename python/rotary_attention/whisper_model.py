@@ -228,18 +228,9 @@ def _find_vocabulary(checkpoint, multilingual: bool) -> str:
     openai-whisper (whisper/assets), as the rotary-whisper command finds it."""
     import importlib.util
 
-    name = "multilingual.tiktoken" if multilingual else "gpt2.tiktoken"
-    places = [os.path.join(os.path.dirname(os.fspath(checkpoint)), name)]
-    spec = importlib.util.find_spec("whisper")
-    if spec is not None and spec.origin:
-        places.append(os.path.join(os.path.dirname(spec.origin), "assets", name))
-    for place in places:
-        if os.path.isfile(place):
-            return place
-    raise FileNotFoundError(
-        f"no tokenizer given and no {name} beside the checkpoint or in an installed openai-whisper: pass "
-        "tokenizer=PATH (openai-whisper ships it in whisper/assets/; `pip install openai-whisper`)"
-    )
+    spec = importlib.util.find_spec("whisper")  # (found, not imported)
+    folders = [os.path.join(os.path.dirname(spec.origin), "assets")] if spec is not None and spec.origin else []
+    return _C._find_vocabulary(os.fspath(checkpoint), multilingual, folders, "tokenizer=PATH")
 
 
 def load_audio(path, sample_rate: int = 16000) -> torch.Tensor:

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "logit_filters.h"
+#include "python_tail.h"
 #include "rotary_attention/whisper/audio.h"
 #include "rotary_attention/whisper/decoding.h"
 #include "rotary_attention/whisper/transcribe.h"
@@ -16,15 +17,8 @@ namespace rotary_attention::whisper {
 
 namespace {
 
+using detail::python_tail;
 using detail::Rows;
-
-// Python's list[-k:]: the last k items for k > 0, all of them for k == 0, all
-// but the first -k for k < 0 (Whisper's truncations rely on all three).
-std::vector<int64_t> python_tail(const std::vector<int64_t>& items, int64_t k) {
-  const int64_t n = static_cast<int64_t>(items.size());
-  const int64_t start = k > 0 ? std::max<int64_t>(0, n - k) : std::min<int64_t>(n, -k);
-  return {items.begin() + start, items.end()};
-}
 
 at::Tensor as_tensor(const Rows& rows, size_t from) {
   const int64_t width = static_cast<int64_t>(rows.front().size() - from);

@@ -9,6 +9,7 @@
 #include <array>
 #include <cctype>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <memory>
@@ -551,6 +552,32 @@ std::vector<int64_t> Tokenizer::non_speech_tokens() const {
     add(s, true);
   }
   return {result.begin(), result.end()};
+}
+
+std::string find_vocabulary(
+    const std::string& checkpoint,
+    bool multilingual,
+    const std::vector<std::string>& folders,
+    const std::string& how_to_pass) {
+  namespace fs = std::filesystem;
+  const std::string name = multilingual ? "multilingual.tiktoken" : "gpt2.tiktoken";
+  std::vector<fs::path> places{fs::path(checkpoint).parent_path() / name};
+  for (const auto& folder : folders) {
+    places.push_back(fs::path(folder) / name);
+  }
+  std::error_code error;
+  for (const auto& place : places) {
+    if (fs::is_regular_file(place, error)) {
+      return place.string();
+    }
+  }
+  TORCH_CHECK(
+      false,
+      "no tokenizer given and no ",
+      name,
+      " beside the checkpoint or in an installed openai-whisper: pass ",
+      how_to_pass,
+      " (openai-whisper ships it in whisper/assets/; `pip install openai-whisper`)");
 }
 
 } // namespace rotary_attention::whisper

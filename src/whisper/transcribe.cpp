@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "python_tail.h"
 #include "rotary_attention/whisper/audio.h"
 #include "rotary_attention/whisper/decoding.h"
 #include "rotary_attention/whisper/tokenizer.h"
@@ -88,15 +89,6 @@ DecodingResult decode_with_fallback(
     }
   }
   return result;
-}
-
-// Python's items[from:][-k:]: the last k for k > 0, all for k == 0, all but
-// the first -k for k < 0 (an initial prompt longer than half the context).
-std::vector<int64_t> python_tail(const std::vector<int64_t>& items, size_t from, int64_t k) {
-  const auto first = items.begin() + static_cast<std::ptrdiff_t>(std::min(from, items.size()));
-  const auto n = static_cast<int64_t>(items.end() - first);
-  const int64_t start = k > 0 ? std::max<int64_t>(0, n - k) : std::min<int64_t>(n, -k);
-  return {first + start, items.end()};
 }
 
 struct WindowSegments {
@@ -294,10 +286,10 @@ Transcription transcribe(
     if (options.carry_initial_prompt) {
       const size_t ignored = std::max(initial_prompt_tokens.size(), prompt_reset_since);
       decoding.prompt = initial_prompt_tokens;
-      const auto rest = python_tail(all_tokens, ignored, remaining_prompt_length);
+      const auto rest = detail::python_tail(all_tokens, remaining_prompt_length, ignored);
       decoding.prompt.insert(decoding.prompt.end(), rest.begin(), rest.end());
     } else {
-      decoding.prompt = python_tail(all_tokens, prompt_reset_since, 0);
+      decoding.prompt = detail::python_tail(all_tokens, 0, prompt_reset_since);
     }
     const auto result = decode_with_fallback(
         inference, tokenizer, features_of(seek, segment_size), options, decoding);

@@ -328,3 +328,19 @@ def test_a_checkpoint_of_the_other_attention_names_its_first_missing_keys(tmp_pa
     ) as e:
         rotary_attention.cpp.Whisper.load(tmp_path / "mixed.pt")
     assert len(str(e.value)) < 800
+
+
+def test_the_vocabulary_is_found_beside_the_checkpoint_then_in_the_folders(tmp_path):
+    """Whisper.load and rotary-whisper without a tokenizer: the checkpoint's
+    folder first, then openai-whisper's assets; none: one line saying how."""
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "gpt2.tiktoken").write_text("")
+    checkpoint = tmp_path / "models" / "tiny.en.pt"
+    checkpoint.parent.mkdir()
+    assert _C._find_vocabulary(str(checkpoint), False, [str(assets)], "x") == str(assets / "gpt2.tiktoken")
+    (checkpoint.parent / "gpt2.tiktoken").write_text("")
+    found = _C._find_vocabulary(str(checkpoint), False, [str(assets)], "x")
+    assert found == str(checkpoint.parent / "gpt2.tiktoken")
+    with pytest.raises(RuntimeError, match=r"no multilingual.tiktoken .* pass tokenizer=PATH \(openai-whisper ships"):
+        _C._find_vocabulary(str(checkpoint), True, [str(assets)], "tokenizer=PATH")

@@ -22,6 +22,17 @@ std::optional<std::string> language_code(const std::string& name);
 /// ends (what Whisper applies to decoded text).
 std::string strip(const std::string& text);
 
+/// The vocabulary that fits a checkpoint (openai-whisper's `gpt2.tiktoken` for
+/// an English-only model, `multilingual.tiktoken` otherwise): beside the
+/// checkpoint, else in the first of `folders` that holds it. None there: an
+/// error in one line saying to pass it (`how_to_pass`, e.g. "--tokenizer PATH")
+/// and where openai-whisper ships it.
+std::string find_vocabulary(
+    const std::string& checkpoint,
+    bool multilingual,
+    const std::vector<std::string>& folders,
+    const std::string& how_to_pass);
+
 /// Whisper's tokenizer (`whisper.tokenizer.get_tokenizer`), read from a
 /// `.tiktoken` vocabulary (openai-whisper ships `gpt2.tiktoken` for English-only
 /// models and `multilingual.tiktoken`): byte-level BPE ranks, then the special

@@ -475,6 +475,20 @@ MUTANTS = [
         pytest="test_transcribe.py -k 'fallback'",
     ),
     Mutant(
+        "sampling: the inverse CDF draws from softmax(logits), not softmax(logits / T)",
+        "src/whisper/token_search.cpp",
+        "  const auto probs = at::softmax(logits.to(at::kFloat) / temperature, -1).contiguous();",
+        "  const auto probs = at::softmax(logits.to(at::kFloat), -1).contiguous();",
+        pytest="test_transcribe.py -k 'sampler'",
+    ),
+    Mutant(
+        "sampling: the inverse CDF takes the token before the one that crosses the target",
+        "src/whisper/token_search.cpp",
+        "        if (last_block == block && cumulative > target) {\n          break;",
+        "        if (last_block == block && cumulative + p[i] > target) {\n          break;",
+        pytest="test_transcribe.py -k 'sampler'",
+    ),
+    Mutant(
         "writers: srt timestamps with a decimal point instead of a comma",
         "src/whisper/writers.cpp",
         "format_timestamp(s.start, true, ',')",

@@ -164,7 +164,9 @@ class Whisper:
         `logprob_threshold`, `no_speech_threshold`, `condition_on_previous_text`,
         `initial_prompt`, `carry_initial_prompt`, `clip_timestamps`) and the
         decoding options (`language`, `task`, `beam_size`, `best_of`, ...), plus
-        `seed` (sampling's generator; none: torch's default, as whisper). Returns
+        `seed` (sampling's generator; none: torch's default, as whisper) and
+        `reproduce_whisper_samples` (sample with whisper's own torch call: the
+        very tokens whisper draws after the same seed, slower). Returns
         whisper's dict: `text`, `segments`, `language`. verbose: True prints each
         segment as whisper does, False shows a progress bar (tqdm, when installed),
         None neither."""

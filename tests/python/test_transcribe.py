@@ -94,7 +94,7 @@ def test_a_file_path_and_samples_give_the_same_result(tiny_en):
         dict(compression_ratio_threshold=0.5, temperature=(0.0, 0.8), best_of=3),
         dict(initial_prompt="Kennedy's inaugural address, 1961.", condition_on_previous_text=False),
         dict(initial_prompt="Sense and Sensibility.", carry_initial_prompt=True),
-        dict(clip_timestamps="12.5,40,60"),
+        dict(clip_timestamps="12.5,40,100"),
         dict(no_speech_threshold=0.01, logprob_threshold=-0.2),
     ],
     ids=["logprob-fallback", "compression-fallback-best-of", "prompt", "carried-prompt", "clips", "no-speech"],

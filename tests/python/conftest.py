@@ -107,10 +107,11 @@ def original_rotate(x, inv_freq):
 
 
 def table_reference(x, f, positions=None, offset=0, layout="interleaved_to_half", rotary_dim=-1):
-    """Gathers cos/sin rows from a table indexed by position, then applies the
-    layout's formula; written independently of the kernels. Angles are rounded
-    to f's dtype, as the operator (and the original) computes them; everything
-    else is fp64. Runs on x's device; returns fp64."""
+    """The cos/sin rows a table indexed by position holds (position * f, for
+    the positions used only: positions run to 30000 here), then the layout's
+    formula; written independently of the kernels. Angles are rounded to f's
+    dtype, as the operator (and the original) computes them; everything else
+    is fp64. Runs on x's device; returns fp64."""
     B, T, H, D = x.shape
     rd = D if rotary_dim < 0 else rotary_dim
     half = rd // 2
@@ -118,11 +119,9 @@ def table_reference(x, f, positions=None, offset=0, layout="interleaved_to_half"
         idx = torch.arange(T, device=x.device).expand(B, T) + offset
     else:
         idx = (positions if positions.dim() == 2 else positions.expand(B, T)).long() + offset
-    max_pos = int(idx.max()) + 1 if idx.numel() else 1
-    table = (torch.arange(max_pos, device=f.device).to(f.dtype)[:, None] * f[None]).double()  # (P, half)
-    cos_t, sin_t = table.cos(), table.sin()
-    cos = cos_t[idx][:, :, None, :]  # (B, T, 1, half)
-    sin = sin_t[idx][:, :, None, :]
+    angles = (idx.to(f.device).to(f.dtype)[..., None] * f).double()  # (B, T, half)
+    cos = angles.cos()[:, :, None, :].to(x.device)  # (B, T, 1, half)
+    sin = angles.sin()[:, :, None, :].to(x.device)
     xd = x.double()
     rot, tail = xd[..., :rd], xd[..., rd:]
     if layout in ("interleaved_to_half", "interleaved"):

@@ -6,7 +6,6 @@ same process."""
 
 import contextlib
 
-import peft
 import pytest
 import torch
 from torch import nn
@@ -215,6 +214,8 @@ def test_plain_children_take_one_operator_call_and_any_hook_the_faithful_road():
 
 
 def _lora(model, seed):
+    import peft  # (here: importing it, and transformers, takes 8 s of a worker's start)
+
     torch.manual_seed(seed)
     config = peft.LoraConfig(
         r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0, init_lora_weights=False

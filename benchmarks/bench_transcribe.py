@@ -153,19 +153,29 @@ def main():
         t: statistics.median(results[f"faster-whisper {t}"]) for t in ("float32", "int8")
         if f"faster-whisper {t}" in results
     }  # fmt: skip
+    # Seconds per decoding pass: what an engine controls where sampling decides
+    # how many passes the fallback takes.
+    per_pass = {
+        name: statistics.median(t / p for t, p in zip(results[name], passes[name], strict=True)) for name in contenders
+    }
     print(
-        f"\n{'contender':24s} {'median s':>9s} {'RTF':>7s} {'words':>6s} {'passes':>9s}  "
-        f"{'same text as openai-whisper':>27s}  vs faster-whisper"
+        f"\n{'contender':24s} {'median s':>9s} {'RTF':>7s} {'words':>6s} {'passes':>9s} {'s/pass':>7s}  "
+        f"{'same text as openai-whisper':>27s}  vs faster-whisper (s, s/pass)"
     )
     for name in contenders:
         seconds = statistics.median(results[name])
         words = len(texts[name].split())
         same = "yes" if texts[name].strip() == reference.strip() else "no"
         compute = name.split()[-1]
-        ratio = fastest_faster_whisper[compute] / seconds if compute in fastest_faster_whisper else float("nan")
-        ratio_text = f"{ratio:.2f}x" if name.startswith("C++") else ""
+        rival = f"faster-whisper {compute}"
+        ratio_text = ""
+        if name.startswith("C++") and rival in results:
+            ratio_text = f"{fastest_faster_whisper[compute] / seconds:.2f}x, {per_pass[rival] / per_pass[name]:.2f}x"
         each = "/".join(map(str, passes[name]))
-        print(f"{name:24s} {seconds:9.2f} {seconds / duration:7.3f} {words:6d} {each:>9s}  {same:>27s}  {ratio_text}")
+        print(
+            f"{name:24s} {seconds:9.2f} {seconds / duration:7.3f} {words:6d} {each:>9s} {per_pass[name]:7.2f}  "
+            f"{same:>27s}  {ratio_text}"
+        )
     for name in contenders:
         if texts[name].strip() != reference.strip():
             print(f"\n{name}'s text:\n{texts[name].strip()}")

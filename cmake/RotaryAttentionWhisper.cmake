@@ -35,6 +35,8 @@ add_library(rotary_whisper SHARED
   src/whisper/cached_text_decoder.cpp
   src/whisper/whisper_inference.cpp
   src/whisper/decoding_task.cpp
+  src/whisper/alignment_heads.cpp
+  src/whisper/word_timing.cpp
   src/whisper/transcribe.cpp
   src/whisper/writers.cpp)
 add_library(RotaryAttention::whisper ALIAS rotary_whisper)

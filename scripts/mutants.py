@@ -489,10 +489,31 @@ MUTANTS = [
         pytest="test_transcribe.py -k 'sampler'",
     ),
     Mutant(
+        "word timestamps: the DTW path read back steps left where it should step up",
+        "src/whisper/word_timing.cpp",
+        "    } else if (step == 1) {\n      --i;\n    } else {\n      --j;\n    }",
+        "    } else if (step == 1) {\n      --j;\n    } else {\n      --i;\n    }",
+        pytest="test_word_timestamps.py -k 'dtw'",
+    ),
+    Mutant(
+        "word timestamps: a median filter of width 5, not whisper's 7",
+        "include/rotary_attention/whisper/word_timing.h",
+        "    int64_t median_filter_width = 7,",
+        "    int64_t median_filter_width = 5,",
+        pytest="test_word_timestamps.py -k 'tiny_en_words'",
+    ),
+    Mutant(
+        "word timestamps: the seek stays at the last timestamp, not the last word's end",
+        "src/whisper/transcribe.cpp",
+        "    if (last_word_end && *last_word_end > time_offset) {\n      seek = frames_at(*last_word_end);",
+        "    if (last_word_end && *last_word_end > time_offset) {\n      (void)frames_at;",
+        pytest="test_word_timestamps.py -k 'tiny_en_words'",
+    ),
+    Mutant(
         "writers: srt timestamps with a decimal point instead of a comma",
         "src/whisper/writers.cpp",
-        "format_timestamp(s.start, true, ',')",
-        "format_timestamp(s.start, true, '.')",
+        "cues_of(result, options, true, ',')",
+        "cues_of(result, options, true, '.')",
         pytest="test_transcribe_command.py -k 'byte_equal and srt'",
     ),
     Mutant(

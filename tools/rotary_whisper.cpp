@@ -129,9 +129,13 @@ int main(int argc, char** argv) {
       output_dir = ".", output_format = "all", suppress_tokens = "-1", prompt, prefix,
       compute_type = "float32", verbose = "True", condition = "True", carry = "False",
       increment = "0.2", compression = "2.4", logprob = "-1.0", no_speech = "0.6", best_of = "5",
-      beam_size = "5", patience = "None", clip_timestamps = "0", fp16 = "True";
+      beam_size = "5", patience = "None", clip_timestamps = "0", fp16 = "True",
+      word_timestamps = "False", highlight_words = "False", max_line_width = "None",
+      max_line_count = "None", max_words_per_line = "None", hallucination_silence = "None",
+      alignment_heads;
   std::vector<std::string> audio_paths;
   rw::TranscribeOptions options;
+  rw::WriterOptions writer;
   std::optional<std::string> language, initial_prompt, length_penalty;
   std::optional<int64_t> sample_len;
   std::optional<uint64_t> seed;
@@ -222,6 +226,50 @@ int main(int argc, char** argv) {
          "weights a decode step reads: float32, or int8 (quantized per output row)")
       ->check(CLI::IsMember({"float32", "int8"}))
       ->capture_default_str();
+  app.add_option(
+         "--word_timestamps",
+         word_timestamps,
+         "word-level timestamps, from the cross-attention and DTW (True/False)")
+      ->capture_default_str();
+  app.add_option(
+         "--prepend_punctuations",
+         options.prepend_punctuations,
+         "with word timestamps, these marks join the next word")
+      ->capture_default_str();
+  app.add_option(
+         "--append_punctuations",
+         options.append_punctuations,
+         "with word timestamps, these marks join the previous word")
+      ->capture_default_str();
+  app.add_option(
+         "--highlight_words",
+         highlight_words,
+         "(with word timestamps) underline each word as it is spoken in srt and vtt")
+      ->capture_default_str();
+  app.add_option(
+         "--max_line_width",
+         max_line_width,
+         "(with word timestamps) characters in a line before it breaks")
+      ->capture_default_str();
+  app.add_option("--max_line_count", max_line_count, "(with word timestamps) lines in a subtitle")
+      ->capture_default_str();
+  app.add_option(
+         "--max_words_per_line",
+         max_words_per_line,
+         "(with word timestamps, no effect with --max_line_width) words in a line")
+      ->capture_default_str();
+  app.add_option(
+         "--hallucination_silence_threshold",
+         hallucination_silence,
+         "(with word timestamps) skip silences longer than this many seconds before a likely "
+         "hallucination")
+      ->capture_default_str();
+  app.add_option(
+      "--alignment_heads",
+      alignment_heads,
+      "cross-attention heads word timestamps follow: an openai model's name (tiny.en, base, "
+      "large-v3, ...) or layer,head;layer,head;... (default: openai's for its releases, else the "
+      "last half of the decoder's layers)");
   app.add_option("--threads", threads, "torch's intra-op threads (0: torch's default)")
       ->capture_default_str();
   app.add_option("audio", audio_paths, "audio files (WAV, FLAC, Ogg, MP3, ...)")->required();
@@ -274,6 +322,30 @@ int main(int argc, char** argv) {
     if (options.temperatures.empty()) {
       throw CLI::ValidationError("--temperature", "must be at most 1 with a fallback increment");
     }
+    options.word_timestamps = str2bool(word_timestamps, "--word_timestamps");
+    writer.highlight_words = str2bool(highlight_words, "--highlight_words");
+    writer.max_line_width = optional_number<int64_t>(max_line_width, "--max_line_width");
+    writer.max_line_count = optional_number<int64_t>(max_line_count, "--max_line_count");
+    writer.max_words_per_line =
+        optional_number<int64_t>(max_words_per_line, "--max_words_per_line");
+    options.hallucination_silence_threshold =
+        optional_number<double>(hallucination_silence, "--hallucination_silence_threshold");
+    // whisper's cli: the word options need word timestamps.
+    if (!options.word_timestamps) {
+      for (const auto& [name, given] : std::initializer_list<std::pair<const char*, bool>>{
+               {"--highlight_words", writer.highlight_words},
+               {"--max_line_count", writer.max_line_count.has_value()},
+               {"--max_line_width", writer.max_line_width.has_value()},
+               {"--max_words_per_line", writer.max_words_per_line.has_value()}}) {
+        if (given) {
+          throw CLI::ValidationError(name, "requires --word_timestamps True");
+        }
+      }
+    }
+    if (writer.max_words_per_line && writer.max_line_width) {
+      std::cerr << "rotary-whisper: warning: --max_words_per_line has no effect with "
+                   "--max_line_width\n";
+    }
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
@@ -297,6 +369,9 @@ int main(int argc, char** argv) {
     if (!prompt.empty()) {
       options.decoding.prompt = token_list(prompt, "--prompt");
     }
+    if (!alignment_heads.empty()) {
+      model->set_alignment_heads(rw::parse_alignment_heads(alignment_heads, model->dims));
+    }
     fs::create_directories(output_dir);
   } catch (const std::exception& e) {
     std::cerr << "rotary-whisper: " << message_of(e) << "\n";
@@ -316,7 +391,7 @@ int main(int argc, char** argv) {
         };
       }
       const auto result = rw::transcribe(*inference, *tokenizer, audio, options, progress);
-      rw::write_transcription(result, path, output_dir, output_format);
+      rw::write_transcription(result, path, output_dir, output_format, writer);
     } catch (const std::exception& e) {
       std::cerr << "rotary-whisper: " << path << ": " << message_of(e) << "\n";
       status = 1;

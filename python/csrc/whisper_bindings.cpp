@@ -10,6 +10,7 @@
 #include "rotary_attention/whisper/audio.h"
 #include "rotary_attention/whisper/decoding.h"
 #include "rotary_attention/whisper/transcribe.h"
+#include "rotary_attention/whisper/word_timing.h"
 #include "rotary_attention/whisper/writers.h"
 
 namespace py = pybind11;
@@ -66,6 +67,30 @@ py::dict as_dict(const Result& result) {
   return out;
 }
 
+// A segment as whisper's dict: "words" last, and only with word timestamps.
+py::dict segment_dict(const rw::Segment& segment) {
+  py::dict out = as_dict(segment);
+  if (segment.words) {
+    py::list words;
+    for (const auto& word : *segment.words) {
+      words.append(as_dict(word));
+    }
+    out["words"] = words;
+  }
+  return out;
+}
+
+// Fields read by name from a dict (whisper's keys) into a struct.
+template <class Result>
+Result from_dict(const py::handle& dict) {
+  Result result;
+  Result::fields([&](const char* name, auto member) {
+    using Value = std::remove_reference_t<decltype(result.*member)>;
+    result.*member = py::cast<Value>(dict[name]);
+  });
+  return result;
+}
+
 } // namespace
 
 void bind_whisper(py::module& m) {
@@ -84,6 +109,11 @@ void bind_whisper(py::module& m) {
             return t.encode_piece(std::string(piece));
           })
       .def("non_speech_tokens", &rw::Tokenizer::non_speech_tokens)
+      .def(
+          "split_to_word_tokens",
+          &rw::Tokenizer::split_to_word_tokens,
+          py::arg("tokens"),
+          py::arg("language"))
       .def("sot_sequence", &rw::Tokenizer::sot_sequence)
       .def_property_readonly("n_vocab", &rw::Tokenizer::n_vocab)
       .def_property_readonly("eot", &rw::Tokenizer::eot)
@@ -119,6 +149,58 @@ void bind_whisper(py::module& m) {
             }
             return out;
           })
+      .def_property(
+          "alignment_heads",
+          [](const rw::WhisperImpl& w) { return w.alignment_heads(); },
+          [](rw::WhisperImpl& w, const py::object& heads) {
+            if (py::isinstance<py::str>(heads)) {
+              w.set_alignment_heads(
+                  rw::openai_alignment_heads(py::cast<std::string>(heads), &w.dims));
+            } else {
+              w.set_alignment_heads(py::cast<rw::AlignmentHeads>(heads));
+            }
+          })
+      .def(
+          "find_alignment",
+          [](const std::shared_ptr<rw::WhisperImpl>& w,
+             const rw::Tokenizer& tokenizer,
+             const std::string& language,
+             const std::vector<int64_t>& text_tokens,
+             const torch::Tensor& audio_features,
+             int64_t num_frames,
+             int64_t median_filter_width) {
+            std::vector<rw::WordTiming> timings;
+            {
+              py::gil_scoped_release released;
+              rw::Whisper model(w);
+              timings = rw::find_alignment(
+                  model,
+                  tokenizer,
+                  language,
+                  "transcribe",
+                  text_tokens,
+                  audio_features,
+                  num_frames,
+                  median_filter_width);
+            }
+            py::list out;
+            for (const auto& t : timings) {
+              py::dict d;
+              d["word"] = py::str(t.word);
+              d["tokens"] = t.tokens;
+              d["start"] = t.start;
+              d["end"] = t.end;
+              d["probability"] = t.probability;
+              out.append(d);
+            }
+            return out;
+          },
+          py::arg("tokenizer"),
+          py::arg("language"),
+          py::arg("text_tokens"),
+          py::arg("audio_features"),
+          py::arg("num_frames"),
+          py::arg("median_filter_width") = 7)
       .def(
           "embed_audio",
           [](const std::shared_ptr<rw::WhisperImpl>& w, const torch::Tensor& mel) {
@@ -213,7 +295,7 @@ void bind_whisper(py::module& m) {
                 py::gil_scoped_acquire acquired;
                 py::list added;
                 for (const auto& segment : segments) {
-                  added.append(as_dict(segment));
+                  added.append(segment_dict(segment));
                 }
                 progress(added, seek, total);
               };
@@ -225,7 +307,7 @@ void bind_whisper(py::module& m) {
             }
             py::list segments;
             for (const auto& segment : result.segments) {
-              segments.append(as_dict(segment));
+              segments.append(segment_dict(segment));
             }
             py::dict out;
             out["text"] = py::str(result.text);
@@ -244,23 +326,54 @@ void bind_whisper(py::module& m) {
   // A result dict (whisper's keys) as the writers write it.
   m.def(
       "_format_transcription",
-      [](const py::dict& result, const std::string& format) {
+      [](const py::dict& result, const std::string& format, const py::dict& options) {
         rw::Transcription t;
         t.text = py::cast<std::string>(result["text"]);
         t.language = py::cast<std::string>(result["language"]);
         for (const auto& item : result["segments"]) {
-          rw::Segment segment;
-          rw::Segment::fields([&](const char* name, auto member) {
-            using Value = std::remove_reference_t<decltype(segment.*member)>;
-            segment.*member = py::cast<Value>(item[name]);
-          });
+          auto segment = from_dict<rw::Segment>(item);
+          if (item.contains("words")) {
+            segment.words.emplace();
+            for (const auto& word : item["words"]) {
+              segment.words->push_back(from_dict<rw::Word>(word));
+            }
+          }
           t.segments.push_back(std::move(segment));
         }
-        return py::bytes(rw::format_transcription(t, format));
+        const auto writer = options_from<rw::WriterOptions>(options, "format");
+        return py::bytes(rw::format_transcription(t, format, writer));
       },
       py::arg("result"),
-      py::arg("format"));
+      py::arg("format"),
+      py::arg("options") = py::dict());
   m.def("_mel_filters", &rw::mel_filters, py::arg("n_mels"));
+  m.def("_writer_defaults", [] { return defaults<rw::WriterOptions>(); });
+  // whisper.timing's pieces, for their tests against whisper's own.
+  m.def(
+      "_openai_alignment_heads",
+      [](const std::string& name) { return rw::openai_alignment_heads(name); },
+      py::arg("name"));
+  m.def("_median_filter", &rw::median_filter, py::arg("x"), py::arg("width"));
+  m.def("_dtw", &rw::dtw, py::arg("x"));
+  m.def(
+      "_merge_punctuations",
+      [](const std::vector<std::pair<std::string, std::vector<int64_t>>>& words,
+         const std::string& prepended,
+         const std::string& appended) {
+        std::vector<rw::WordTiming> alignment;
+        for (const auto& [word, tokens] : words) {
+          alignment.push_back({word, tokens});
+        }
+        rw::merge_punctuations(alignment, prepended, appended);
+        std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+        for (const auto& t : alignment) {
+          out.emplace_back(t.word, t.tokens);
+        }
+        return out;
+      },
+      py::arg("words"),
+      py::arg("prepended"),
+      py::arg("appended"));
   m.def(
       "_find_vocabulary",
       &rw::find_vocabulary,

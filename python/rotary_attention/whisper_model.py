@@ -22,13 +22,12 @@ _DEFAULTS = (
     if hasattr(_C, "_decoding_defaults")
     else {}
 )
-# whisper.transcribe's own keywords (besides the decoding options), less word timestamps.
+# whisper.transcribe's own keywords (besides the decoding options).
 _TRANSCRIBE_DEFAULTS = (
     {**_C._transcribe_defaults(), "temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "clip_timestamps": "0"}
     if hasattr(_C, "_transcribe_defaults")
     else {}
 )
-_WORD_OPTIONS = ("word_timestamps", "prepend_punctuations", "append_punctuations", "hallucination_silence_threshold")
 
 
 @dataclass(frozen=True)
@@ -126,6 +125,19 @@ class Whisper:
     def is_multilingual(self) -> bool:
         return self.dims["n_vocab"] >= 51865
 
+    @property
+    def alignment_heads(self) -> list:
+        """The decoder's (layer, head) pairs whose cross-attention word timestamps
+        follow: openai's choice for a checkpoint of one of its releases
+        (`whisper._ALIGNMENT_HEADS`), Whisper's default (every head of the last
+        half of the layers) otherwise. Set it to pairs, or to one of openai's
+        model names ("tiny.en", "base", "large-v3", ...)."""
+        return self._model.alignment_heads
+
+    @alignment_heads.setter
+    def alignment_heads(self, heads) -> None:
+        self._model.alignment_heads = heads if isinstance(heads, str) else [tuple(pair) for pair in heads]
+
     def log_mel_spectrogram(self, audio, padding: int = 0) -> torch.Tensor:
         """whisper.audio.log_mel_spectrogram(audio, n_mels=dims.n_mels, padding):
         `audio` is 16-kHz samples (a tensor or an array) or an audio file's path."""
@@ -162,7 +174,9 @@ class Whisper:
         path, or 16-kHz mono samples (a NumPy array or a tensor). Keywords are
         whisper.transcribe's (`temperature`, `compression_ratio_threshold`,
         `logprob_threshold`, `no_speech_threshold`, `condition_on_previous_text`,
-        `initial_prompt`, `carry_initial_prompt`, `clip_timestamps`) and the
+        `initial_prompt`, `carry_initial_prompt`, `clip_timestamps`,
+        `word_timestamps`, `prepend_punctuations`, `append_punctuations`,
+        `hallucination_silence_threshold`) and the
         decoding options (`language`, `task`, `beam_size`, `best_of`, ...), plus
         `seed` (sampling's generator; none: torch's default, as whisper) and
         `reproduce_whisper_samples` (sample with whisper's own torch call: the
@@ -170,11 +184,6 @@ class Whisper:
         whisper's dict: `text`, `segments`, `language`. verbose: True prints each
         segment as whisper does, False shows a progress bar (tqdm, when installed),
         None neither."""
-        words = [name for name in _WORD_OPTIONS if kwargs.get(name) not in (None, False)]
-        if "word_timestamps" in words:
-            raise NotImplementedError("word_timestamps: word-level timestamps are not implemented yet")
-        for name in _WORD_OPTIONS:
-            kwargs.pop(name, None)
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in _TRANSCRIBE_DEFAULTS}
         unknown = set(kwargs) - set(_DEFAULTS)
         if unknown:

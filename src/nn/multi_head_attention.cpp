@@ -59,6 +59,20 @@ void MultiHeadAttentionImpl::reset() {
 
 std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
     const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask, KVCache* kv_cache) {
+  return run(x, xa, mask, kv_cache, options.sdpa());
+}
+
+std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward_with_weights(
+    const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask) {
+  return run(x, xa, mask, nullptr, /*sdpa=*/false);
+}
+
+std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::run(
+    const torch::Tensor& x,
+    const torch::Tensor& xa,
+    const torch::Tensor& mask,
+    KVCache* kv_cache,
+    bool sdpa) {
   const bool cross = xa.defined();
   // Cross-attention over a cache keeps its keys rotated, computed once per
   // audio: the original's semantics rotate the keys at 0..S-1 and the queries
@@ -92,9 +106,9 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
   // A beam over one audio whose cached keys are read once: the rows' queries
   // become one row's, each rotated at its own row's positions (no mask: with
   // one, the SDPA path would be causal over the folded queries).
-  const bool fold = cross && cached != nullptr && kv_cache->shared_keys_read_once() &&
-                    options.sdpa() && !options.group_norm() && !mask.defined() &&
-                    cached->key_buffer.size(0) == 1 && x.dim() == 3 && x.size(0) > 1;
+  const bool fold = cross && cached != nullptr && kv_cache->shared_keys_read_once() && sdpa &&
+                    !options.group_norm() && !mask.defined() && cached->key_buffer.size(0) == 1 &&
+                    x.dim() == 3 && x.size(0) > 1;
   const torch::Tensor input = fold ? x.reshape({1, x.size(0) * x.size(1), x.size(2)}) : x;
   std::optional<torch::Tensor> positions;
   if (fold) {
@@ -124,7 +138,7 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
       rotation_layer->rotation_matrix,
       temperature,
       options.n_head(),
-      options.sdpa(),
+      sdpa,
       dropout->is_training() ? dropout->options.p() : 0.0,
       cached != nullptr ? optional(cached->key_buffer) : std::nullopt,
       cached != nullptr ? optional(cached->value_buffer) : std::nullopt,
@@ -143,7 +157,7 @@ std::tuple<torch::Tensor, torch::Tensor> MultiHeadAttentionImpl::forward(
       kv_cache->advance_queries(this, x.size(1));
     }
   }
-  return {fold ? result.view(x.sizes()) : result, options.sdpa() ? torch::Tensor() : qk};
+  return {fold ? result.view(x.sizes()) : result, sdpa ? torch::Tensor() : qk};
 }
 
 void MultiHeadAttentionImpl::pretty_print(std::ostream& stream) const {

@@ -74,9 +74,33 @@ torch::Tensor ResidualAttentionBlockImpl::forward(
       h = h + std::get<0>(cross_attn->forward(cross_attn_ln->forward(h), xa, {}, kv_cache));
     }
   }
+  return h + feed_forward(h);
+}
+
+std::tuple<torch::Tensor, torch::Tensor> ResidualAttentionBlockImpl::forward_with_cross_weights(
+    const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask) {
+  TORCH_CHECK(
+      cross_attention, "forward_with_cross_weights: an encoder block has no cross-attention");
+  at::Tensor h, qk;
+  if (attention == AttentionKind::kPlain) {
+    h = x + std::get<0>(plain_attn->forward_with_weights(attn_ln->forward(x), {}, mask));
+    auto [attended, weights] =
+        plain_cross_attn->forward_with_weights(cross_attn_ln->forward(h), xa);
+    h = h + attended;
+    qk = weights;
+  } else {
+    h = x + std::get<0>(attn->forward_with_weights(attn_ln->forward(x), {}, mask));
+    auto [attended, weights] = cross_attn->forward_with_weights(cross_attn_ln->forward(h), xa);
+    h = h + attended;
+    qk = weights;
+  }
+  return {h + feed_forward(h), qk};
+}
+
+torch::Tensor ResidualAttentionBlockImpl::feed_forward(const torch::Tensor& h) {
   const auto hidden =
       at::gelu(linear_of_rows(mlp_ln->forward(h), *mlp->ptr<torch::nn::LinearImpl>(0)));
-  return h + linear_of_rows(hidden, *mlp->ptr<torch::nn::LinearImpl>(2));
+  return linear_of_rows(hidden, *mlp->ptr<torch::nn::LinearImpl>(2));
 }
 
 namespace {
@@ -168,6 +192,31 @@ void TextDecoderImpl::check_tokens(const torch::Tensor& tokens) {
 
 torch::Tensor TextDecoderImpl::forward(
     const torch::Tensor& tokens, const torch::Tensor& audio_features, KVCache* kv_cache) {
+  const auto* first =
+      blocks->size() ? blocks[0]->as<ResidualAttentionBlock>()->self_attention() : nullptr;
+  const int64_t offset = kv_cache != nullptr && first != nullptr ? kv_cache->length(first) : 0;
+  auto x = embed(tokens, audio_features, offset);
+  for (const auto& block : *blocks) {
+    x = block->as<ResidualAttentionBlock>()->forward(x, audio_features, mask, kv_cache);
+  }
+  return project_to_vocabulary(x);
+}
+
+std::tuple<torch::Tensor, std::vector<torch::Tensor>> TextDecoderImpl::forward_with_cross_weights(
+    const torch::Tensor& tokens, const torch::Tensor& audio_features) {
+  auto x = embed(tokens, audio_features, 0);
+  std::vector<torch::Tensor> weights;
+  for (const auto& block : *blocks) {
+    auto [out, qk] =
+        block->as<ResidualAttentionBlock>()->forward_with_cross_weights(x, audio_features, mask);
+    x = out;
+    weights.push_back(qk);
+  }
+  return {project_to_vocabulary(x), weights};
+}
+
+torch::Tensor TextDecoderImpl::embed(
+    const torch::Tensor& tokens, const torch::Tensor& audio_features, int64_t offset) {
   check_tokens(tokens);
   TORCH_CHECK(
       audio_features.dim() == 3 && audio_features.size(2) == dims.n_text_state,
@@ -175,9 +224,6 @@ torch::Tensor TextDecoderImpl::forward(
       dims.n_text_state,
       "), got shape ",
       audio_features.sizes());
-  const auto* first =
-      blocks->size() ? blocks[0]->as<ResidualAttentionBlock>()->self_attention() : nullptr;
-  const int64_t offset = kv_cache != nullptr && first != nullptr ? kv_cache->length(first) : 0;
   const int64_t n = tokens.size(1);
   TORCH_CHECK(
       offset + n <= dims.n_text_ctx,
@@ -192,10 +238,11 @@ torch::Tensor TextDecoderImpl::forward(
   if (mask.device() != x.device() || mask.scalar_type() != x.scalar_type()) {
     mask = mask.to(x.device(), x.scalar_type());
   }
-  for (const auto& block : *blocks) {
-    x = block->as<ResidualAttentionBlock>()->forward(x, audio_features, mask, kv_cache);
-  }
-  x = ln->forward(x);
+  return x;
+}
+
+torch::Tensor TextDecoderImpl::project_to_vocabulary(const torch::Tensor& hidden) {
+  const auto x = ln->forward(hidden);
   // Whisper's x @ token_embedding^T. A decode step's few rows read the
   // embedding (the step's largest read) once at memory speed, in fp32.
   const auto& embedding = token_embedding->weight;
@@ -213,6 +260,7 @@ WhisperImpl::WhisperImpl(const ModelDimensions& dims_, AttentionKind attention_)
 void WhisperImpl::reset() {
   encoder = register_module("encoder", AudioEncoder(dims, attention));
   decoder = register_module("decoder", TextDecoder(dims, attention));
+  alignment_heads_ = default_alignment_heads(dims);
 }
 
 AttentionKind WhisperImpl::attention_in(
@@ -339,6 +387,11 @@ std::shared_ptr<WhisperImpl> WhisperImpl::from_state_dict(
         reason);
   }
   model->eval();
+  if (model->attention == AttentionKind::kPlain) {
+    if (const auto release = openai_model_with_dims(dims)) {
+      model->alignment_heads_ = openai_alignment_heads(*release);
+    }
+  }
   return model;
 }
 

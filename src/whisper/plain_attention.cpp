@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 namespace rotary_attention::whisper {
 
 PlainAttentionImpl::PlainAttentionImpl(int64_t n_state_, int64_t n_head_)
@@ -24,14 +26,18 @@ void PlainAttentionImpl::reset() {
   out = register_module("out", torch::nn::Linear(n_state, n_state));
 }
 
-torch::Tensor PlainAttentionImpl::forward(
-    const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask, KVCache* kv_cache) {
+void PlainAttentionImpl::check_input(const torch::Tensor& x) const {
   TORCH_CHECK(
       x.dim() == 3 && x.size(2) == n_state,
       "PlainAttention: expected x of shape (B, T, n_state=",
       n_state,
       "), got shape ",
       x.sizes());
+}
+
+torch::Tensor PlainAttentionImpl::forward(
+    const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask, KVCache* kv_cache) {
+  check_input(x);
   const auto q = query->forward(x);
   at::Tensor k, v;
   if (!xa.defined()) {
@@ -67,6 +73,28 @@ torch::Tensor PlainAttentionImpl::forward(
       0.0,
       /*is_causal=*/mask.defined() && x.size(1) > 1);
   return out->forward(attended.transpose(1, 2).flatten(2));
+}
+
+std::tuple<torch::Tensor, torch::Tensor> PlainAttentionImpl::forward_with_weights(
+    const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask) {
+  check_input(x);
+  const auto& source = xa.defined() ? xa : x;
+  const auto heads = [&](const at::Tensor& t) {
+    return t.view({t.size(0), t.size(1), n_head, -1}).transpose(1, 2);
+  };
+  const auto q = heads(query->forward(x));
+  const auto k = heads(key->forward(source));
+  const auto v = heads(value->forward(source));
+  const double scale = std::pow(static_cast<double>(n_state / n_head), -0.25);
+  auto qk = at::matmul(q * scale, (k * scale).transpose(-1, -2));
+  if (mask.defined()) {
+    const int64_t n = x.size(1);
+    qk = qk + mask.narrow(0, 0, n).narrow(1, 0, n);
+  }
+  qk = qk.to(at::kFloat);
+  const auto w = at::softmax(qk, -1).to(q.scalar_type());
+  const auto attended = at::matmul(w, v).transpose(1, 2).flatten(2);
+  return {out->forward(attended), qk};
 }
 
 } // namespace rotary_attention::whisper

@@ -409,6 +409,55 @@ std::string Tokenizer::decode(const std::vector<int64_t>& tokens) const {
   return decode_with_timestamps(text_tokens);
 }
 
+std::pair<std::vector<std::string>, std::vector<std::vector<int64_t>>>
+Tokenizer::split_to_word_tokens(
+    const std::vector<int64_t>& tokens, const std::string& language) const {
+  // split_tokens_on_unicode: a piece ends where its decoding has no U+FFFD
+  // but the whole text's (a replacement the tokens really decode to).
+  constexpr uint32_t kReplacement = 0xFFFD;
+  const auto full = code_points(decode_with_timestamps(tokens));
+  std::vector<std::string> pieces;
+  std::vector<std::vector<int64_t>> piece_tokens;
+  std::vector<int64_t> current;
+  size_t offset = 0;
+  for (const int64_t token : tokens) {
+    current.push_back(token);
+    const auto decoded = decode_with_timestamps(current);
+    const auto points = code_points(decoded);
+    const auto at = std::find(points.begin(), points.end(), kReplacement);
+    const size_t in_full = offset + static_cast<size_t>(at - points.begin());
+    if (at == points.end() || (in_full < full.size() && full[in_full] == kReplacement)) {
+      pieces.push_back(decoded);
+      piece_tokens.push_back(std::move(current));
+      current.clear();
+      offset += points.size();
+    }
+  }
+  static const std::set<std::string> unspaced{"zh", "ja", "th", "lo", "my", "yue"};
+  if (unspaced.count(language) != 0) {
+    return {pieces, piece_tokens};
+  }
+  // split_tokens_on_spaces: `strip(piece) in string.punctuation` is Python's
+  // substring test (an empty piece passes).
+  static const std::string punctuation = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+  std::vector<std::string> words;
+  std::vector<std::vector<int64_t>> word_tokens;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const bool special = piece_tokens[i].front() >= eot();
+    const bool with_space = !pieces[i].empty() && pieces[i].front() == ' ';
+    const bool is_punctuation = punctuation.find(strip(pieces[i])) != std::string::npos;
+    if (special || with_space || is_punctuation || words.empty()) {
+      words.push_back(pieces[i]);
+      word_tokens.push_back(piece_tokens[i]);
+    } else {
+      words.back() += pieces[i];
+      word_tokens.back().insert(
+          word_tokens.back().end(), piece_tokens[i].begin(), piece_tokens[i].end());
+    }
+  }
+  return {words, word_tokens};
+}
+
 std::vector<int64_t> Tokenizer::encode_piece(const std::string& piece) const {
   if (const auto it = ranks_.find(piece); it != ranks_.end()) {
     return {it->second};

@@ -1,5 +1,5 @@
-// whisper.transcribe (openai-whisper 20250625) less word timestamps: the window
-// loop, the temperature fallback and the segmenter.
+// whisper.transcribe (openai-whisper 20250625): the window loop, the
+// temperature fallback, the segmenter and the word-timestamp pass.
 #include "rotary_attention/whisper/transcribe.h"
 
 #include <ATen/ATen.h>
@@ -12,6 +12,7 @@
 #include "rotary_attention/whisper/audio.h"
 #include "rotary_attention/whisper/decoding.h"
 #include "rotary_attention/whisper/tokenizer.h"
+#include "rotary_attention/whisper/word_timing.h"
 
 namespace rotary_attention::whisper {
 
@@ -94,6 +95,7 @@ DecodingResult decode_with_fallback(
 struct WindowSegments {
   std::vector<Segment> segments;
   int64_t seek_advance = 0; ///< frames the seek moves forward
+  bool single_timestamp_ending = false;
 };
 
 // The segments of one window's tokens: cut after every pair of consecutive
@@ -142,6 +144,7 @@ WindowSegments segments_of_window(
     return s;
   };
   WindowSegments out;
+  out.single_timestamp_ending = single_timestamp_ending;
   if (!slices.empty()) {
     if (single_timestamp_ending) {
       slices.push_back(n);
@@ -175,6 +178,163 @@ WindowSegments segments_of_window(
   return out;
 }
 
+// whisper's get_end: the last word's end, else the last segment's end.
+std::optional<double> end_of_speech(const std::vector<Segment>& segments) {
+  for (auto s = segments.rbegin(); s != segments.rend(); ++s) {
+    if (s->words && !s->words->empty()) {
+      return s->words->back().end;
+    }
+  }
+  if (segments.empty()) {
+    return std::nullopt;
+  }
+  return segments.back().end;
+}
+
+// An anomalous word is very short, very long or improbable.
+double word_anomaly_score(const Word& word) {
+  const double duration = word.end - word.start;
+  double score = 0.0;
+  if (word.probability < 0.15) {
+    score += 1.0;
+  }
+  if (duration < 0.133) {
+    score += (0.133 - duration) * 15;
+  }
+  if (duration > 2.0) {
+    score += duration - 2.0;
+  }
+  return score;
+}
+
+// A segment whose first eight words (punctuation aside) are mostly anomalous.
+bool is_segment_anomaly(const Segment* segment) {
+  if (segment == nullptr || !segment->words || segment->words->empty()) {
+    return false;
+  }
+  static const std::string punctuation = "\"'“¿([{-\"'.。,，!！?？:：”)]}、";
+  double score = 0;
+  size_t counted = 0;
+  for (const auto& w : *segment->words) {
+    // Python's `not in`: not a substring of the marks.
+    if (counted < 8 && punctuation.find(w.word) == std::string::npos) {
+      score += word_anomaly_score(w);
+      ++counted;
+    }
+  }
+  return score >= 3 || score + 0.01 >= static_cast<double>(counted);
+}
+
+const Segment* next_segment_with_words(const std::vector<Segment>& segments, size_t from) {
+  for (size_t i = from; i < segments.size(); ++i) {
+    if (segments[i].words && !segments[i].words->empty()) {
+      return &segments[i];
+    }
+  }
+  return nullptr;
+}
+
+// Where one window stands, for the word-timestamp pass.
+struct WindowPlace {
+  int64_t previous_seek; ///< the window's first frame
+  int64_t segment_size;  ///< its frames
+  int64_t content_frames;
+  bool single_timestamp_ending;
+};
+
+// whisper.transcribe's `if word_timestamps:` block for one window's
+// segments: their words, the seek moved to the last word's end and, with a
+// hallucination_silence_threshold, silences before likely hallucinations
+// skipped (segments from a hallucination on are dropped). Returns false when
+// the whole window is dropped: its first segment a likely hallucination after
+// a long silence.
+bool place_words(
+    std::vector<Segment>& segments,
+    int64_t& seek,
+    double& last_speech_end,
+    const WindowPlace& place,
+    WhisperInference& inference,
+    const Tokenizer& tokenizer,
+    const DecodingOptions& decoding,
+    const at::Tensor& features,
+    const TranscribeOptions& options) {
+  Whisper model = inference.model();
+  add_word_timestamps(
+      segments,
+      model,
+      tokenizer,
+      *decoding.language,
+      decoding.task,
+      features,
+      place.segment_size,
+      options.prepend_punctuations,
+      options.append_punctuations,
+      last_speech_end);
+  const double time_offset = seconds(place.previous_seek);
+  const double window_end_time = seconds(place.previous_seek + kWindowFrames);
+  const auto frames_at = [](double t) {
+    return static_cast<int64_t>(std::nearbyint(t * kFramesPerSecond));
+  };
+  if (!place.single_timestamp_ending) {
+    const auto last_word_end = end_of_speech(segments);
+    if (last_word_end && *last_word_end > time_offset) {
+      seek = frames_at(*last_word_end);
+    }
+  }
+  if (options.hallucination_silence_threshold) {
+    const double threshold = *options.hallucination_silence_threshold;
+    if (!place.single_timestamp_ending) {
+      const auto last_word_end = end_of_speech(segments);
+      if (last_word_end && *last_word_end > time_offset) {
+        seek = window_end_time - *last_word_end > threshold
+                   ? frames_at(*last_word_end)
+                   : place.previous_seek + place.segment_size;
+      }
+    }
+    // A first segment that may be a hallucination: skip the silence before it.
+    if (const Segment* first = next_segment_with_words(segments, 0);
+        first != nullptr && is_segment_anomaly(first)) {
+      const double gap = first->start - time_offset;
+      if (gap > threshold) {
+        seek = place.previous_seek + frames_at(gap);
+        return false;
+      }
+    }
+    // A hallucination between silences (or other hallucinations): seek past
+    // the silence before it and drop it and what follows.
+    double hallucination_last_end = last_speech_end;
+    const double content_duration = seconds(place.content_frames);
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const Segment& segment = segments[i];
+      if (!segment.words || segment.words->empty()) {
+        continue;
+      }
+      if (is_segment_anomaly(&segment)) {
+        const Segment* next = next_segment_with_words(segments, i + 1);
+        const double next_start = next != nullptr ? next->words->front().start
+                                                  : time_offset + seconds(place.segment_size);
+        const bool silence_before = segment.start - hallucination_last_end > threshold ||
+                                    segment.start < threshold || segment.start - time_offset < 2.0;
+        const bool silence_after = next_start - segment.end > threshold ||
+                                   is_segment_anomaly(next) || window_end_time - segment.end < 2.0;
+        if (silence_before && silence_after) {
+          seek = frames_at(std::max(time_offset + 1, segment.start));
+          if (content_duration - segment.end < threshold) {
+            seek = place.content_frames;
+          }
+          segments.erase(segments.begin() + static_cast<std::ptrdiff_t>(i), segments.end());
+          break;
+        }
+      }
+      hallucination_last_end = segment.end;
+    }
+  }
+  if (const auto last_word_end = end_of_speech(segments)) {
+    last_speech_end = *last_word_end;
+  }
+  return true;
+}
+
 } // namespace
 
 Transcription transcribe(
@@ -192,6 +352,10 @@ Transcription transcribe(
       audio.sizes());
   at::NoGradGuard no_grad;
   Whisper model = inference.model();
+  TORCH_CHECK(
+      !options.word_timestamps || !model->alignment_heads().empty(),
+      "transcribe: word_timestamps needs the model's alignment heads, and it has none (set them "
+      "with set_alignment_heads)");
   const auto& dims = model->dims;
   // The whole audio's log-mel at once, with 30 s of silence after it (its
   // normalisation is over all of it, as whisper's).
@@ -264,6 +428,10 @@ Transcription transcribe(
   all_tokens = initial_prompt_tokens;
   remaining_prompt_length -= static_cast<int64_t>(initial_prompt_tokens.size());
 
+  if (options.word_timestamps && decoding.task == "translate") {
+    TORCH_WARN("Word-level timestamps on translations may not be reliable.");
+  }
+  double last_speech_end = 0.0; // seconds, with word timestamps
   size_t clip = 0;
   int64_t seek = clips.front().first;
   while (clip < clips.size()) {
@@ -291,8 +459,8 @@ Transcription transcribe(
     } else {
       decoding.prompt = detail::python_tail(all_tokens, 0, prompt_reset_since);
     }
-    const auto result = decode_with_fallback(
-        inference, tokenizer, features_of(seek, segment_size), options, decoding);
+    const auto features = features_of(seek, segment_size);
+    const auto result = decode_with_fallback(inference, tokenizer, features, options, decoding);
 
     if (options.no_speech_threshold) {
       // No voice activity, unless the log-probability is high enough.
@@ -308,13 +476,33 @@ Transcription transcribe(
         continue;
       }
     }
+    const int64_t previous_seek = seek;
     auto window = segments_of_window(tokenizer, result, seek, segment_size, input_stride);
     seek += window.seek_advance;
+    if (options.word_timestamps &&
+        !place_words(
+            window.segments,
+            seek,
+            last_speech_end,
+            {previous_seek, segment_size, content_frames, window.single_timestamp_ending},
+            inference,
+            tokenizer,
+            decoding,
+            features,
+            options)) {
+      if (progress) {
+        progress({}, std::min(content_frames, seek), content_frames);
+      }
+      continue;
+    }
     // An instantaneous segment, or one without text, is kept empty.
     for (auto& segment : window.segments) {
       if (segment.start == segment.end || strip(segment.text).empty()) {
         segment.text.clear();
         segment.tokens.clear();
+        if (segment.words) {
+          segment.words->clear();
+        }
       }
     }
     for (auto& segment : window.segments) {

@@ -1,8 +1,9 @@
-// whisper.utils' writers (openai-whisper 20250625), for segments without words.
+// whisper.utils' writers (openai-whisper 20250625).
 #include "rotary_attention/whisper/writers.h"
 
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -54,7 +55,7 @@ std::string python_float(double x) {
     if (digits.size() > 1) {
       out += "." + digits.substr(1);
     }
-    char tail[8];
+    char tail[16];
     std::snprintf(tail, sizeof tail, "e%c%02d", exponent < 0 ? '-' : '+', std::abs(exponent));
     return out + tail;
   }
@@ -125,6 +126,18 @@ std::string json_string(const std::string& text) {
   return out + "\"";
 }
 
+std::string json_of_words(const std::vector<Word>& words) {
+  std::string out = "[";
+  for (size_t i = 0; i < words.size(); ++i) {
+    const auto& w = words[i];
+    out += (i ? ", " : "");
+    out += "{\"word\": " + json_string(w.word) + ", \"start\": " + python_float(w.start) +
+           ", \"end\": " + python_float(w.end) +
+           ", \"probability\": " + python_float(w.probability) + "}";
+  }
+  return out + "]";
+}
+
 std::string json_of(const Transcription& result) {
   std::string out = "{\"text\": " + json_string(result.text) + ", \"segments\": [";
   for (size_t i = 0; i < result.segments.size(); ++i) {
@@ -140,9 +153,133 @@ std::string json_of(const Transcription& result) {
            "], \"temperature\": " + python_float(s.temperature) +
            ", \"avg_logprob\": " + python_float(s.avg_logprob) +
            ", \"compression_ratio\": " + python_float(s.compression_ratio) +
-           ", \"no_speech_prob\": " + python_float(s.no_speech_prob) + "}";
+           ", \"no_speech_prob\": " + python_float(s.no_speech_prob) +
+           (s.words ? ", \"words\": " + json_of_words(*s.words) : "") + "}";
   }
   return out + "], \"language\": " + json_string(result.language) + "}";
+}
+
+// Python's len() of UTF-8 text: its code points.
+int64_t python_length(const std::string& text) {
+  int64_t n = 0;
+  for (const char c : text) {
+    n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  }
+  return n;
+}
+
+// A subtitle's word: its text with the spacing or line break before it.
+struct CueWord {
+  std::string text;
+  double start, end;
+};
+
+// SubtitlesWriter.iterate_subtitles: the words cut into cues of lines.
+std::vector<std::vector<CueWord>> subtitles_of_words(
+    const std::vector<Segment>& segments, const WriterOptions& options) {
+  const auto given = [](const std::optional<int64_t>& v) {
+    return v && *v != 0 ? v : std::nullopt;
+  };
+  const auto max_line_count = given(options.max_line_count);
+  const bool preserve_segments = !max_line_count || !given(options.max_line_width);
+  const int64_t max_line_width = given(options.max_line_width).value_or(1000);
+  const int64_t max_words_per_line = given(options.max_words_per_line).value_or(1000);
+  std::vector<std::vector<CueWord>> cues;
+  std::vector<CueWord> cue;
+  int64_t line_length = 0, line_count = 1;
+  double last = segments.front().start; // get_start: the first word's start
+  for (const auto& s : segments) {
+    if (s.words && !s.words->empty()) {
+      last = s.words->front().start;
+      break;
+    }
+  }
+  for (const auto& segment : segments) {
+    const auto words = segment.words.value_or(std::vector<Word>{});
+    const auto n = static_cast<int64_t>(words.size());
+    int64_t words_count = max_words_per_line;
+    for (int64_t chunk = 0; chunk < n; chunk += max_words_per_line) {
+      if (max_words_per_line > n - chunk) {
+        words_count = n - chunk;
+      }
+      for (int64_t i = 0; i < words_count && chunk + i < n; ++i) {
+        const auto& word = words[static_cast<size_t>(chunk + i)];
+        CueWord timing{word.word, word.start, word.end};
+        const bool long_pause = !preserve_segments && timing.start - last > 3.0;
+        const bool has_room = line_length + python_length(timing.text) <= max_line_width;
+        const bool segment_break = i == 0 && !cue.empty() && preserve_segments;
+        if (line_length > 0 && has_room && !long_pause && !segment_break) {
+          line_length += python_length(timing.text); // the line goes on
+        } else {
+          timing.text = strip(timing.text);
+          if ((!cue.empty() && max_line_count && (long_pause || line_count >= *max_line_count)) ||
+              segment_break) {
+            cues.push_back(std::move(cue)); // a new cue
+            cue.clear();
+            line_count = 1;
+          } else if (line_length > 0) {
+            ++line_count; // a new line
+            timing.text = "\n" + timing.text;
+          }
+          line_length = python_length(strip(timing.text));
+        }
+        last = timing.start;
+        cue.push_back(std::move(timing));
+      }
+    }
+  }
+  if (!cue.empty()) {
+    cues.push_back(std::move(cue));
+  }
+  return cues;
+}
+
+// re.sub(r"^(\s*)(.*)$", r"\1<u>\2</u>", word): underlined after its spacing.
+std::string underlined(const std::string& word) {
+  const size_t text = word.find_first_not_of(" \t\n\r\f\v");
+  if (text == std::string::npos) {
+    return word + "<u></u>";
+  }
+  return word.substr(0, text) + "<u>" + word.substr(text) + "</u>";
+}
+
+// SubtitlesWriter.iterate_result: (start, end, text) of each cue.
+std::vector<std::array<std::string, 3>> cues_of(
+    const Transcription& result, const WriterOptions& options, bool hours, char marker) {
+  const auto timestamp = [&](double t) { return format_timestamp(t, hours, marker); };
+  std::vector<std::array<std::string, 3>> out;
+  if (result.segments.empty() || !result.segments.front().words) {
+    for (const auto& s : result.segments) {
+      out.push_back(
+          {timestamp(s.start), timestamp(s.end), replace_all(strip(s.text), "-->", "->")});
+    }
+    return out;
+  }
+  for (const auto& cue : subtitles_of_words(result.segments, options)) {
+    const auto start = timestamp(cue.front().start), end = timestamp(cue.back().end);
+    std::string text;
+    for (const auto& word : cue) {
+      text += word.text;
+    }
+    if (!options.highlight_words) {
+      out.push_back({start, end, text});
+      continue;
+    }
+    std::string last = start;
+    for (size_t i = 0; i < cue.size(); ++i) {
+      const auto word_start = timestamp(cue[i].start), word_end = timestamp(cue[i].end);
+      if (last != word_start) {
+        out.push_back({last, word_start, text});
+      }
+      std::string marked;
+      for (size_t j = 0; j < cue.size(); ++j) {
+        marked += j == i ? underlined(cue[j].text) : cue[j].text;
+      }
+      out.push_back({word_start, word_end, marked});
+      last = word_end;
+    }
+  }
+  return out;
 }
 
 } // namespace
@@ -171,7 +308,8 @@ const std::vector<std::string>& output_formats() {
   return formats;
 }
 
-std::string format_transcription(const Transcription& result, const std::string& format) {
+std::string format_transcription(
+    const Transcription& result, const std::string& format, const WriterOptions& options) {
   std::string out;
   if (format == "txt") {
     for (const auto& s : result.segments) {
@@ -179,16 +317,13 @@ std::string format_transcription(const Transcription& result, const std::string&
     }
   } else if (format == "vtt") {
     out = "WEBVTT\n\n";
-    for (const auto& s : result.segments) {
-      out += format_timestamp(s.start) + " --> " + format_timestamp(s.end) + "\n" +
-             replace_all(strip(s.text), "-->", "->") + "\n\n";
+    for (const auto& [start, end, text] : cues_of(result, options, false, '.')) {
+      out += start + " --> " + end + "\n" + text + "\n\n";
     }
   } else if (format == "srt") {
-    for (size_t i = 0; i < result.segments.size(); ++i) {
-      const auto& s = result.segments[i];
-      out += std::to_string(i + 1) + "\n" + format_timestamp(s.start, true, ',') + " --> " +
-             format_timestamp(s.end, true, ',') + "\n" + replace_all(strip(s.text), "-->", "->") +
-             "\n\n";
+    size_t i = 0;
+    for (const auto& [start, end, text] : cues_of(result, options, true, ',')) {
+      out += std::to_string(++i) + "\n" + start + " --> " + end + "\n" + text + "\n\n";
     }
   } else if (format == "tsv") {
     out = "start\tend\ttext\n";
@@ -210,13 +345,14 @@ std::vector<std::string> write_transcription(
     const Transcription& result,
     const std::string& audio_path,
     const std::string& output_dir,
-    const std::string& format) {
+    const std::string& format,
+    const WriterOptions& options) {
   const std::vector<std::string> formats =
       format == "all" ? output_formats() : std::vector<std::string>{format};
   // Every text first: a bad format writes nothing.
   std::vector<std::string> texts;
   for (const auto& f : formats) {
-    texts.push_back(format_transcription(result, f));
+    texts.push_back(format_transcription(result, f, options));
   }
   namespace fs = std::filesystem;
   const std::string stem = fs::path(audio_path).stem().string();

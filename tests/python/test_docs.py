@@ -90,3 +90,20 @@ def test_the_cpp_block_is_the_example_program_which_runs(folder):
                          text=True, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith(f"{beam.text}  ({len(beam.tokens)} tokens, avg_logprob "), run.stdout
+
+
+def test_the_word_subtitle_example_is_what_the_command_writes(tmp_path):
+    """The srt excerpt under "Word timestamps", from the command shown above it, run on
+    the real tiny.en and JFK (scripts/real_data.py)."""
+    with open(PAGE) as f:
+        page = f.read()
+    command, excerpt = re.search(
+        r"```\n(rotary-whisper [^`]*--highlight_words[^`]*)```\n.*?```\n(.*?)\n\.\.\.\n```", page, flags=re.S
+    ).groups()
+    args = command.replace("\\\n", " ").split()[1:]
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    run = subprocess.run(
+        ["rotary-whisper", *args, "-o", str(tmp_path), "--verbose", "False"], cwd=ROOT, env=env, capture_output=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "jfk.srt").read_text().startswith(excerpt + "\n\n")

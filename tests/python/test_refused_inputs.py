@@ -92,6 +92,11 @@ def truncated_fork(p):
     return p / "cut.pt"
 
 
+def without_alignment_heads(model):
+    model.alignment_heads = []
+    return model
+
+
 def wav_of(p, frames):
     import wave
 
@@ -227,10 +232,16 @@ ROWS = [
      lambda p: cpp.Whisper.load(small_fork(p), vocabulary("multilingual")).decode(torch.randn(20, 16),
                                                                                   temperature=-1.0),
      RuntimeError),
-    ("cpp.Whisper.transcribe", "word_timestamps (not implemented yet)", "word_timestamps",
-     lambda p: cpp.Whisper.load(small_fork(p), vocabulary("multilingual")).transcribe(torch.zeros(16000),
-                                                                                      word_timestamps=True),
-     NotImplementedError),
+    ("cpp.Whisper.transcribe", "word_timestamps with no alignment heads", "needs the model's alignment heads",
+     lambda p: without_alignment_heads(cpp.Whisper.load(small_fork(p), vocabulary("multilingual"))).transcribe(
+         torch.zeros(16000), word_timestamps=True),
+     RuntimeError),
+    ("cpp.Whisper.alignment_heads", "a head outside the decoder", "is outside the decoder's",
+     lambda p: setattr(cpp.Whisper.load(small_fork(p), vocabulary("multilingual")), "alignment_heads", [(9, 0)]),
+     RuntimeError),
+    ("cpp.Whisper.alignment_heads", "an openai model name that does not fit", "openai's tiny.en has",
+     lambda p: setattr(cpp.Whisper.load(small_fork(p), vocabulary("multilingual")), "alignment_heads", "tiny.en"),
+     RuntimeError),
     ("whisper_model.load_audio", "a file that is not audio", "as audio",
      lambda p: (p / "a.wav").write_text("text") and rotary_attention.whisper_model.load_audio(p / "a.wav"),
      RuntimeError),

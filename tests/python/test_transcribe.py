@@ -64,12 +64,16 @@ def assert_same_transcription(got, want):
         assert g["no_speech_prob"] == pytest.approx(w["no_speech_prob"], abs=1e-4)
 
 
-@pytest.mark.parametrize("recording", ["jfk", "long"])
-@pytest.mark.parametrize("search", [{}, {"beam_size": 5, "best_of": 5}], ids=["greedy", "beam5"])
+@pytest.mark.parametrize(
+    "recording,search",
+    [("jfk", {}), ("jfk", {"beam_size": 5, "best_of": 5}), ("long", {"beam_size": 5, "best_of": 5})],
+    ids=["jfk-greedy", "jfk-beam5", "long-beam5"],
+)
 def test_tiny_en_equals_whisper(tiny_en, speech, recording, search):
     """Real weights on real speech: the seek over several windows (the long
     recording: 2 min of clips with silences), windows ending on a single
-    timestamp and on a pair, the previous text as the prompt."""
+    timestamp and on a pair, the previous text as the prompt. (The long
+    recording greedy: with word timestamps, test_word_timestamps.py.)"""
     original, model = tiny_en
     want = whisper.transcribe(original, speech[recording], fp16=False, **search)
     got = model.transcribe(speech[recording], **search)
@@ -201,19 +205,29 @@ def test_sampler_on_a_whole_vocabulary():
     assert statistic < 25  # chi-square with 3 degrees of freedom: p < 1e-4
 
 
+def synthesized_signal(seconds):
+    """A gliding tone in noise: what a random fork transcribes into random tokens and timestamps."""
+    g = torch.Generator().manual_seed(9)
+    t = torch.arange(seconds * 16000) / 16000
+    return 0.3 * torch.sin(2 * torch.pi * (200 + 150 * torch.sin(t / 3)) * t) + 0.05 * torch.randn(len(t), generator=g)
+
+
+def long_form_fork(tmp_path):
+    """(the original, the C++ model, greedy options without thresholds) of a random fork
+    with Whisper's 30-s window."""
+    path = tmp_path / "fork.pt"
+    original = make_fork(path, n_audio_ctx=1500, n_text_ctx=64, seed=4)
+    model = rotary_attention.cpp.Whisper.load(path, tokenizer=MULTILINGUAL)
+    options = dict(language="en", temperature=0.0, compression_ratio_threshold=None, logprob_threshold=None)
+    return original, model, options
+
+
 def test_random_fork_on_a_long_signal_equals_whisper_over_the_original_layers(tmp_path):
     """The fork (the original's attention in whisper's model) transcribing 75 s
     of a synthesized signal, against whisper.transcribe run over the original
     layers: random tokens and timestamps move the seek and cut segments."""
-    path = tmp_path / "fork.pt"
-    original = make_fork(path, n_audio_ctx=1500, n_text_ctx=64, seed=4)
-    model = rotary_attention.cpp.Whisper.load(path, tokenizer=MULTILINGUAL)
-    g = torch.Generator().manual_seed(9)
-    t = torch.arange(75 * 16000) / 16000
-    signal = 0.3 * torch.sin(2 * torch.pi * (200 + 150 * torch.sin(t / 3)) * t) + 0.05 * torch.randn(
-        len(t), generator=g
-    )
-    options = dict(language="en", temperature=0.0, compression_ratio_threshold=None, logprob_threshold=None)
+    original, model, options = long_form_fork(tmp_path)
+    signal = synthesized_signal(75)
     with whisper_attention_class(reference.OriginalGivenOneAudioPerRow), original_sdpa(True):
         want = whisper.transcribe(original, signal.numpy(), fp16=False, **options)
     got = model.transcribe(signal, **options)
@@ -257,8 +271,6 @@ def test_refused_options(tiny_en, speech):
         model.transcribe(audio, beam=5)
     with pytest.raises(RuntimeError, match="beam_size must be positive"):
         model.transcribe(audio, beam_size=0)
-    with pytest.raises(NotImplementedError, match="word_timestamps"):
-        model.transcribe(audio, word_timestamps=True)
     with pytest.raises(RuntimeError, match="expected audio as 1-D"):
         model.transcribe(torch.zeros(2, 16000))
 

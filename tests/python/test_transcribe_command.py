@@ -138,3 +138,37 @@ def test_command_finds_the_vocabulary_and_refuses_bad_input(tmp_path):
         done = run("--model", checkpoint, "-o", tmp_path / "none", *bad, jfk)
         assert done.returncode != 0 and bad[0] in done.stderr + done.stdout, bad
         assert not (tmp_path / "none").exists()
+
+
+def test_command_writes_words_as_whisper_does(tmp_path):
+    """--word_timestamps True with the subtitle options: the srt and vtt files of
+    whisper's writers over whisper.transcribe's words (openai's alignment heads for
+    tiny.en), and the words in the json; the word options without word
+    timestamps and bad alignment heads are refused."""
+    checkpoint = real_data.whisper_model("tiny.en")
+    jfk = tmp_path / "jfk.wav"
+    shutil.copy(real_data.speech()["jfk"], jfk)
+    writer = dict(highlight_words=True, max_line_width=24, max_line_count=2)
+    flags = [text for name, value in writer.items() for text in (f"--{name}", str(value))]
+    out = tmp_path / "out"
+    done = run("--model", checkpoint, "-o", out, "--verbose", "False", "--word_timestamps", "True", *flags, jfk)
+    assert done.returncode == 0, done.stderr
+    model = whisper.load_model(checkpoint)
+    model.set_alignment_heads(whisper._ALIGNMENT_HEADS["tiny.en"])
+    options = dict(beam_size=5, best_of=5, temperature=(0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0))
+    want = whisper.transcribe(model, read_wav(jfk), fp16=False, word_timestamps=True, **options)
+    folder = tmp_path / "whisper-out"
+    folder.mkdir()
+    whisper.utils.get_writer("all", str(folder))(want, "jfk.wav", **writer)
+    for fmt in ("srt", "vtt", "txt", "tsv"):
+        assert (out / f"jfk.{fmt}").read_bytes() == (folder / f"jfk.{fmt}").read_bytes(), fmt
+    assert "<u>" in (out / "jfk.srt").read_text()
+    got = json.loads((out / "jfk.json").read_text())
+    words = [(w["word"], w["start"], w["end"]) for s in got["segments"] for w in s["words"]]
+    assert words == [(w["word"], w["start"], w["end"]) for s in want["segments"] for w in s["words"]]
+    for bad, error in ((["--highlight_words", "True"], "--highlight_words: requires --word_timestamps True"),
+                       (["--word_timestamps", "True", "--alignment_heads", "9,0"], "outside the decoder's"),
+                       (["--word_timestamps", "True", "--alignment_heads", "base"], "openai's base has")):  # fmt: skip
+        done = run("--model", checkpoint, "-o", tmp_path / "none", *bad, jfk)
+        assert done.returncode != 0 and error in done.stderr + done.stdout, (bad, done.stderr)
+        assert not (tmp_path / "none").exists()

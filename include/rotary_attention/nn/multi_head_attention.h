@@ -38,6 +38,11 @@ class MultiHeadAttentionImpl : public torch::nn::Cloneable<MultiHeadAttentionImp
       const torch::Tensor& mask = {},
       KVCache* kv_cache = nullptr);
 
+  /// The same without SDPA or a cache, whatever `options.sdpa()`: (out, qk)
+  /// with qk defined (what word timestamps read from the cross-attention).
+  std::tuple<torch::Tensor, torch::Tensor> forward_with_weights(
+      const torch::Tensor& x, const torch::Tensor& xa = {}, const torch::Tensor& mask = {});
+
   void pretty_print(std::ostream& stream) const override;
 
   int64_t head_dim() const {
@@ -58,6 +63,13 @@ class MultiHeadAttentionImpl : public torch::nn::Cloneable<MultiHeadAttentionImp
   torch::nn::GroupNorm group_norm{nullptr};
 
  protected:
+  std::tuple<torch::Tensor, torch::Tensor> run(
+      const torch::Tensor& x,
+      const torch::Tensor& xa,
+      const torch::Tensor& mask,
+      KVCache* kv_cache,
+      bool sdpa);
+
   FORWARD_HAS_DEFAULT_ARGS(
       {1, torch::nn::AnyValue(torch::Tensor())},
       {2, torch::nn::AnyValue(torch::Tensor())},

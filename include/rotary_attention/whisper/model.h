@@ -10,11 +10,14 @@
 
 #include <array>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "rotary_attention/nn/kv_cache.h"
 #include "rotary_attention/nn/multi_head_attention.h"
+#include "rotary_attention/whisper/alignment_heads.h"
 #include "rotary_attention/whisper/plain_attention.h"
 
 namespace rotary_attention::whisper {
@@ -89,6 +92,12 @@ class ResidualAttentionBlockImpl : public torch::nn::Cloneable<ResidualAttention
       const torch::Tensor& mask = {},
       KVCache* kv_cache = nullptr);
 
+  /// `forward` as Whisper runs it under `disable_sdpa()`, without a cache:
+  /// (x, qk), qk the cross-attention's fp32 logits (B, n_head, T, S) before
+  /// the softmax (a decoder block only).
+  std::tuple<torch::Tensor, torch::Tensor> forward_with_cross_weights(
+      const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask);
+
   /// The self-attention layer (the state dict's `attn`), whichever its kind.
   const torch::nn::Module* self_attention() const;
 
@@ -106,6 +115,9 @@ class ResidualAttentionBlockImpl : public torch::nn::Cloneable<ResidualAttention
   torch::nn::LayerNorm cross_attn_ln{nullptr};
   torch::nn::Sequential mlp{nullptr};
   torch::nn::LayerNorm mlp_ln{nullptr};
+
+ private:
+  torch::Tensor feed_forward(const torch::Tensor& h); ///< mlp(mlp_ln(h))
 };
 TORCH_MODULE(ResidualAttentionBlock);
 
@@ -141,6 +153,12 @@ class TextDecoderImpl : public torch::nn::Cloneable<TextDecoderImpl> {
       const torch::Tensor& audio_features,
       KVCache* kv_cache = nullptr);
 
+  /// Whisper's forward under `disable_sdpa()` (what `find_alignment` runs),
+  /// without a cache: the logits and each block's cross-attention logits
+  /// (B, n_text_head, T, S) before the softmax.
+  std::tuple<torch::Tensor, std::vector<torch::Tensor>> forward_with_cross_weights(
+      const torch::Tensor& tokens, const torch::Tensor& audio_features);
+
   /// tokens must be int64 of shape (B, T).
   static void check_tokens(const torch::Tensor& tokens);
 
@@ -154,6 +172,13 @@ class TextDecoderImpl : public torch::nn::Cloneable<TextDecoderImpl> {
 
  protected:
   FORWARD_HAS_DEFAULT_ARGS({2, torch::nn::AnyValue(static_cast<KVCache*>(nullptr))})
+
+ private:
+  /// Token and position embeddings of `tokens` after `offset` cached ones,
+  /// in the features' dtype (the mask moved to it too), the inputs checked.
+  torch::Tensor embed(
+      const torch::Tensor& tokens, const torch::Tensor& audio_features, int64_t offset);
+  torch::Tensor project_to_vocabulary(const torch::Tensor& hidden); ///< ln, then @ embedding^T
 };
 TORCH_MODULE(TextDecoder);
 
@@ -201,10 +226,26 @@ class WhisperImpl : public torch::nn::Cloneable<WhisperImpl> {
   /// kPlain otherwise.
   static AttentionKind attention_in(const std::unordered_map<std::string, torch::Tensor>& state);
 
+  /// The cross-attention heads word timestamps follow (not in the state
+  /// dict). Whisper's default (the last half of the decoder's layers), or,
+  /// for a checkpoint of Whisper's own attention whose dims are those of one
+  /// of openai's releases, openai's choice for it.
+  const AlignmentHeads& alignment_heads() const {
+    return alignment_heads_;
+  }
+  /// Sets them, each checked against the dims (an empty set: word timestamps
+  /// are refused).
+  void set_alignment_heads(AlignmentHeads heads) {
+    alignment_heads_ = checked_alignment_heads(std::move(heads), dims);
+  }
+
   ModelDimensions dims;
   AttentionKind attention;
   AudioEncoder encoder{nullptr};
   TextDecoder decoder{nullptr};
+
+ private:
+  AlignmentHeads alignment_heads_;
 };
 TORCH_MODULE(Whisper);
 

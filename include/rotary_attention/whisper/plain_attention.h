@@ -4,6 +4,8 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include <tuple>
+
 #include "rotary_attention/nn/kv_cache.h"
 
 namespace rotary_attention::whisper {
@@ -29,8 +31,17 @@ class PlainAttentionImpl : public torch::nn::Cloneable<PlainAttentionImpl> {
       const torch::Tensor& mask = {},
       KVCache* kv_cache = nullptr);
 
+  /// Whisper's attention without SDPA (`disable_sdpa()`), and without a
+  /// cache: (out, qk), qk the fp32 logits (B, n_head, T, S) before the
+  /// softmax, `(q * d^-0.25) @ (k * d^-0.25)^T` plus the mask.
+  std::tuple<torch::Tensor, torch::Tensor> forward_with_weights(
+      const torch::Tensor& x, const torch::Tensor& xa = {}, const torch::Tensor& mask = {});
+
   int64_t n_state, n_head;
   torch::nn::Linear query{nullptr}, key{nullptr}, value{nullptr}, out{nullptr};
+
+ private:
+  void check_input(const torch::Tensor& x) const; ///< x: (B, T, n_state)
 };
 TORCH_MODULE(PlainAttention);
 

@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "rotary_attention/detail/keep_linked.h"
@@ -105,6 +106,12 @@ class Tokenizer {
   /// given (a multilingual model gets both; an English-only one neither).
   std::vector<int64_t> sot_sequence(
       const std::optional<std::string>& language, const std::optional<std::string>& task) const;
+  /// `Tokenizer.split_to_word_tokens`: the words of `tokens` and each word's
+  /// tokens. For `language` zh, ja, th, lo, my and yue a word ends wherever
+  /// the tokens so far decode to whole characters; otherwise such pieces join
+  /// into words at spaces, with punctuation and special tokens apart.
+  std::pair<std::vector<std::string>, std::vector<std::vector<int64_t>>> split_to_word_tokens(
+      const std::vector<int64_t>& tokens, const std::string& language) const;
   /// `Tokenizer.non_speech_tokens`: symbols and speaker-tag punctuation that
   /// `suppress_tokens="-1"` suppresses, sorted.
   std::vector<int64_t> non_speech_tokens() const;

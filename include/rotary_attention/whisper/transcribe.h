@@ -15,9 +15,8 @@ namespace rotary_attention::whisper {
 class WhisperInference; // decoding.h
 class Tokenizer;        // tokenizer.h
 
-/// `whisper.transcribe`'s options (openai-whisper 20250625), less word
-/// timestamps. `decoding` holds the `decode_options` every window is decoded
-/// with; its `temperature` and `prompt` are set per window, as whisper sets
+/// `whisper.transcribe`'s options (openai-whisper 20250625). `decoding` holds the `decode_options`
+/// every window is decoded with; its `temperature` and `prompt` are set per window, as whisper sets
 /// them. A `decoding.prompt` given here is the initial prompt as tokens
 /// (whisper ignores it; `initial_prompt` is the same as text).
 struct TranscribeOptions {
@@ -44,6 +43,18 @@ struct TranscribeOptions {
   /// seeded with this; none: torch's default CPU generator, the one that
   /// `torch.manual_seed` seeds and whisper samples from.
   std::optional<uint64_t> seed;
+  /// Each segment's words with their times (`whisper.timing`): the
+  /// cross-attention of the model's alignment heads over the audio, aligned
+  /// to the text by dynamic time warping; the seek then moves to the last
+  /// word's end.
+  bool word_timestamps = false;
+  /// With word timestamps: these marks join the word after them...
+  std::string prepend_punctuations = "\"'“¿([{-";
+  /// ...and these the word before them.
+  std::string append_punctuations = "\"'.。,，!！?？:：”)]}、";
+  /// With word timestamps: silent periods longer than this many seconds are
+  /// skipped where a segment looks like a hallucination.
+  std::optional<double> hallucination_silence_threshold;
 
   /// Each option by its name (whisper.transcribe's keyword) and member;
   /// `temperature` is `temperatures`.
@@ -58,6 +69,25 @@ struct TranscribeOptions {
     visit("carry_initial_prompt", &TranscribeOptions::carry_initial_prompt);
     visit("clip_timestamps", &TranscribeOptions::clip_timestamps);
     visit("seed", &TranscribeOptions::seed);
+    visit("word_timestamps", &TranscribeOptions::word_timestamps);
+    visit("prepend_punctuations", &TranscribeOptions::prepend_punctuations);
+    visit("append_punctuations", &TranscribeOptions::append_punctuations);
+    visit("hallucination_silence_threshold", &TranscribeOptions::hallucination_silence_threshold);
+  }
+};
+
+/// One word of a segment, with word timestamps (whisper's word dict).
+struct Word {
+  std::string word; ///< with its leading space and merged punctuation
+  double start = 0, end = 0;
+  double probability = 0; ///< the mean probability of its tokens
+
+  template <class Visitor>
+  static void fields(Visitor&& visit) {
+    visit("word", &Word::word);
+    visit("start", &Word::start);
+    visit("end", &Word::end);
+    visit("probability", &Word::probability);
   }
 };
 
@@ -72,8 +102,11 @@ struct Segment {
   double avg_logprob = 0;
   double compression_ratio = 0;
   double no_speech_prob = 0;
+  /// With word timestamps only (whisper's dict has no "words" otherwise).
+  std::optional<std::vector<Word>> words;
 
-  /// Each field by its name (whisper's segment dict's key) and member.
+  /// Each field by its name (whisper's segment dict's key) and member, less
+  /// `words`.
   template <class Visitor>
   static void fields(Visitor&& visit) {
     visit("id", &Segment::id);

@@ -37,9 +37,12 @@ add_library(rotary_whisper SHARED
   src/whisper/decoding_task.cpp
   src/whisper/alignment_heads.cpp
   src/whisper/word_timing.cpp
+  src/whisper/voice_activity.cpp
   src/whisper/transcribe.cpp
   src/whisper/writers.cpp)
 add_library(RotaryAttention::whisper ALIAS rotary_whisper)
+# The one file that needs TorchScript's headers compiles beside the batch.
+set_source_files_properties(src/whisper/voice_activity.cpp PROPERTIES SKIP_UNITY_BUILD_INCLUSION ON)
 target_link_libraries(rotary_whisper PUBLIC rotary_attention
   PRIVATE PkgConfig::SNDFILE PkgConfig::SOXR PkgConfig::PCRE2 ZLIB::ZLIB)
 # at::parallel_for runs serially unless this code is built with torch's OpenMP.

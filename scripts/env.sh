@@ -38,15 +38,18 @@ ra_make_venv() {
 }
 
 # The real clients the tests run (openai-whisper's decoding loop, peft's LoRA,
-# torchao's quantization), pinned. openai-whisper is an sdist whose requirements pull a CUDA triton:
+# torchao's quantization, silero-vad's speech timestamps, faster-whisper's VAD
+# filter), pinned. openai-whisper is an sdist whose requirements pull a CUDA triton:
 # it comes without them, beside what its decoding imports (numba: its word
 # timestamps, imported by whisper/__init__).
 RA_CLIENTS=(peft==0.21.0 transformers==5.24.0 tiktoken==0.14.0 more-itertools==11.2.1 numba==0.68.1
-  requests==2.34.2 tqdm==4.70.1 regex==2026.11.19 torchao==0.18.0)
+  requests==2.34.2 tqdm==4.70.1 regex==2026.11.19 torchao==0.18.0 silero-vad==6.2.3
+  faster-whisper==1.2.1 ctranslate2==4.8.5 onnxruntime==1.32.0 av==18.1.0)
 RA_WHISPER=openai-whisper==20250625
 
 ra_install_clients() {
-  if ! "$RA_PY" -c "import whisper, peft, torchao" >/dev/null 2>&1; then
+  if ! "$RA_PY" -c "import importlib.util as u; assert all(u.find_spec(m) for m in
+      ('whisper', 'peft', 'torchao', 'silero_vad', 'faster_whisper'))" >/dev/null 2>&1; then
     echo "== installing the clients the tests run: $RA_WHISPER ${RA_CLIENTS[*]}"
     ra_pip "${RA_CLIENTS[@]}"
     ra_pip --no-deps "$RA_WHISPER"

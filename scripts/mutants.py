@@ -510,6 +510,20 @@ MUTANTS = [
         pytest="test_word_timestamps.py -k 'tiny_en_words'",
     ),
     Mutant(
+        "vad: a time on a range's end maps into the next range (lower_bound for upper_bound)",
+        "src/whisper/voice_activity.cpp",
+        "  const auto after = std::upper_bound(range_ends_.begin(), range_ends_.end(), sample);",
+        "  const auto after = std::lower_bound(range_ends_.begin(), range_ends_.end(), sample);",
+        pytest="test_voice_activity.py -k 'time_map or maps_times'",
+    ),
+    Mutant(
+        "vad: the silence before a range counted from the audio's start, not the last range's end",
+        "src/whisper/voice_activity.cpp",
+        "    silent += range.start - previous_end;\n    previous_end = range.end;",
+        "    silent = range.start - previous_end;",
+        pytest="test_voice_activity.py -k 'time_map or maps_times'",
+    ),
+    Mutant(
         "writers: srt timestamps with a decimal point instead of a comma",
         "src/whisper/writers.cpp",
         "cues_of(result, options, true, ',')",

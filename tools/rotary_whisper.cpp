@@ -11,7 +11,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 #include <sstream>
+#include <stdexcept>
+#include <type_traits>
 
 #include "rotary_attention/whisper/audio.h"
 #include "rotary_attention/whisper/decoding.h"
@@ -119,6 +122,42 @@ std::vector<std::string> vocabulary_folders() {
   return folders;
 }
 
+// --vad_parameters "threshold=0.6,min_silence_duration_ms=500": VadOptions by name.
+rw::VadOptions vad_options(const std::string& text) {
+  rw::VadOptions options;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const size_t equals = item.find('=');
+    const std::string name = item.substr(0, equals);
+    const std::string value = equals == std::string::npos ? "" : item.substr(equals + 1);
+    bool known = false;
+    rw::VadOptions::fields([&](const char* field, auto member) {
+      if (name != field) {
+        return;
+      }
+      known = true;
+      using Value = std::remove_reference_t<decltype(options.*member)>;
+      if constexpr (std::is_same_v<Value, bool>) {
+        options.*member = str2bool(value, "--vad_parameters");
+      } else if constexpr (std::is_same_v<Value, std::optional<double>>) {
+        options.*member = optional_number<double>(value, "--vad_parameters");
+      } else {
+        const auto number = optional_number<Value>(value, "--vad_parameters");
+        if (!number) {
+          throw CLI::ValidationError("--vad_parameters", name + " needs a number");
+        }
+        options.*member = *number;
+      }
+    });
+    if (!known) {
+      throw CLI::ValidationError(
+          "--vad_parameters", "expected name=value,... of VadOptions, got '" + item + "'");
+    }
+  }
+  return options;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -132,7 +171,7 @@ int main(int argc, char** argv) {
       beam_size = "5", patience = "None", clip_timestamps = "0", fp16 = "True",
       word_timestamps = "False", highlight_words = "False", max_line_width = "None",
       max_line_count = "None", max_words_per_line = "None", hallucination_silence = "None",
-      alignment_heads;
+      alignment_heads, vad_filter = "False", vad_model, vad_parameters;
   std::vector<std::string> audio_paths;
   rw::TranscribeOptions options;
   rw::WriterOptions writer;
@@ -270,6 +309,20 @@ int main(int argc, char** argv) {
       "cross-attention heads word timestamps follow: an openai model's name (tiny.en, base, "
       "large-v3, ...) or layer,head;layer,head;... (default: openai's for its releases, else the "
       "last half of the decoder's layers)");
+  app.add_option(
+         "--vad_filter",
+         vad_filter,
+         "transcribe only the speech Silero VAD finds, times mapped back (True/False)")
+      ->capture_default_str();
+  app.add_option(
+      "--vad_model",
+      vad_model,
+      "Silero VAD's TorchScript file (default: silero_vad.jit of an installed silero-vad)");
+  app.add_option(
+      "--vad_parameters",
+      vad_parameters,
+      "faster-whisper's VadOptions as name=value,... (threshold, neg_threshold, "
+      "min_speech_duration_ms, max_speech_duration_s, min_silence_duration_ms, speech_pad_ms)");
   app.add_option("--threads", threads, "torch's intra-op threads (0: torch's default)")
       ->capture_default_str();
   app.add_option("audio", audio_paths, "audio files (WAV, FLAC, Ogg, MP3, ...)")->required();
@@ -323,6 +376,8 @@ int main(int argc, char** argv) {
       throw CLI::ValidationError("--temperature", "must be at most 1 with a fallback increment");
     }
     options.word_timestamps = str2bool(word_timestamps, "--word_timestamps");
+    options.vad_filter = str2bool(vad_filter, "--vad_filter");
+    options.vad_parameters = vad_options(vad_parameters);
     writer.highlight_words = str2bool(highlight_words, "--highlight_words");
     writer.max_line_width = optional_number<int64_t>(max_line_width, "--max_line_width");
     writer.max_line_count = optional_number<int64_t>(max_line_count, "--max_line_count");
@@ -368,6 +423,18 @@ int main(int argc, char** argv) {
         rw::Whisper(model), rw::compute_type_from_string(compute_type));
     if (!prompt.empty()) {
       options.decoding.prompt = token_list(prompt, "--prompt");
+    }
+    if (options.vad_filter) {
+      if (vad_model.empty()) {
+        const char* found = std::getenv("RA_SILERO_VAD");
+        if (found == nullptr || !fs::exists(found)) {
+          throw std::runtime_error(
+              "--vad_filter True needs Silero VAD's model: pip install silero-vad==6.2.3, or give "
+              "--vad_model PATH (silero_vad.jit)");
+        }
+        vad_model = found;
+      }
+      options.vad_model = std::make_shared<rw::SileroVad>(vad_model);
     }
     if (!alignment_heads.empty()) {
       model->set_alignment_heads(rw::parse_alignment_heads(alignment_heads, model->dims));

@@ -67,6 +67,18 @@ py::dict as_dict(const Result& result) {
   return out;
 }
 
+// Speech ranges as silero-vad's dicts ({"start": sample, "end": sample}).
+py::list speech_dicts(const std::vector<rw::SpeechRange>& ranges) {
+  py::list out;
+  for (const auto& r : ranges) {
+    py::dict d;
+    d["start"] = r.start;
+    d["end"] = r.end;
+    out.append(d);
+  }
+  return out;
+}
+
 // A segment as whisper's dict: "words" last, and only with word timestamps.
 py::dict segment_dict(const rw::Segment& segment) {
   py::dict out = as_dict(segment);
@@ -274,9 +286,10 @@ void bind_whisper(py::module& m) {
              const rw::Tokenizer& tokenizer,
              const torch::Tensor& audio,
              const py::dict& options,
-             const py::object& progress) {
-            // Options of both structs, each by its own name.
-            py::dict own, decoding;
+             const py::object& progress,
+             const std::shared_ptr<rw::SileroVad>& vad) {
+            // Options of both structs, each by its own name; the VAD's apart.
+            py::dict own, decoding, vad_parameters;
             bool found = false;
             const auto is_own = [&](const std::string& key) {
               found = false;
@@ -284,10 +297,19 @@ void bind_whisper(py::module& m) {
               return found;
             };
             for (const auto& [key, value] : options) {
-              (is_own(py::cast<std::string>(key)) ? own : decoding)[key] = value;
+              const auto name = py::cast<std::string>(key);
+              if (name == "vad_parameters") {
+                if (!value.is_none()) {
+                  vad_parameters = py::cast<py::dict>(value);
+                }
+                continue;
+              }
+              (is_own(name) ? own : decoding)[key] = value;
             }
             auto o = options_from<rw::TranscribeOptions>(own, "transcribe");
             o.decoding = options_from<rw::DecodingOptions>(decoding, "transcribe");
+            o.vad_parameters = options_from<rw::VadOptions>(vad_parameters, "vad_parameters");
+            o.vad_model = vad;
             rw::TranscribeProgress report;
             if (!progress.is_none()) {
               report = [&progress](
@@ -318,7 +340,59 @@ void bind_whisper(py::module& m) {
           py::arg("tokenizer"),
           py::arg("audio"),
           py::arg("options"),
-          py::arg("progress") = py::none());
+          py::arg("progress") = py::none(),
+          py::arg("vad") = nullptr);
+
+  py::class_<rw::SileroVad, std::shared_ptr<rw::SileroVad>>(m, "_SileroVad")
+      .def(
+          py::init<const std::string&>(), py::arg("path"), py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("path", &rw::SileroVad::path)
+      .def(
+          "speech_probabilities",
+          &rw::SileroVad::speech_probabilities,
+          py::arg("audio"),
+          py::call_guard<py::gil_scoped_release>())
+      .def(
+          "speech_timestamps",
+          [](rw::SileroVad& vad, const torch::Tensor& audio, const py::dict& options) {
+            const auto o = options_from<rw::VadOptions>(options, "speech_timestamps");
+            std::vector<rw::SpeechRange> ranges;
+            {
+              py::gil_scoped_release released;
+              ranges = rw::speech_timestamps(vad, audio, o);
+            }
+            return speech_dicts(ranges);
+          },
+          py::arg("audio"),
+          py::arg("options") = py::dict());
+  m.def("_vad_defaults", [] { return defaults<rw::VadOptions>(); });
+  m.def(
+      "_speech_ranges_from_probabilities",
+      [](const std::vector<float>& probabilities, int64_t audio_samples, const py::dict& options) {
+        return speech_dicts(
+            rw::speech_ranges_from_probabilities(
+                probabilities, audio_samples, options_from<rw::VadOptions>(options, "vad")));
+      },
+      py::arg("probabilities"),
+      py::arg("audio_samples"),
+      py::arg("options") = py::dict());
+  // faster-whisper's SpeechTimestampsMap over `ranges`, for its tests.
+  m.def(
+      "_original_time",
+      [](const std::vector<std::pair<int64_t, int64_t>>& ranges,
+         double seconds,
+         std::optional<size_t> range,
+         bool is_end) {
+        std::vector<rw::SpeechRange> speech;
+        for (const auto& [start, end] : ranges) {
+          speech.push_back({start, end});
+        }
+        return rw::SpeechTimeMap(speech).original_time(seconds, range, is_end);
+      },
+      py::arg("ranges"),
+      py::arg("seconds"),
+      py::arg("range") = std::nullopt,
+      py::arg("is_end") = false);
 
   m.def("_decoding_defaults", [] { return defaults<rw::DecodingOptions>(); });
   m.def("_transcribe_defaults", [] { return defaults<rw::TranscribeOptions>(); });

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import _C
+from .voice_activity import load_silero_vad
 
 # whisper.decoding.DecodingOptions' fields and defaults: the C++ struct's
 # (its `fields()`), with whisper's spellings of two of them, and fp16.
@@ -169,14 +170,16 @@ class Whisper:
         ]
         return results[0] if single else results
 
-    def transcribe(self, audio, *, verbose=None, **kwargs) -> dict:
+    def transcribe(self, audio, *, verbose=None, vad_parameters=None, vad_model=None, **kwargs) -> dict:
         """whisper.transcribe(model, audio, **kwargs) in C++: `audio` is a file's
         path, or 16-kHz mono samples (a NumPy array or a tensor). Keywords are
         whisper.transcribe's (`temperature`, `compression_ratio_threshold`,
         `logprob_threshold`, `no_speech_threshold`, `condition_on_previous_text`,
         `initial_prompt`, `carry_initial_prompt`, `clip_timestamps`,
         `word_timestamps`, `prepend_punctuations`, `append_punctuations`,
-        `hallucination_silence_threshold`) and the
+        `hallucination_silence_threshold`), faster-whisper's `vad_filter` and
+        `vad_parameters` (a dict of its VadOptions) with `vad_model` (Silero VAD's
+        TorchScript file; default: the installed silero-vad's), and the
         decoding options (`language`, `task`, `beam_size`, `best_of`, ...), plus
         `seed` (sampling's generator; none: torch's default, as whisper) and
         `reproduce_whisper_samples` (sample with whisper's own torch call: the
@@ -227,8 +230,13 @@ class Whisper:
                     bar.update(seek - done[0])
                     done[0] = seek
 
+        vad = None
+        if own.get("vad_filter"):
+            vad = load_silero_vad(vad_model)
+            given = vad_parameters or {}
+            own["vad_parameters"] = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given)
         try:
-            return self._inference.transcribe(self.tokenizer, samples, {**own, **kwargs}, progress)
+            return self._inference.transcribe(self.tokenizer, samples, {**own, **kwargs}, progress, vad)
         finally:
             if verbose is False and progress is not None:
                 bar.close()

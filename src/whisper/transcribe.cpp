@@ -335,6 +335,62 @@ bool place_words(
   return true;
 }
 
+// faster-whisper's restore_speech_timestamps: a segment's words map through
+// the range their middle falls in, and the segment spans its words; a segment
+// without words maps its start, and its end as an end.
+void restore_original_times(std::vector<Segment>& segments, const SpeechTimeMap& map) {
+  for (auto& segment : segments) {
+    if (segment.words && !segment.words->empty()) {
+      for (auto& word : *segment.words) {
+        const size_t range = map.range_of((word.start + word.end) / 2);
+        word.start = map.original_time(word.start, range);
+        word.end = map.original_time(word.end, range);
+      }
+      segment.start = segment.words->front().start;
+      segment.end = segment.words->back().end;
+    } else {
+      segment.start = map.original_time(segment.start);
+      segment.end = map.original_time(segment.end, std::nullopt, /*is_end=*/true);
+    }
+  }
+}
+
+bool clips_everything(const std::vector<double>& clip_timestamps) {
+  return clip_timestamps.empty() || (clip_timestamps.size() == 1 && clip_timestamps[0] == 0);
+}
+
+// Only the speech Silero VAD finds, joined end to end, times mapped back.
+Transcription transcribe_speech(
+    WhisperInference& inference,
+    const Tokenizer& tokenizer,
+    const at::Tensor& audio,
+    const TranscribeOptions& options,
+    const TranscribeProgress& progress) {
+  const auto ranges = speech_timestamps(*options.vad_model, audio, options.vad_parameters);
+  std::vector<at::Tensor> pieces;
+  for (const auto& r : ranges) {
+    pieces.push_back(audio.narrow(0, r.start, r.end - r.start));
+  }
+  const auto speech = pieces.empty() ? audio.narrow(0, 0, 0) : at::cat(pieces);
+  TranscribeOptions inner = options;
+  inner.vad_filter = false;
+  if (ranges.empty()) {
+    return transcribe(inference, tokenizer, speech, inner, progress);
+  }
+  const SpeechTimeMap map(ranges);
+  TranscribeProgress mapped;
+  if (progress) {
+    mapped = [&](const std::vector<Segment>& added, int64_t seek, int64_t total) {
+      auto copy = added;
+      restore_original_times(copy, map);
+      progress(copy, seek, total);
+    };
+  }
+  auto result = transcribe(inference, tokenizer, speech, inner, mapped);
+  restore_original_times(result.segments, map);
+  return result;
+}
+
 } // namespace
 
 Transcription transcribe(
@@ -351,6 +407,13 @@ Transcription transcribe(
       " of shape ",
       audio.sizes());
   at::NoGradGuard no_grad;
+  if (options.vad_filter && clips_everything(options.clip_timestamps)) {
+    TORCH_CHECK(
+        options.vad_model != nullptr,
+        "transcribe: vad_filter needs a Silero VAD model (vad_model: silero-vad's "
+        "silero_vad/data/silero_vad.jit, loaded with SileroVad)");
+    return transcribe_speech(inference, tokenizer, audio, options, progress);
+  }
   Whisper model = inference.model();
   TORCH_CHECK(
       !options.word_timestamps || !model->alignment_heads().empty(),

@@ -11,6 +11,7 @@ import torch
 import weight_file_fuzzer as fuzzer
 
 import rotary_attention
+import rotary_attention.voice_activity
 import rotary_attention.whisper_model
 from rotary_attention import cpp
 
@@ -90,6 +91,11 @@ def truncated_fork(p):
     data = small_fork(p).read_bytes()
     (p / "cut.pt").write_bytes(data[: len(data) // 2])
     return p / "cut.pt"
+
+
+def scripted_identity(p):
+    torch.jit.script(torch.nn.Identity()).save(str(p / "identity.jit"))
+    return p / "identity.jit"
 
 
 def without_alignment_heads(model):
@@ -242,6 +248,13 @@ ROWS = [
     ("cpp.Whisper.alignment_heads", "an openai model name that does not fit", "openai's tiny.en has",
      lambda p: setattr(cpp.Whisper.load(small_fork(p), vocabulary("multilingual")), "alignment_heads", "tiny.en"),
      RuntimeError),
+    ("voice_activity.load_silero_vad", "a TorchScript model that is not Silero VAD", "not Silero VAD's",
+     lambda p: rotary_attention.voice_activity.load_silero_vad(scripted_identity(p)), RuntimeError),
+    ("voice_activity.load_silero_vad", "a file that is not a TorchScript model", "is not a TorchScript model",
+     lambda p: (p / "vad.jit").write_text("text") and rotary_attention.voice_activity.load_silero_vad(p / "vad.jit"),
+     RuntimeError),
+    ("voice_activity.speech_timestamps", "a threshold outside (0, 1)", "threshold must be in (0, 1)",
+     lambda p: rotary_attention.voice_activity.speech_timestamps(torch.zeros(16000), threshold=1.5), RuntimeError),
     ("whisper_model.load_audio", "a file that is not audio", "as audio",
      lambda p: (p / "a.wav").write_text("text") and rotary_attention.whisper_model.load_audio(p / "a.wav"),
      RuntimeError),

@@ -4,11 +4,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "rotary_attention/whisper/decoding_options.h"
+#include "rotary_attention/whisper/voice_activity.h"
 
 namespace rotary_attention::whisper {
 
@@ -55,6 +57,15 @@ struct TranscribeOptions {
   /// With word timestamps: silent periods longer than this many seconds are
   /// skipped where a segment looks like a hallucination.
   std::optional<double> hallucination_silence_threshold;
+  /// Transcribe only the speech that `vad_model` finds (faster-whisper's
+  /// `vad_filter`): the speech ranges joined end to end, their segments' and
+  /// words' times mapped back to the audio's. Ignored with clip_timestamps,
+  /// as faster-whisper ignores it.
+  bool vad_filter = false;
+  /// faster-whisper's VadOptions (not in `fields()`: a struct of its own).
+  VadOptions vad_parameters;
+  /// Silero VAD, loaded once (`SileroVad(path)`); needed by vad_filter.
+  std::shared_ptr<SileroVad> vad_model;
 
   /// Each option by its name (whisper.transcribe's keyword) and member;
   /// `temperature` is `temperatures`.
@@ -73,6 +84,7 @@ struct TranscribeOptions {
     visit("prepend_punctuations", &TranscribeOptions::prepend_punctuations);
     visit("append_punctuations", &TranscribeOptions::append_punctuations);
     visit("hallucination_silence_threshold", &TranscribeOptions::hallucination_silence_threshold);
+    visit("vad_filter", &TranscribeOptions::vad_filter);
   }
 };
 

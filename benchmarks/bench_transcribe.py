@@ -6,6 +6,7 @@ was converted from) and the same recording (`long.wav`: 2 min 3 s of JFK's addre
 and LibriVox clips with silences).
 
     python benchmarks/bench_transcribe.py [--rounds 3] [--model base] [--audio long]
+        [--no-fallback] [--word_timestamps] [--vad_filter] [--contenders ...]
 
 Whisper's command-line defaults for every contender: English, beam 5, best_of 5,
 the temperature fallback (0, 0.2, ..., 1.0) with its thresholds, the previous text
@@ -19,7 +20,10 @@ the one kept: the fallback's work, which differs between rounds where sampling
 does). Contenders: openai-whisper (fp32), faster-whisper float32 and int8
 (`cpu_threads` = the cores), this library's C++ transcribe float32 and int8
 (`compute_type="int8"`: int8 weights, fp32 activations). faster-whisper (pinned
-below) is installed into this interpreter when missing.
+below) is installed into this interpreter when missing. `--word_timestamps` turns
+on each engine's word timestamps (openai-whisper with openai's alignment heads for
+the model), `--vad_filter` faster-whisper's and this library's voice-activity filter
+(Silero VAD with faster-whisper's defaults; openai-whisper has none and is left out).
 """
 
 import argparse
@@ -54,11 +58,15 @@ def read_wav(path):
 # ---------------------------------------------------------------- one contender (child)
 
 
-def run_contender(name, checkpoint, ct2_folder, warmup_path, audio_path, fallback):
+def run_contender(name, checkpoint, ct2_folder, warmup_path, audio_path, fallback, modes):
     import time
 
     if fallback == "no":
         OPTIONS["temperature"] = (0.0,)
+    if "words" in modes:
+        OPTIONS["word_timestamps"] = True
+    if "vad" in modes:
+        OPTIONS["vad_filter"] = True
     warmup, audio = read_wav(warmup_path), read_wav(audio_path)
     if name.startswith("faster-whisper"):
         from faster_whisper import WhisperModel
@@ -75,6 +83,7 @@ def run_contender(name, checkpoint, ct2_folder, warmup_path, audio_path, fallbac
         import whisper
 
         model = whisper.load_model(checkpoint)
+        model.set_alignment_heads(whisper._ALIGNMENT_HEADS[os.path.basename(checkpoint)[: -len(".pt")]])
 
         def transcribe(samples):
             result = whisper.transcribe(model, samples, fp16=False, **OPTIONS)
@@ -111,8 +120,10 @@ def main():
         action="store_true",
         help="temperature 0 only: every engine decodes each window once (no sampling, no randomness)",
     )
+    parser.add_argument("--word_timestamps", action="store_true", help="every engine's word timestamps on")
+    parser.add_argument("--vad_filter", action="store_true", help="Silero VAD first (openai-whisper left out)")
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=CONTENDERS)
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_contender(*args.child)
@@ -128,10 +139,12 @@ def main():
     ct2_folder = data.DATA / f"ct2-{args.model}"
     speech = data.speech()
     duration = len(read_wav(speech[args.audio])) / 16000
+    modes = ",".join(["-", *(["words"] if args.word_timestamps else []), *(["vad"] if args.vad_filter else [])])
     print(f"{cpu_name()}, {os.cpu_count()} cores; Whisper {args.model}; {args.audio}.wav, {duration:.1f} s; "
           f"{args.rounds} rounds, order rotating; " + ("temperature 0 only" if args.no_fallback else
-          "temperature fallback (whisper's defaults)"))  # fmt: skip
-    contenders = args.contenders
+          "temperature fallback (whisper's defaults)") + ("; word timestamps" if args.word_timestamps else "")
+          + ("; VAD filter" if args.vad_filter else ""))  # fmt: skip
+    contenders = [c for c in args.contenders if not (args.vad_filter and c == "openai-whisper")]
     results = {name: [] for name in contenders}
     passes = {name: [] for name in contenders}
     texts = {}
@@ -139,7 +152,7 @@ def main():
         order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
         for name in order:
             child = [str(checkpoint), str(ct2_folder), str(speech["jfk"]), str(speech[args.audio])]
-            child.append("no" if args.no_fallback else "yes")
+            child += ["no" if args.no_fallback else "yes", modes]
             out = subprocess.run(
                 [sys.executable, __file__, "--child", name, *child], capture_output=True, text=True, check=True
             )

@@ -32,6 +32,7 @@ while read -r built; do
   esac
 done <"$RA_BUILD_DIR/python_package_files.txt"
 cp python/rotary_attention/*.py "$installed/"
+cp python/rotary_whisper_launcher.py "$(dirname "$installed")/"
 if [[ -n ${RA_CTEST:-} ]]; then
   ctest --test-dir "$RA_BUILD_DIR" --output-on-failure -j2 -R "$RA_CTEST"
 fi

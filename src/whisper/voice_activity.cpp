@@ -3,7 +3,6 @@
 #include "rotary_attention/whisper/voice_activity.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/script.h>
 
 #include <algorithm>
@@ -11,6 +10,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <mutex>
+
+#include <omp.h>
 
 #include "rotary_attention/whisper/audio.h"
 
@@ -98,24 +99,31 @@ std::vector<float> SileroVad::speech_probabilities(const at::Tensor& audio) {
   std::vector<float> out;
   out.reserve(static_cast<size_t>((n + kWindow - 1) / kWindow));
   // The windows' ops are tiny: waking the other threads for each costs more
-  // than it saves (2.5x slower on 2 cores). Inside a parallel region (this
-  // one task's) torch runs nested ops on the calling thread alone.
-  at::parallel_for(0, 1, 2, [&](int64_t, int64_t) {
-    for (int64_t start = 0; start < n; start += kWindow) {
-      auto window = samples.narrow(0, start, std::min(kWindow, n - start));
-      if (window.size(0) < kWindow) {
-        window = at::constant_pad_nd(window, {0, kWindow - window.size(0)});
-      }
-      const auto probability =
-          module.forward({window, static_cast<int64_t>(kSampleRate)}).toTensor();
-      TORCH_CHECK(
-          probability.numel() == 1,
-          "SileroVad: a window gave ",
-          probability.numel(),
-          " values, not one probability");
-      out.push_back(probability.item<float>());
+  // than it saves (2.5x slower on 2 cores). OpenMP's thread count is the
+  // calling thread's own setting: this thread alone runs them, the others'
+  // settings untouched.
+  struct OneThread {
+    int saved = omp_get_max_threads();
+    OneThread() {
+      omp_set_num_threads(1);
     }
-  });
+    ~OneThread() {
+      omp_set_num_threads(saved);
+    }
+  } one_thread;
+  for (int64_t start = 0; start < n; start += kWindow) {
+    auto window = samples.narrow(0, start, std::min(kWindow, n - start));
+    if (window.size(0) < kWindow) {
+      window = at::constant_pad_nd(window, {0, kWindow - window.size(0)});
+    }
+    const auto probability = module.forward({window, static_cast<int64_t>(kSampleRate)}).toTensor();
+    TORCH_CHECK(
+        probability.numel() == 1,
+        "SileroVad: a window gave ",
+        probability.numel(),
+        " values, not one probability");
+    out.push_back(probability.item<float>());
+  }
   return out;
 }
 

@@ -46,7 +46,7 @@ def folder(tmp_path_factory):
 def test_the_python_blocks_run_and_decode_as_whisper(folder, monkeypatch):
     """The C++ fork (greedy), then openai-whisper's loop over the C++ decoder (beam 5)."""
     path, greedy, beam = folder
-    cpp_fork, whisper_loop = blocks("python")
+    _, cpp_fork, whisper_loop = blocks("python")
     monkeypatch.chdir(path)
     namespace = {}
     exec(compile(cpp_fork, PAGE, "exec"), namespace)
@@ -107,3 +107,23 @@ def test_the_word_subtitle_example_is_what_the_command_writes(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "jfk.srt").read_text().startswith(excerpt + "\n\n")
+
+
+def test_the_vad_block_runs_and_gives_the_package_s_ranges(folder, monkeypatch):
+    """The voice-activity example, against silero-vad's get_speech_timestamps with
+    faster-whisper's defaults."""
+    path, _, _ = folder
+    vad_example = blocks("python")[0]
+    monkeypatch.chdir(path)
+    namespace = {}
+    exec(compile(vad_example, PAGE, "exec"), namespace)
+    threads = torch.get_num_threads()
+    import silero_vad
+
+    torch.set_num_threads(threads)
+    audio = namespace["load_audio"]("speech.wav")
+    want = silero_vad.get_speech_timestamps(
+        audio, silero_vad.load_silero_vad(), min_speech_duration_ms=0, min_silence_duration_ms=500, speech_pad_ms=400
+    )
+    torch.set_num_threads(threads)
+    assert namespace["ranges"] == want

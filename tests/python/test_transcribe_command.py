@@ -172,3 +172,37 @@ def test_command_writes_words_as_whisper_does(tmp_path):
         done = run("--model", checkpoint, "-o", tmp_path / "none", *bad, jfk)
         assert done.returncode != 0 and error in done.stderr + done.stdout, (bad, done.stderr)
         assert not (tmp_path / "none").exists()
+
+
+def test_command_filters_speech_with_silero_vad(tmp_path):
+    """--vad_filter True with --vad_parameters: the segments of the Python face's
+    transcribe(vad_filter=True) at the same settings, times in the original audio;
+    a bad parameter and a model file that is not Silero's are refused."""
+    import torch
+
+    import rotary_attention.cpp
+
+    checkpoint = real_data.whisper_model("tiny.en")
+    samples = np.concatenate([np.zeros(16000 * 5, np.float32), read_wav(real_data.speech()["jfk"])])
+    path = tmp_path / "padded.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes((samples * 32768).astype("<i2").tobytes())
+    out = tmp_path / "out"
+    flags = ["--beam_size", "None", "--vad_filter", "True", "--vad_parameters", "min_silence_duration_ms=500"]
+    done = run("--model", checkpoint, "-o", out, "-f", "json", "--verbose", "False", *flags, path)
+    assert done.returncode == 0, done.stderr
+    got = json.loads((out / "padded.json").read_text())
+    model = rotary_attention.cpp.Whisper.load(checkpoint)
+    want = model.transcribe(
+        torch.from_numpy(read_wav(path)), vad_filter=True, vad_parameters={"min_silence_duration_ms": 500}
+    )
+    assert [(s["start"], s["end"], s["text"]) for s in got["segments"]] == [
+        (s["start"], s["end"], s["text"]) for s in want["segments"]
+    ]
+    assert got["segments"][0]["start"] >= 4.5  # after the leading 5 s of silence
+    for bad, error in ((["--vad_parameters", "thresh=0.3"], "expected name=value,... of VadOptions"),
+                       (["--vad_model", str(path)], "is not a TorchScript model")):  # fmt: skip
+        done = run("--model", checkpoint, "-o", tmp_path / "none", "--vad_filter", "True", *bad, path)
+        assert done.returncode != 0 and error in done.stderr + done.stdout, (bad, done.stderr)
+        assert not (tmp_path / "none").exists()

@@ -139,7 +139,7 @@ def main():
     ct2_folder = data.DATA / f"ct2-{args.model}"
     speech = data.speech()
     duration = len(read_wav(speech[args.audio])) / 16000
-    modes = ",".join(["-", *(["words"] if args.word_timestamps else []), *(["vad"] if args.vad_filter else [])])
+    modes = ",".join(["modes", *(["words"] if args.word_timestamps else []), *(["vad"] if args.vad_filter else [])])
     print(f"{cpu_name()}, {os.cpu_count()} cores; Whisper {args.model}; {args.audio}.wav, {duration:.1f} s; "
           f"{args.rounds} rounds, order rotating; " + ("temperature 0 only" if args.no_fallback else
           "temperature fallback (whisper's defaults)") + ("; word timestamps" if args.word_timestamps else "")

@@ -23,7 +23,9 @@ does). Contenders: openai-whisper (fp32), faster-whisper float32 and int8
 below) is installed into this interpreter when missing. `--word_timestamps` turns
 on each engine's word timestamps (openai-whisper with openai's alignment heads for
 the model), `--vad_filter` faster-whisper's and this library's voice-activity filter
-(Silero VAD with faster-whisper's defaults; openai-whisper has none and is left out).
+(Silero VAD with faster-whisper's defaults; openai-whisper has none and is left out),
+`--batch_size 8` faster-whisper's BatchedInferencePipeline and this library's batched
+transcription (both without timestamps, faster-whisper's pipeline default).
 """
 
 import argparse
@@ -67,6 +69,9 @@ def run_contender(name, checkpoint, ct2_folder, warmup_path, audio_path, fallbac
         OPTIONS["word_timestamps"] = True
     if "vad" in modes:
         OPTIONS["vad_filter"] = True
+    batch = [int(m[len("batch") :]) for m in modes.split(",") if m.startswith("batch")]
+    if batch:  # faster-whisper's batched pipeline: its defaults, no timestamps
+        OPTIONS.update(batch_size=batch[0], without_timestamps=True)
     warmup, audio = read_wav(warmup_path), read_wav(audio_path)
     if name.startswith("faster-whisper"):
         from faster_whisper import WhisperModel
@@ -74,7 +79,15 @@ def run_contender(name, checkpoint, ct2_folder, warmup_path, audio_path, fallbac
         assert "torch" not in sys.modules, "faster-whisper's process must not import torch"
         model = WhisperModel(ct2_folder, device="cpu", compute_type=name.split()[1], cpu_threads=os.cpu_count())
 
+        if batch:
+            from faster_whisper import BatchedInferencePipeline
+
+            pipeline = BatchedInferencePipeline(model)
+
         def transcribe(samples):
+            if batch:
+                segments, _ = pipeline.transcribe(samples, **OPTIONS)
+                return "".join(s.text for s in segments), [(s.seek, s.temperature) for s in segments]
             segments, _ = model.transcribe(samples, **OPTIONS, condition_on_previous_text=True)
             segments = list(segments)  # a generator: this runs it
             return "".join(s.text for s in segments), [(s.seek, s.temperature) for s in segments]
@@ -122,6 +135,9 @@ def main():
     )
     parser.add_argument("--word_timestamps", action="store_true", help="every engine's word timestamps on")
     parser.add_argument("--vad_filter", action="store_true", help="Silero VAD first (openai-whisper left out)")
+    parser.add_argument(
+        "--batch_size", type=int, help="faster-whisper's batched pipeline and this one's (openai-whisper left out)"
+    )
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=CONTENDERS)
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -139,12 +155,17 @@ def main():
     ct2_folder = data.DATA / f"ct2-{args.model}"
     speech = data.speech()
     duration = len(read_wav(speech[args.audio])) / 16000
-    modes = ",".join(["modes", *(["words"] if args.word_timestamps else []), *(["vad"] if args.vad_filter else [])])
+    modes = ",".join(
+        ["modes", *(["words"] if args.word_timestamps else []), *(["vad"] if args.vad_filter else []),
+         *([f"batch{args.batch_size}"] if args.batch_size else [])]
+    )  # fmt: skip
     print(f"{cpu_name()}, {os.cpu_count()} cores; Whisper {args.model}; {args.audio}.wav, {duration:.1f} s; "
           f"{args.rounds} rounds, order rotating; " + ("temperature 0 only" if args.no_fallback else
           "temperature fallback (whisper's defaults)") + ("; word timestamps" if args.word_timestamps else "")
-          + ("; VAD filter" if args.vad_filter else ""))  # fmt: skip
-    contenders = [c for c in args.contenders if not (args.vad_filter and c == "openai-whisper")]
+          + ("; VAD filter" if args.vad_filter else "")
+          + (f"; batched, batch_size {args.batch_size}, no timestamps" if args.batch_size else ""))  # fmt: skip
+    no_openai = args.vad_filter or args.batch_size
+    contenders = [c for c in args.contenders if not (no_openai and c == "openai-whisper")]
     results = {name: [] for name in contenders}
     passes = {name: [] for name in contenders}
     texts = {}

@@ -38,7 +38,9 @@ add_library(rotary_whisper SHARED
   src/whisper/alignment_heads.cpp
   src/whisper/word_timing.cpp
   src/whisper/voice_activity.cpp
+  src/whisper/segmenter.cpp
   src/whisper/transcribe.cpp
+  src/whisper/batched_transcription.cpp
   src/whisper/writers.cpp)
 add_library(RotaryAttention::whisper ALIAS rotary_whisper)
 # The one file that needs TorchScript's headers compiles beside the batch.

@@ -178,6 +178,7 @@ int main(int argc, char** argv) {
   std::optional<std::string> language, initial_prompt, length_penalty;
   std::optional<int64_t> sample_len;
   std::optional<uint64_t> seed;
+  std::optional<int64_t> batch_size;
   double temperature = 0.0, max_initial_timestamp = 1.0;
   bool without_timestamps = false, keep_blank = false;
   int threads = 0;
@@ -323,6 +324,11 @@ int main(int argc, char** argv) {
       vad_parameters,
       "faster-whisper's VadOptions as name=value,... (threshold, neg_threshold, "
       "min_speech_duration_ms, max_speech_duration_s, min_silence_duration_ms, speech_pad_ms)");
+  app.add_option(
+      "--batch_size",
+      batch_size,
+      "faster-whisper's batched pipeline: the speech chunks (up to 30 s, Silero VAD) of all the "
+      "files decoded this many at a time, each once at the first temperature, no previous text");
   app.add_option("--threads", threads, "torch's intra-op threads (0: torch's default)")
       ->capture_default_str();
   app.add_option("audio", audio_paths, "audio files (WAV, FLAC, Ogg, MP3, ...)")->required();
@@ -377,7 +383,9 @@ int main(int argc, char** argv) {
     }
     options.word_timestamps = str2bool(word_timestamps, "--word_timestamps");
     options.vad_filter = str2bool(vad_filter, "--vad_filter");
-    options.vad_parameters = vad_options(vad_parameters);
+    if (!vad_parameters.empty()) {
+      options.vad_parameters = vad_options(vad_parameters);
+    }
     writer.highlight_words = str2bool(highlight_words, "--highlight_words");
     writer.max_line_width = optional_number<int64_t>(max_line_width, "--max_line_width");
     writer.max_line_count = optional_number<int64_t>(max_line_count, "--max_line_count");
@@ -424,13 +432,14 @@ int main(int argc, char** argv) {
     if (!prompt.empty()) {
       options.decoding.prompt = token_list(prompt, "--prompt");
     }
-    if (options.vad_filter) {
+    options.batch_size = batch_size;
+    if (options.vad_filter || options.batch_size) {
       if (vad_model.empty()) {
         const char* found = std::getenv("RA_SILERO_VAD");
         if (found == nullptr || !fs::exists(found)) {
           throw std::runtime_error(
-              "--vad_filter True needs Silero VAD's model: pip install silero-vad==6.2.3, or give "
-              "--vad_model PATH (silero_vad.jit)");
+              "--vad_filter True and --batch_size need Silero VAD's model: pip install "
+              "silero-vad==6.2.3, or give --vad_model PATH (silero_vad.jit)");
         }
         vad_model = found;
       }
@@ -445,6 +454,41 @@ int main(int argc, char** argv) {
     return 2;
   }
   int status = 0;
+  if (options.batch_size) {
+    // Every file's speech chunks batched together; a file that cannot be read
+    // is reported, the others transcribed.
+    std::vector<std::string> paths;
+    std::vector<at::Tensor> audios;
+    for (const auto& path : audio_paths) {
+      try {
+        audios.push_back(rw::load_audio(path));
+        paths.push_back(path);
+      } catch (const std::exception& e) {
+        std::cerr << "rotary-whisper: " << path << ": " << message_of(e) << "\n";
+        status = 1;
+      }
+    }
+    try {
+      rw::BatchedProgress progress;
+      if (print_segments) {
+        progress = [](size_t, const std::vector<rw::Segment>& segments, int64_t, int64_t) {
+          for (const auto& s : segments) {
+            std::cout << "[" << rw::format_timestamp(s.start) << " --> "
+                      << rw::format_timestamp(s.end) << "] " << s.text << std::endl;
+          }
+        };
+      }
+      const auto results =
+          rw::transcribe_batched(*inference, *tokenizer, audios, options, progress);
+      for (size_t i = 0; i < paths.size(); ++i) {
+        rw::write_transcription(results[i], paths[i], output_dir, output_format, writer);
+      }
+    } catch (const std::exception& e) {
+      std::cerr << "rotary-whisper: " << message_of(e) << "\n";
+      status = 1;
+    }
+    return status;
+  }
   for (const auto& path : audio_paths) {
     try {
       const auto audio = rw::load_audio(path);

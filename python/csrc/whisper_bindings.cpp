@@ -92,6 +92,19 @@ py::dict segment_dict(const rw::Segment& segment) {
   return out;
 }
 
+// whisper.transcribe's result dict.
+py::dict transcription_dict(const rw::Transcription& result) {
+  py::list segments;
+  for (const auto& segment : result.segments) {
+    segments.append(segment_dict(segment));
+  }
+  py::dict out;
+  out["text"] = py::str(result.text);
+  out["segments"] = segments;
+  out["language"] = result.language;
+  return out;
+}
+
 // Fields read by name from a dict (whisper's keys) into a struct.
 template <class Result>
 Result from_dict(const py::handle& dict) {
@@ -101,6 +114,39 @@ Result from_dict(const py::handle& dict) {
     result.*member = py::cast<Value>(dict[name]);
   });
   return result;
+}
+
+// whisper.transcribe's keywords: TranscribeOptions' own, the decoding
+// options, and faster-whisper's vad_parameters (a dict).
+rw::TranscribeOptions transcribe_options(
+    const py::dict& options, const std::shared_ptr<rw::SileroVad>& vad) {
+  // Options of both structs, each by its own name; the VAD's apart.
+  py::dict own, decoding, vad_parameters;
+  bool has_vad_parameters = false;
+  bool found = false;
+  const auto is_own = [&](const std::string& key) {
+    found = false;
+    rw::TranscribeOptions::fields([&](const char* name, auto) { found |= key == name; });
+    return found;
+  };
+  for (const auto& [key, value] : options) {
+    const auto name = py::cast<std::string>(key);
+    if (name == "vad_parameters") {
+      if (!value.is_none()) {
+        vad_parameters = py::cast<py::dict>(value);
+        has_vad_parameters = true;
+      }
+      continue;
+    }
+    (is_own(name) ? own : decoding)[key] = value;
+  }
+  auto o = options_from<rw::TranscribeOptions>(own, "transcribe");
+  o.decoding = options_from<rw::DecodingOptions>(decoding, "transcribe");
+  if (has_vad_parameters) {
+    o.vad_parameters = options_from<rw::VadOptions>(vad_parameters, "vad_parameters");
+  }
+  o.vad_model = vad;
+  return o;
 }
 
 } // namespace
@@ -288,28 +334,7 @@ void bind_whisper(py::module& m) {
              const py::dict& options,
              const py::object& progress,
              const std::shared_ptr<rw::SileroVad>& vad) {
-            // Options of both structs, each by its own name; the VAD's apart.
-            py::dict own, decoding, vad_parameters;
-            bool found = false;
-            const auto is_own = [&](const std::string& key) {
-              found = false;
-              rw::TranscribeOptions::fields([&](const char* name, auto) { found |= key == name; });
-              return found;
-            };
-            for (const auto& [key, value] : options) {
-              const auto name = py::cast<std::string>(key);
-              if (name == "vad_parameters") {
-                if (!value.is_none()) {
-                  vad_parameters = py::cast<py::dict>(value);
-                }
-                continue;
-              }
-              (is_own(name) ? own : decoding)[key] = value;
-            }
-            auto o = options_from<rw::TranscribeOptions>(own, "transcribe");
-            o.decoding = options_from<rw::DecodingOptions>(decoding, "transcribe");
-            o.vad_parameters = options_from<rw::VadOptions>(vad_parameters, "vad_parameters");
-            o.vad_model = vad;
+            auto o = transcribe_options(options, vad);
             rw::TranscribeProgress report;
             if (!progress.is_none()) {
               report = [&progress](
@@ -327,21 +352,36 @@ void bind_whisper(py::module& m) {
               py::gil_scoped_release released;
               result = rw::transcribe(inference, tokenizer, audio, o, report);
             }
-            py::list segments;
-            for (const auto& segment : result.segments) {
-              segments.append(segment_dict(segment));
-            }
-            py::dict out;
-            out["text"] = py::str(result.text);
-            out["segments"] = segments;
-            out["language"] = result.language;
-            return out;
+            return transcription_dict(result);
           },
           py::arg("tokenizer"),
           py::arg("audio"),
           py::arg("options"),
           py::arg("progress") = py::none(),
-          py::arg("vad") = nullptr);
+          py::arg("vad") = nullptr)
+      .def(
+          "transcribe_batched",
+          [](rw::WhisperInference& inference,
+             const rw::Tokenizer& tokenizer,
+             const std::vector<torch::Tensor>& audios,
+             const py::dict& options,
+             const std::shared_ptr<rw::SileroVad>& vad) {
+            const auto o = transcribe_options(options, vad);
+            std::vector<rw::Transcription> results;
+            {
+              py::gil_scoped_release released;
+              results = rw::transcribe_batched(inference, tokenizer, audios, o);
+            }
+            py::list out;
+            for (const auto& r : results) {
+              out.append(transcription_dict(r));
+            }
+            return out;
+          },
+          py::arg("tokenizer"),
+          py::arg("audios"),
+          py::arg("options"),
+          py::arg("vad"));
 
   py::class_<rw::SileroVad, std::shared_ptr<rw::SileroVad>>(m, "_SileroVad")
       .def(

@@ -179,7 +179,8 @@ class Whisper:
         `word_timestamps`, `prepend_punctuations`, `append_punctuations`,
         `hallucination_silence_threshold`), faster-whisper's `vad_filter` and
         `vad_parameters` (a dict of its VadOptions) with `vad_model` (Silero VAD's
-        TorchScript file; default: the installed silero-vad's), and the
+        TorchScript file; default: the installed silero-vad's), `batch_size` (its
+        batched pipeline: see transcribe_batched), and the
         decoding options (`language`, `task`, `beam_size`, `best_of`, ...), plus
         `seed` (sampling's generator; none: torch's default, as whisper) and
         `reproduce_whisper_samples` (sample with whisper's own torch call: the
@@ -187,26 +188,7 @@ class Whisper:
         whisper's dict: `text`, `segments`, `language`. verbose: True prints each
         segment as whisper does, False shows a progress bar (tqdm, when installed),
         None neither."""
-        own = {k: kwargs.pop(k) for k in list(kwargs) if k in _TRANSCRIBE_DEFAULTS}
-        unknown = set(kwargs) - set(_DEFAULTS)
-        if unknown:
-            raise TypeError(f"transcribe() got unexpected options: {sorted(unknown)}")
-        kwargs.pop("fp16", None)  # fp32 on the CPU, as whisper.transcribe there
-        if "temperature" in kwargs:  # whisper's decode_options can't hold it either
-            raise TypeError("transcribe() got multiple values for temperature")
-        if isinstance(kwargs.get("suppress_tokens"), str):
-            kwargs["suppress_tokens"] = [int(t) for t in kwargs["suppress_tokens"].split(",") if t]
-        for name in ("prompt", "prefix"):
-            if kwargs.get(name) is not None:
-                kwargs[name] = _token_list(self.tokenizer, kwargs[name])
-            else:
-                kwargs.pop(name, None)
-        temperature = own.get("temperature", _TRANSCRIBE_DEFAULTS["temperature"])
-        own["temperature"] = [float(temperature)] if isinstance(temperature, int | float) else list(temperature)
-        clips = own.get("clip_timestamps", "0")
-        if isinstance(clips, str):
-            clips = [float(t) for t in clips.split(",")] if clips else []
-        own["clip_timestamps"] = [float(t) for t in clips]
+        own, kwargs = self._split_options(kwargs)
         if isinstance(audio, str | os.PathLike):
             audio = load_audio(audio)
         samples = torch.as_tensor(audio).float()
@@ -230,16 +212,57 @@ class Whisper:
                     bar.update(seek - done[0])
                     done[0] = seek
 
-        vad = None
-        if own.get("vad_filter"):
-            vad = load_silero_vad(vad_model)
-            given = vad_parameters or {}
-            own["vad_parameters"] = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given)
+        vad = self._voice_activity(own, vad_parameters, vad_model)
         try:
             return self._inference.transcribe(self.tokenizer, samples, {**own, **kwargs}, progress, vad)
         finally:
             if verbose is False and progress is not None:
                 bar.close()
+
+    def transcribe_batched(self, audios, *, batch_size: int = 8, vad_parameters=None, vad_model=None, **kwargs):
+        """faster-whisper's BatchedInferencePipeline over several audios (paths or
+        16-kHz samples): the speech Silero VAD finds, gathered into chunks of up to
+        30 s, the chunks of all of them decoded `batch_size` at a time, each once at
+        the first temperature with no previous text as its prompt. Returns one
+        whisper result dict per audio."""
+        own, decoding = self._split_options({**kwargs, "batch_size": batch_size})
+        vad = self._voice_activity(own, vad_parameters, vad_model)
+        samples = [torch.as_tensor(load_audio(a) if isinstance(a, str | os.PathLike) else a).float() for a in audios]
+        return self._inference.transcribe_batched(self.tokenizer, samples, {**own, **decoding}, vad)
+
+    def _split_options(self, kwargs):
+        """transcribe's own keywords, and the decoding options, as the C++ side takes them."""
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in _TRANSCRIBE_DEFAULTS}
+        unknown = set(kwargs) - set(_DEFAULTS)
+        if unknown:
+            raise TypeError(f"transcribe() got unexpected options: {sorted(unknown)}")
+        kwargs.pop("fp16", None)  # fp32 on the CPU, as whisper.transcribe there
+        if "temperature" in kwargs:  # whisper's decode_options can't hold it either
+            raise TypeError("transcribe() got multiple values for temperature")
+        if isinstance(kwargs.get("suppress_tokens"), str):
+            kwargs["suppress_tokens"] = [int(t) for t in kwargs["suppress_tokens"].split(",") if t]
+        for name in ("prompt", "prefix"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = _token_list(self.tokenizer, kwargs[name])
+            else:
+                kwargs.pop(name, None)
+        temperature = own.get("temperature", _TRANSCRIBE_DEFAULTS["temperature"])
+        own["temperature"] = [float(temperature)] if isinstance(temperature, int | float) else list(temperature)
+        clips = own.get("clip_timestamps", "0")
+        if isinstance(clips, str):
+            clips = [float(t) for t in clips.split(",")] if clips else []
+        own["clip_timestamps"] = [float(t) for t in clips]
+        return own, kwargs
+
+    @staticmethod
+    def _voice_activity(own, vad_parameters, vad_model):
+        """Silero VAD for the VAD filter or the batched pipeline, and its options in `own`."""
+        if not own.get("vad_filter") and own.get("batch_size") is None:
+            return None
+        if vad_parameters is not None:
+            given = vad_parameters
+            own["vad_parameters"] = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given)
+        return load_silero_vad(vad_model)
 
 
 def _find_vocabulary(checkpoint, multilingual: bool) -> str:

@@ -8,11 +8,14 @@
 
 #include <cmath>
 
+#include "detect_language.h"
 #include "python_tail.h"
 #include "rotary_attention/whisper/audio.h"
 #include "rotary_attention/whisper/decoding.h"
 #include "rotary_attention/whisper/tokenizer.h"
 #include "rotary_attention/whisper/word_timing.h"
+#include "segmenter.h"
+#include "transcribe_checks.h"
 
 namespace rotary_attention::whisper {
 
@@ -36,22 +39,6 @@ constexpr int64_t kWindowFrames = kChunkFrames; // N_FRAMES: 30 s of mel frames
 // Python's seconds of `frames` mel frames: frames * HOP_LENGTH / SAMPLE_RATE.
 double seconds(int64_t frames) {
   return static_cast<double>(frames * kHopLength) / static_cast<double>(kSampleRate);
-}
-
-void check_options(const TranscribeOptions& o) {
-  TORCH_CHECK(!o.temperatures.empty(), "transcribe: temperature needs at least one value");
-  for (const double t : o.temperatures) {
-    TORCH_CHECK(std::isfinite(t) && t >= 0, "transcribe: temperatures must be >= 0, got ", t);
-  }
-  for (const double t : o.clip_timestamps) {
-    TORCH_CHECK(
-        std::isfinite(t) && t >= 0, "transcribe: clip_timestamps must be seconds >= 0, got ", t);
-  }
-  TORCH_CHECK(
-      o.decoding.task == "transcribe" || o.decoding.task == "translate",
-      "transcribe: task must be \"transcribe\" or \"translate\", got \"",
-      o.decoding.task,
-      "\"");
 }
 
 // decode_with_fallback: each temperature in turn until the result is neither
@@ -90,92 +77,6 @@ DecodingResult decode_with_fallback(
     }
   }
   return result;
-}
-
-struct WindowSegments {
-  std::vector<Segment> segments;
-  int64_t seek_advance = 0; ///< frames the seek moves forward
-  bool single_timestamp_ending = false;
-};
-
-// The segments of one window's tokens: cut after every pair of consecutive
-// timestamps; a window ending on a single timestamp had no speech after it
-// (the seek moves over the window), otherwise the seek moves to the last
-// timestamp and the unfinished text is decoded again in the next window. With
-// no pair, the whole window is one segment.
-WindowSegments segments_of_window(
-    const Tokenizer& tokenizer,
-    const DecodingResult& result,
-    int64_t seek,
-    int64_t segment_size,
-    int64_t input_stride) {
-  const auto& tokens = result.tokens;
-  const int64_t begin = tokenizer.timestamp_begin();
-  const double time_offset = seconds(seek);
-  const double time_precision =
-      static_cast<double>(input_stride * kHopLength) / static_cast<double>(kSampleRate);
-  const auto is_timestamp = [&](size_t i) { return tokens[i] >= begin; };
-  const size_t n = tokens.size();
-  // whisper's timestamp_tokens[-2:] == [False, True]
-  const bool single_timestamp_ending = n >= 2 && !is_timestamp(n - 2) && is_timestamp(n - 1);
-  std::vector<size_t> slices;
-  for (size_t i = 1; i < n; ++i) {
-    if (is_timestamp(i - 1) && is_timestamp(i)) {
-      slices.push_back(i);
-    }
-  }
-  const auto segment = [&](double start, double end, std::vector<int64_t> part) {
-    Segment s;
-    s.seek = seek;
-    s.start = start;
-    s.end = end;
-    std::vector<int64_t> text_tokens;
-    for (const int64_t t : part) {
-      if (t < tokenizer.eot()) {
-        text_tokens.push_back(t);
-      }
-    }
-    s.text = tokenizer.decode(text_tokens);
-    s.tokens = std::move(part);
-    s.temperature = result.temperature;
-    s.avg_logprob = result.avg_logprob;
-    s.compression_ratio = result.compression_ratio;
-    s.no_speech_prob = result.no_speech_prob;
-    return s;
-  };
-  WindowSegments out;
-  out.single_timestamp_ending = single_timestamp_ending;
-  if (!slices.empty()) {
-    if (single_timestamp_ending) {
-      slices.push_back(n);
-    }
-    size_t last_slice = 0;
-    for (const size_t current : slices) {
-      std::vector<int64_t> part(tokens.begin() + last_slice, tokens.begin() + current);
-      const int64_t start_pos = part.front() - begin, end_pos = part.back() - begin;
-      out.segments.push_back(segment(
-          time_offset + static_cast<double>(start_pos) * time_precision,
-          time_offset + static_cast<double>(end_pos) * time_precision,
-          std::move(part)));
-      last_slice = current;
-    }
-    out.seek_advance =
-        single_timestamp_ending ? segment_size : (tokens[last_slice - 1] - begin) * input_stride;
-  } else {
-    double duration = seconds(segment_size);
-    for (size_t i = n; i-- > 0;) {
-      if (is_timestamp(i)) {
-        // No pair, but a timestamp: the last one ends the segment.
-        if (tokens[i] != begin) {
-          duration = static_cast<double>(tokens[i] - begin) * time_precision;
-        }
-        break;
-      }
-    }
-    out.segments.push_back(segment(time_offset, time_offset + duration, tokens));
-    out.seek_advance = segment_size;
-  }
-  return out;
 }
 
 // whisper's get_end: the last word's end, else the last segment's end.
@@ -335,26 +236,6 @@ bool place_words(
   return true;
 }
 
-// faster-whisper's restore_speech_timestamps: a segment's words map through
-// the range their middle falls in, and the segment spans its words; a segment
-// without words maps its start, and its end as an end.
-void restore_original_times(std::vector<Segment>& segments, const SpeechTimeMap& map) {
-  for (auto& segment : segments) {
-    if (segment.words && !segment.words->empty()) {
-      for (auto& word : *segment.words) {
-        const size_t range = map.range_of((word.start + word.end) / 2);
-        word.start = map.original_time(word.start, range);
-        word.end = map.original_time(word.end, range);
-      }
-      segment.start = segment.words->front().start;
-      segment.end = segment.words->back().end;
-    } else {
-      segment.start = map.original_time(segment.start);
-      segment.end = map.original_time(segment.end, std::nullopt, /*is_end=*/true);
-    }
-  }
-}
-
 bool clips_everything(const std::vector<double>& clip_timestamps) {
   return clip_timestamps.empty() || (clip_timestamps.size() == 1 && clip_timestamps[0] == 0);
 }
@@ -366,7 +247,8 @@ Transcription transcribe_speech(
     const at::Tensor& audio,
     const TranscribeOptions& options,
     const TranscribeProgress& progress) {
-  const auto ranges = speech_timestamps(*options.vad_model, audio, options.vad_parameters);
+  const auto ranges =
+      speech_timestamps(*options.vad_model, audio, options.vad_parameters.value_or(VadOptions{}));
   std::vector<at::Tensor> pieces;
   for (const auto& r : ranges) {
     pieces.push_back(audio.narrow(0, r.start, r.end - r.start));
@@ -382,12 +264,12 @@ Transcription transcribe_speech(
   if (progress) {
     mapped = [&](const std::vector<Segment>& added, int64_t seek, int64_t total) {
       auto copy = added;
-      restore_original_times(copy, map);
+      detail::restore_original_times(copy, map);
       progress(copy, seek, total);
     };
   }
   auto result = transcribe(inference, tokenizer, speech, inner, mapped);
-  restore_original_times(result.segments, map);
+  detail::restore_original_times(result.segments, map);
   return result;
 }
 
@@ -399,14 +281,18 @@ Transcription transcribe(
     const at::Tensor& audio,
     const TranscribeOptions& options,
     const TranscribeProgress& progress) {
-  check_options(options);
-  TORCH_CHECK(
-      audio.dim() == 1 && audio.is_floating_point(),
-      "transcribe: expected audio as 1-D floating-point 16-kHz samples, got ",
-      audio.scalar_type(),
-      " of shape ",
-      audio.sizes());
+  detail::check_options(options);
+  detail::check_audio(audio);
   at::NoGradGuard no_grad;
+  if (options.batch_size) {
+    BatchedProgress report;
+    if (progress) {
+      report = [&](size_t, const std::vector<Segment>& added, int64_t done, int64_t total) {
+        progress(added, done, total);
+      };
+    }
+    return transcribe_batched(inference, tokenizer, {audio}, options, report).front();
+  }
   if (options.vad_filter && clips_everything(options.clip_timestamps)) {
     TORCH_CHECK(
         options.vad_model != nullptr,
@@ -415,10 +301,7 @@ Transcription transcribe(
     return transcribe_speech(inference, tokenizer, audio, options, progress);
   }
   Whisper model = inference.model();
-  TORCH_CHECK(
-      !options.word_timestamps || !model->alignment_heads().empty(),
-      "transcribe: word_timestamps needs the model's alignment heads, and it has none (set them "
-      "with set_alignment_heads)");
+  detail::check_alignment_heads(*model, options);
   const auto& dims = model->dims;
   // The whole audio's log-mel at once, with 30 s of silence after it (its
   // normalisation is over all of it, as whisper's).
@@ -438,12 +321,8 @@ Transcription transcribe(
     if (!dims.is_multilingual()) {
       decoding.language = "en";
     } else {
-      DecodingOptions detect = decoding;
-      detect.task = "lang_id";
-      detect.temperature = 0;
-      detect.beam_size.reset(), detect.best_of.reset(), detect.patience.reset();
       decoding.language =
-          decode(inference, tokenizer, features_of(0, kWindowFrames), detect).front().language;
+          detail::detect_language(inference, tokenizer, features_of(0, kWindowFrames), decoding);
     }
   }
   Transcription out;
@@ -540,7 +419,8 @@ Transcription transcribe(
       }
     }
     const int64_t previous_seek = seek;
-    auto window = segments_of_window(tokenizer, result, seek, segment_size, input_stride);
+    auto window = detail::segments_of_window(
+        tokenizer, result, seek, seconds(seek), segment_size, input_stride);
     seek += window.seek_advance;
     if (options.word_timestamps &&
         !place_words(
@@ -558,16 +438,7 @@ Transcription transcribe(
       }
       continue;
     }
-    // An instantaneous segment, or one without text, is kept empty.
-    for (auto& segment : window.segments) {
-      if (segment.start == segment.end || strip(segment.text).empty()) {
-        segment.text.clear();
-        segment.tokens.clear();
-        if (segment.words) {
-          segment.words->clear();
-        }
-      }
-    }
+    detail::clear_empty_segments(window.segments);
     for (auto& segment : window.segments) {
       segment.id = static_cast<int64_t>(out.segments.size());
       all_tokens.insert(all_tokens.end(), segment.tokens.begin(), segment.tokens.end());

@@ -3,6 +3,7 @@
 #include "rotary_attention/whisper/voice_activity.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/script.h>
 
 #include <algorithm>
@@ -102,6 +103,7 @@ std::vector<float> SileroVad::speech_probabilities(const at::Tensor& audio) {
   // than it saves (2.5x slower on 2 cores). OpenMP's thread count is the
   // calling thread's own setting: this thread alone runs them, the others'
   // settings untouched.
+  at::init_num_threads(); // (once per thread: it would reset the count set below)
   struct OneThread {
     int saved = omp_get_max_threads();
     OneThread() {

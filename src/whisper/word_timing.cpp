@@ -272,7 +272,7 @@ void merge_punctuations(
   }
 }
 
-void add_word_timestamps(
+double add_word_timestamps(
     std::vector<Segment>& segments,
     Whisper& model,
     const Tokenizer& tokenizer,
@@ -282,9 +282,9 @@ void add_word_timestamps(
     int64_t num_frames,
     const std::string& prepend_punctuations,
     const std::string& append_punctuations,
-    double& last_speech_end) {
+    double last_speech_end) {
   if (segments.empty()) {
-    return;
+    return last_speech_end;
   }
   std::vector<std::vector<int64_t>> text_tokens_per_segment;
   std::vector<int64_t> text_tokens;
@@ -372,6 +372,7 @@ void add_word_timestamps(
     }
     segment.words = std::move(words);
   }
+  return last_speech_end;
 }
 
 } // namespace rotary_attention::whisper

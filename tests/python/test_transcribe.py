@@ -72,8 +72,7 @@ def assert_same_transcription(got, want):
 def test_tiny_en_equals_whisper(tiny_en, speech, recording, search):
     """Real weights on real speech: the seek over several windows (the long
     recording: 2 min of clips with silences), windows ending on a single
-    timestamp and on a pair, the previous text as the prompt. (The long
-    recording greedy: with word timestamps, test_word_timestamps.py.)"""
+    timestamp and on a pair, the previous text as the prompt."""
     original, model = tiny_en
     want = whisper.transcribe(original, speech[recording], fp16=False, **search)
     got = model.transcribe(speech[recording], **search)

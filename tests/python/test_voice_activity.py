@@ -41,23 +41,33 @@ def recordings():
     }
 
 
-def package_probabilities(model, audio):
-    """get_speech_timestamps' loop: 512-sample windows, the last padded."""
-    model.reset_states()
-    out = []
-    for start in range(0, len(audio), 512):
-        chunk = audio[start : start + 512]
-        if len(chunk) < 512:
-            chunk = torch.nn.functional.pad(chunk, (0, 512 - len(chunk)))
-        out.append(model(chunk, 16000).item())
-    return out
-
-
-def test_probabilities_are_the_package_s_bit_for_bit(silero, recordings):
+@pytest.fixture(scope="module")
+def probabilities(silero, recordings):
+    """Each recording's window probabilities: the package's, as its
+    get_speech_timestamps computes them (512-sample windows, the last padded; on
+    one thread, as the package sets torch), and this library's."""
     _, model = silero
     ours = voice_activity.load_silero_vad()
-    for audio in recordings.values():
-        assert ours.speech_probabilities(audio) == package_probabilities(model, audio)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        theirs = {}
+        for name, audio in recordings.items():
+            model.reset_states()
+            theirs[name] = []
+            for start in range(0, len(audio), 512):
+                chunk = audio[start : start + 512]
+                if len(chunk) < 512:
+                    chunk = torch.nn.functional.pad(chunk, (0, 512 - len(chunk)))
+                theirs[name].append(model(chunk, 16000).item())
+    finally:
+        torch.set_num_threads(threads)
+    return theirs, {name: ours.speech_probabilities(audio) for name, audio in recordings.items()}
+
+
+def test_probabilities_are_the_package_s_bit_for_bit(probabilities):
+    theirs, ours = probabilities
+    assert ours == theirs
 
 
 # The package's defaults (threshold 0.5, min_speech 250 ms, min_silence 100 ms, pad 30 ms,
@@ -74,15 +84,31 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", range(len(CASES)))
-def test_speech_timestamps_are_the_package_s(silero, recordings, case):
+def test_speech_timestamps_are_the_package_s(silero, recordings):
+    """The whole of the package's get_speech_timestamps against this library's."""
     package, model = silero
+    threads = torch.get_num_threads()
+    for name, audio in recordings.items():
+        torch.set_num_threads(1)
+        want = package.get_speech_timestamps(audio, model, **PACKAGE)
+        torch.set_num_threads(threads)
+        assert voice_activity.speech_timestamps(audio, **PACKAGE) == want, name
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_speech_ranges_are_the_package_s(silero, recordings, probabilities, case):
+    """Each option set over each recording's probabilities: the package's
+    get_speech_timestamps_from_probs (what its get_speech_timestamps runs after
+    the model) and this library's."""
+    package, _ = silero
+    theirs_probabilities, ours_probabilities = probabilities
     options = {**PACKAGE, **CASES[case]}
     theirs = {k.replace("min_silence_at_max_speech_ms", "min_silence_at_max_speech"): v for k, v in options.items()}
-    ours = voice_activity.load_silero_vad()
     for name, audio in recordings.items():
-        want = package.get_speech_timestamps(audio, model, **theirs)
-        got = voice_activity.speech_timestamps(audio, ours, **options)
+        want = package.get_speech_timestamps_from_probs(
+            theirs_probabilities[name], audio_length_samples=len(audio), **theirs
+        )
+        got = _C._speech_ranges_from_probabilities(ours_probabilities[name], len(audio), options)
         assert got == want, name
         if name == "speech":
             assert len(got) >= 2
@@ -136,7 +162,7 @@ def test_vad_filter_maps_times_as_faster_whisper_does(tiny_en, recordings):  # n
     ranges = voice_activity.speech_timestamps(audio, **vad)
     assert len(ranges) >= 2
     joined = torch.cat([audio[r["start"] : r["end"]] for r in ranges])
-    for words in (False, True):
+    for words in (True,):  # (a segment's own times through the map: test_the_time_map_is_faster_whisper_s)
         plain = model.transcribe(joined, word_timestamps=words)
         got = model.transcribe(audio, word_timestamps=words, vad_filter=True, vad_parameters=vad)
         assert got["text"] == plain["text"]

@@ -6,6 +6,8 @@
 #include <utility>
 #include <vector>
 
+#include "rotary_attention/detail/keep_linked.h"
+
 namespace rotary_attention::whisper {
 
 struct ModelDimensions; // model.h

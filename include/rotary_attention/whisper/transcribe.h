@@ -62,10 +62,19 @@ struct TranscribeOptions {
   /// words' times mapped back to the audio's. Ignored with clip_timestamps,
   /// as faster-whisper ignores it.
   bool vad_filter = false;
-  /// faster-whisper's VadOptions (not in `fields()`: a struct of its own).
-  VadOptions vad_parameters;
-  /// Silero VAD, loaded once (`SileroVad(path)`); needed by vad_filter.
+  /// faster-whisper's VadOptions (not in `fields()`: a struct of its own);
+  /// none: its defaults (with batch_size, its batched pipeline's: speech cut
+  /// at 30 s, silences from 160 ms).
+  std::optional<VadOptions> vad_parameters;
+  /// Silero VAD, loaded once (`SileroVad(path)`); needed by vad_filter and
+  /// batch_size.
   std::shared_ptr<SileroVad> vad_model;
+  /// faster-whisper's BatchedInferencePipeline: the speech Silero VAD finds,
+  /// gathered into chunks of up to 30 s, decoded this many chunks at a time
+  /// (across files with `transcribe_batched`), each chunk once at the first
+  /// temperature with no previous text as its prompt, times mapped back.
+  /// None: whisper's sequential loop.
+  std::optional<int64_t> batch_size;
 
   /// Each option by its name (whisper.transcribe's keyword) and member;
   /// `temperature` is `temperatures`.
@@ -85,6 +94,7 @@ struct TranscribeOptions {
     visit("append_punctuations", &TranscribeOptions::append_punctuations);
     visit("hallucination_silence_threshold", &TranscribeOptions::hallucination_silence_threshold);
     visit("vad_filter", &TranscribeOptions::vad_filter);
+    visit("batch_size", &TranscribeOptions::batch_size);
   }
 };
 
@@ -158,6 +168,20 @@ Transcription transcribe(
     const at::Tensor& audio,
     const TranscribeOptions& options = {},
     const TranscribeProgress& progress = {});
+
+/// `transcribe` of several audios with `options.batch_size` (the batched
+/// pipeline; required): the speech chunks of all of them decoded together,
+/// `batch_size` at a time, one result per audio. `progress` gets each audio's
+/// new segments (times in the audio) and how many of its speech chunks' mel
+/// frames are done, of how many.
+using BatchedProgress = std::function<void(
+    size_t audio, const std::vector<Segment>& new_segments, int64_t done, int64_t total)>;
+std::vector<Transcription> transcribe_batched(
+    WhisperInference& inference,
+    const Tokenizer& tokenizer,
+    const std::vector<at::Tensor>& audios,
+    const TranscribeOptions& options,
+    const BatchedProgress& progress = {});
 
 /// whisper's `compression_ratio`: UTF-8 bytes of `text` over their zlib
 /// compression (the default level).

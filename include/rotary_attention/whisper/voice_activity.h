@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "rotary_attention/detail/keep_linked.h"
+
 namespace rotary_attention::whisper {
 
 /// Voice-activity options: faster-whisper's `VadOptions` (names and defaults)

@@ -61,8 +61,10 @@ void merge_punctuations(
 /// words (times rounded to 10 ms, long words at pauses and sentence ends
 /// capped at twice the median word duration), and its start and end move to
 /// its first and last word's unless those look too long. `last_speech_end`
-/// is the end of the speech before (seconds), moved to this window's.
-void add_word_timestamps(
+/// is the end of the speech before (seconds); returns it moved over this
+/// window's segments (whisper's caller keeps its own, faster-whisper's takes
+/// this one).
+double add_word_timestamps(
     std::vector<Segment>& segments,
     Whisper& model,
     const Tokenizer& tokenizer,
@@ -72,6 +74,6 @@ void add_word_timestamps(
     int64_t num_frames,
     const std::string& prepend_punctuations,
     const std::string& append_punctuations,
-    double& last_speech_end);
+    double last_speech_end);
 
 } // namespace rotary_attention::whisper

@@ -87,6 +87,7 @@ def run_contender(name, checkpoint, ct2_folder, warmup_path, audio_path, fallbac
         def transcribe(samples):
             if batch:
                 segments, _ = pipeline.transcribe(samples, **OPTIONS)
+                segments = list(segments)  # a generator: this runs it
                 return "".join(s.text for s in segments), [(s.seek, s.temperature) for s in segments]
             segments, _ = model.transcribe(samples, **OPTIONS, condition_on_previous_text=True)
             segments = list(segments)  # a generator: this runs it

@@ -100,15 +100,16 @@ def tiny_en_with_openai_heads(tiny_en):  # noqa: F811
 @pytest.mark.parametrize(
     "recording,options",
     [
-        ("jfk", {}),
-        ("two_windows", {"hallucination_silence_threshold": 1.0, "append_punctuations": ""}),
+        ("jfk", {"hallucination_silence_threshold": 1.0}),
+        ("two_windows", {"append_punctuations": ""}),
     ],
-    ids=["jfk", "two-windows-hallucination-threshold-marks-apart"],
+    ids=["jfk-hallucination-threshold", "two-windows-marks-apart"],
 )
 def test_tiny_en_words_equal_whisper_s(tiny_en_with_openai_heads, speech, recording, options):  # noqa: F811
     """The same segments, words, and word times as whisper.transcribe(word_timestamps=True);
     the seek moves to the last word's end, as whisper's (two_windows: 48 s of three
-    clips with silences, over two windows and more)."""
+    clips with silences, over two windows and more; the default options: the
+    command's test in test_transcribe_command.py)."""
     original, model = tiny_en_with_openai_heads
     want = whisper.transcribe(original, speech[recording], fp16=False, word_timestamps=True, **options)
     got = model.transcribe(speech[recording], word_timestamps=True, **options)

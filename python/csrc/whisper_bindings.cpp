@@ -387,6 +387,7 @@ void bind_whisper(py::module& m) {
       .def(
           py::init<const std::string&>(), py::arg("path"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("path", &rw::SileroVad::path)
+      .def_property_readonly("runs_windows_together", &rw::SileroVad::runs_windows_together)
       .def(
           "speech_probabilities",
           &rw::SileroVad::speech_probabilities,

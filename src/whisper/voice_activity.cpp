@@ -7,10 +7,13 @@
 #include <torch/script.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <mutex>
+#include <tuple>
 
 #include <omp.h>
 
@@ -32,11 +35,188 @@ double python_round_hundredths(double x) {
   return std::strtod(buffer, nullptr);
 }
 
+// Runs the enclosed ops on the calling thread alone. The windows' ops are
+// tiny: waking the other threads for each costs more than it saves (2.5x
+// slower on 2 cores). OpenMP's thread count is the calling thread's own
+// setting: the others' settings stay untouched.
+struct OnThisThreadOnly {
+  int saved;
+  OnThisThreadOnly() {
+    at::init_num_threads(); // (once per thread: it would reset the count set below)
+    saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+  }
+  ~OnThisThreadOnly() {
+    omp_set_num_threads(saved);
+  }
+  OnThisThreadOnly(const OnThisThreadOnly&) = delete;
+  OnThisThreadOnly& operator=(const OnThisThreadOnly&) = delete;
+};
+
+constexpr double kPi = 3.14159265358979323846;
+constexpr int64_t kContext = 64; // samples of the previous window before each window
+constexpr int64_t kBlock = 4096; // windows whose convolutions run together
+
+// Silero VAD 5/6's 16-kHz network, its weights read from the TorchScript
+// module, run over many windows at once. Only the LSTM depends on the
+// previous window; the STFT, the encoder and the output layer see one window
+// each, so they run as one batch, through the same kernel (ATen's im2col and
+// matrix product, one product per window) that the module's own one-window
+// forward calls: the probabilities are the module's, bit for bit (checked
+// when the model loads). at::conv1d would pick oneDNN for a batch, which sums
+// in another order.
+struct WindowsTogether {
+  at::Tensor stft_basis;                    // (258, 1, 256): real and imaginary parts
+  std::array<at::Tensor, 4> encoder_weight; // (out, in, 3)
+  std::array<at::Tensor, 4> encoder_bias;
+  static constexpr std::array<int64_t, 4> kEncoderStride = {1, 2, 2, 1};
+  at::Tensor lstm_weight_ih, lstm_weight_hh, lstm_bias_ih, lstm_bias_hh; // LSTMCell(128, 128)
+  at::Tensor output_weight, output_bias;                                 // Conv1d(128, 1, 1)
+
+  // The weights by their names in the module's `_model`; none when one is
+  // missing or has another shape (another version of Silero).
+  static std::optional<WindowsTogether> read(const torch::jit::Module& module) {
+    if (!module.hasattr("_model") || !module.attr("_model").isModule()) {
+      return std::nullopt;
+    }
+    const auto network = module.attr("_model").toModule();
+    std::map<std::string, at::Tensor> tensors;
+    for (const auto& item : network.named_parameters()) {
+      tensors[item.name] = item.value;
+    }
+    for (const auto& item : network.named_buffers()) {
+      tensors[item.name] = item.value;
+    }
+    bool complete = true;
+    const auto get = [&](const std::string& name, at::IntArrayRef shape) -> at::Tensor {
+      const auto at = tensors.find(name);
+      if (at == tensors.end() || at->second.sizes() != shape ||
+          at->second.scalar_type() != at::kFloat) {
+        complete = false;
+        return {};
+      }
+      return at->second.detach().contiguous();
+    };
+    WindowsTogether w;
+    w.stft_basis = get("stft.forward_basis_buffer", {258, 1, 256});
+    const std::array<std::array<int64_t, 2>, 4> channels = {
+        {{129, 128}, {128, 64}, {64, 64}, {64, 128}}}; // (in, out)
+    for (size_t i = 0; i < 4; ++i) {
+      const auto prefix = "encoder." + std::to_string(i) + ".reparam_conv.";
+      w.encoder_weight[i] = get(prefix + "weight", {channels[i][1], channels[i][0], 3});
+      w.encoder_bias[i] = get(prefix + "bias", {channels[i][1]});
+    }
+    w.lstm_weight_ih = get("decoder.rnn.weight_ih", {512, 128});
+    w.lstm_weight_hh = get("decoder.rnn.weight_hh", {512, 128});
+    w.lstm_bias_ih = get("decoder.rnn.bias_ih", {512});
+    w.lstm_bias_hh = get("decoder.rnn.bias_hh", {512});
+    w.output_weight = get("decoder.decoder.2.weight", {1, 128, 1});
+    w.output_bias = get("decoder.decoder.2.bias", {1});
+    if (!complete) {
+      return std::nullopt;
+    }
+    return w;
+  }
+
+  // conv1d(input (N, C, L), weight (O, C, K)) as the module's conv1d computes
+  // it for one window: ATen's slow (im2col) path, which loops over the batch.
+  static at::Tensor conv(
+      const at::Tensor& input,
+      const at::Tensor& weight,
+      const std::optional<at::Tensor>& bias,
+      int64_t stride,
+      int64_t padding) {
+    return at::thnn_conv2d(
+               input.unsqueeze(2),
+               weight.unsqueeze(2),
+               {1, weight.size(2)},
+               bias,
+               {1, stride},
+               {0, padding})
+        .squeeze(2);
+  }
+
+  std::vector<float> probabilities(const at::Tensor& samples) const {
+    const int64_t n = samples.size(0);
+    const int64_t windows = (n + kWindow - 1) / kWindow;
+    // Each window with the previous window's last samples before it (zeros
+    // before the first), the last window padded with zeros.
+    const auto padded = at::constant_pad_nd(samples, {kContext, windows * kWindow - n});
+    std::vector<float> out;
+    out.reserve(static_cast<size_t>(windows));
+    at::Tensor h = at::zeros({1, 128}), c = at::zeros({1, 128});
+    for (int64_t first = 0; first < windows; first += kBlock) {
+      const int64_t count = std::min(kBlock, windows - first);
+      const auto input = padded.narrow(0, first * kWindow, count * kWindow + kContext)
+                             .unfold(0, kWindow + kContext, kWindow); // (count, 576)
+      // The STFT: reflection padding, a strided convolution, magnitudes.
+      const auto spectrum =
+          conv(at::reflection_pad1d(input, {0, 64}).unsqueeze(1), stft_basis, std::nullopt, 128, 0);
+      const auto real = spectrum.narrow(1, 0, 129), imaginary = spectrum.narrow(1, 129, 129);
+      auto x = at::sqrt(at::pow(real, 2) + at::pow(imaginary, 2));
+      for (size_t i = 0; i < 4; ++i) {
+        x = at::relu(conv(x, encoder_weight[i], encoder_bias[i], kEncoderStride[i], 1));
+      }
+      x = x.squeeze(-1).contiguous(); // (count, 128)
+      std::vector<at::Tensor> hidden;
+      hidden.reserve(static_cast<size_t>(count));
+      {
+        OnThisThreadOnly one_thread;
+        for (int64_t i = 0; i < count; ++i) {
+          std::tie(h, c) = at::lstm_cell(
+              x.narrow(0, i, 1),
+              {h, c},
+              lstm_weight_ih,
+              lstm_weight_hh,
+              lstm_bias_ih,
+              lstm_bias_hh);
+          hidden.push_back(h);
+        }
+      }
+      const auto logits =
+          conv(at::relu(at::cat(hidden).unsqueeze(-1)), output_weight, output_bias, 1, 0)
+              .reshape({count});
+      // One sigmoid per window: a one-element tensor takes the scalar exp the
+      // module's forward takes; a batch would take the vectorized one.
+      OnThisThreadOnly one_thread;
+      for (int64_t i = 0; i < count; ++i) {
+        out.push_back(at::sigmoid(logits.narrow(0, i, 1)).item<float>());
+      }
+    }
+    return out;
+  }
+};
+
 } // namespace
 
 struct SileroVad::Model {
   torch::jit::Module module;
+  std::optional<WindowsTogether> together;
   std::mutex mutex; ///< the module carries its state between windows
+
+  // The module's own forward, one window at a time, with its state.
+  std::vector<float> probabilities_window_by_window(const at::Tensor& samples) {
+    const int64_t n = samples.size(0);
+    module.run_method("reset_states");
+    std::vector<float> out;
+    out.reserve(static_cast<size_t>((n + kWindow - 1) / kWindow));
+    OnThisThreadOnly one_thread;
+    for (int64_t start = 0; start < n; start += kWindow) {
+      auto window = samples.narrow(0, start, std::min(kWindow, n - start));
+      if (window.size(0) < kWindow) {
+        window = at::constant_pad_nd(window, {0, kWindow - window.size(0)});
+      }
+      const auto probability =
+          module.forward({window, static_cast<int64_t>(kSampleRate)}).toTensor();
+      TORCH_CHECK(
+          probability.numel() == 1,
+          "SileroVad: a window gave ",
+          probability.numel(),
+          " values, not one probability");
+      out.push_back(probability.item<float>());
+    }
+    return out;
+  }
 };
 
 SileroVad::SileroVad(const std::string& path) : path_(path) {
@@ -57,14 +237,17 @@ SileroVad::SileroVad(const std::string& path) : path_(path) {
       "SileroVad: '",
       path,
       "' is a TorchScript model, but not Silero VAD's: it has no reset_states()");
-  model_ = std::move(model);
-  // One window through it: Silero's forward takes (window, 16000) and gives a
-  // probability.
-  std::vector<float> probe;
+  // A probe through the module's own forward: Silero's takes (window, 16000)
+  // and gives a probability. Noise with a tone in it, three windows and a bit,
+  // so that the state, the context and the padded last window all count.
+  const auto time = at::arange(3 * kWindow + 100, at::kFloat) / kSampleRate;
+  const auto probe =
+      0.3 * at::sin(2 * kPi * 220 * time) + 0.05 * at::sin(2 * kPi * 1234.5 * time * time);
+  std::vector<float> expected;
   try {
-    probe = speech_probabilities(at::zeros({kWindow}));
+    at::NoGradGuard no_grad;
+    expected = model->probabilities_window_by_window(probe);
   } catch (const c10::Error& e) {
-    model_.reset();
     TORCH_CHECK(
         false,
         "SileroVad: '",
@@ -72,17 +255,28 @@ SileroVad::SileroVad(const std::string& path) : path_(path) {
         "' is a TorchScript model, but not Silero VAD's: ",
         e.what_without_backtrace());
   }
-  if (probe.size() != 1 || !(probe[0] >= 0 && probe[0] <= 1)) {
-    model_.reset();
-    TORCH_CHECK(
-        false,
-        "SileroVad: '",
-        path,
-        "' is a TorchScript model, but not Silero VAD's: a window gave no probability");
+  TORCH_CHECK(
+      std::all_of(expected.begin(), expected.end(), [](float p) { return p >= 0 && p <= 1; }),
+      "SileroVad: '",
+      path,
+      "' is a TorchScript model, but not Silero VAD's: a window gave no probability");
+  // The windows run together only where that gives the module's own
+  // probabilities (Silero 5 and 6); any other version runs window by window.
+  model->together = WindowsTogether::read(model->module);
+  if (model->together) {
+    at::NoGradGuard no_grad;
+    if (model->together->probabilities(probe) != expected) {
+      model->together.reset();
+    }
   }
+  model_ = std::move(model);
 }
 
 SileroVad::~SileroVad() = default;
+
+bool SileroVad::runs_windows_together() const {
+  return model_->together.has_value();
+}
 
 std::vector<float> SileroVad::speech_probabilities(const at::Tensor& audio) {
   TORCH_CHECK(
@@ -92,41 +286,12 @@ std::vector<float> SileroVad::speech_probabilities(const at::Tensor& audio) {
       " of shape ",
       audio.sizes());
   const auto samples = audio.to(at::kFloat).contiguous();
-  const int64_t n = samples.size(0);
-  std::lock_guard<std::mutex> lock(model_->mutex);
   at::NoGradGuard no_grad;
-  auto& module = model_->module;
-  module.run_method("reset_states");
-  std::vector<float> out;
-  out.reserve(static_cast<size_t>((n + kWindow - 1) / kWindow));
-  // The windows' ops are tiny: waking the other threads for each costs more
-  // than it saves (2.5x slower on 2 cores). OpenMP's thread count is the
-  // calling thread's own setting: this thread alone runs them, the others'
-  // settings untouched.
-  at::init_num_threads(); // (once per thread: it would reset the count set below)
-  struct OneThread {
-    int saved = omp_get_max_threads();
-    OneThread() {
-      omp_set_num_threads(1);
-    }
-    ~OneThread() {
-      omp_set_num_threads(saved);
-    }
-  } one_thread;
-  for (int64_t start = 0; start < n; start += kWindow) {
-    auto window = samples.narrow(0, start, std::min(kWindow, n - start));
-    if (window.size(0) < kWindow) {
-      window = at::constant_pad_nd(window, {0, kWindow - window.size(0)});
-    }
-    const auto probability = module.forward({window, static_cast<int64_t>(kSampleRate)}).toTensor();
-    TORCH_CHECK(
-        probability.numel() == 1,
-        "SileroVad: a window gave ",
-        probability.numel(),
-        " values, not one probability");
-    out.push_back(probability.item<float>());
+  if (model_->together) {
+    return model_->together->probabilities(samples);
   }
-  return out;
+  std::lock_guard<std::mutex> lock(model_->mutex);
+  return model_->probabilities_window_by_window(samples);
 }
 
 std::vector<SpeechRange> speech_ranges_from_probabilities(

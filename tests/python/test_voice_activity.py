@@ -66,8 +66,44 @@ def probabilities(silero, recordings):
 
 
 def test_probabilities_are_the_package_s_bit_for_bit(probabilities):
+    """The windows' STFT, encoder and output layer run as one batch, only the
+    LSTM window by window, and still give the package's numbers exactly."""
     theirs, ours = probabilities
+    assert voice_activity.load_silero_vad().runs_windows_together
     assert ours == theirs
+
+
+def test_another_model_runs_window_by_window(silero, tmp_path):
+    """A model with Silero's weights inside but another forward (another version,
+    say) fails the check at load: its own forward runs, window by window, with
+    its state."""
+    _, model = silero
+
+    class Lookalike(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self._model = model._model  # Silero's weight names and shapes
+            self.register_buffer("windows", torch.zeros(1))
+
+        @torch.jit.export
+        def reset_states(self):
+            self.windows = torch.zeros(1)
+
+        def forward(self, x: torch.Tensor, sr: int) -> torch.Tensor:
+            self.windows = self.windows + 1
+            return torch.sigmoid(x.abs().mean() * 30 - 3 + 0.01 * self.windows).reshape(1, 1)
+
+    torch.jit.script(Lookalike()).save(str(tmp_path / "lookalike.jit"))
+    ours = voice_activity.load_silero_vad(tmp_path / "lookalike.jit")
+    assert not ours.runs_windows_together
+    audio = torch.from_numpy(np.random.default_rng(1).normal(0, 0.1, 512 * 5 + 300).astype(np.float32))
+    lookalike = torch.jit.load(str(tmp_path / "lookalike.jit"))
+    want = []
+    for start in range(0, len(audio), 512):
+        chunk = torch.nn.functional.pad(audio[start : start + 512], (0, max(0, start + 512 - len(audio))))
+        want.append(lookalike(chunk, 16000).item())
+    assert ours.speech_probabilities(audio) == want
+    assert ours.speech_probabilities(audio) == want  # the state starts afresh each time
 
 
 # The package's defaults (threshold 0.5, min_speech 250 ms, min_silence 100 ms, pad 30 ms,

@@ -61,6 +61,7 @@ struct SpeechRange {
 /// TorchScript model it is with `torch::jit::load`: a speech probability for
 /// each 512-sample window of 16-kHz audio, the model carrying its state and
 /// the previous window's last samples from one window to the next.
+/// speech_probabilities may be called from several threads.
 class SileroVad {
  public:
   /// Loads `path`; a file that is not a TorchScript model, or one without
@@ -74,6 +75,12 @@ class SileroVad {
   /// The probability of speech in each 512-sample window of `audio` (1-D,
   /// 16 kHz; the last window padded with zeros), from a fresh state.
   std::vector<float> speech_probabilities(const at::Tensor& audio);
+
+  /// Whether the windows run together (Silero 5 and 6, whose weights are read
+  /// from the module: only the LSTM runs window by window), giving the
+  /// module's own probabilities bit for bit, as checked on a probe signal
+  /// when the model loads; otherwise the module's forward runs window by window.
+  bool runs_windows_together() const;
 
   const std::string& path() const {
     return path_;

@@ -27,6 +27,7 @@ add_library(rotary_whisper SHARED
   src/whisper/model.cpp
   src/whisper/plain_attention.cpp
   src/whisper/few_rows_linear.cpp
+  src/whisper/dense_linear.cpp
   src/whisper/log_mel.cpp
   src/whisper/audio_file.cpp
   src/whisper/tokenizer.cpp

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 #include <torch/python.h>
 
+#include "../../src/whisper/dense_linear.h"
 #include "../../src/whisper/few_rows_linear.h"
 #include "../../src/whisper/token_search.h"
 #include "rotary_attention/whisper/audio.h"
@@ -512,6 +513,34 @@ void bind_whisper(py::module& m) {
       py::arg("scale") = std::nullopt,
       py::call_guard<py::gil_scoped_release>());
   m.def("_quantize_rows_int8", &rw::detail::quantize_rows_int8, py::arg("weight"));
+  // The many-rows product with either backend, and the one this machine takes.
+  m.def(
+      "_dense_linear",
+      [](const torch::Tensor& x,
+         const torch::Tensor& weight,
+         const std::optional<torch::Tensor>& bias,
+         const std::string& backend) {
+        TORCH_CHECK(
+            backend == "onednn" || backend == "aten",
+            "_dense_linear: backend must be onednn or aten, got '",
+            backend,
+            "'");
+        return rw::detail::dense_linear(
+            x,
+            weight,
+            bias.value_or(torch::Tensor()),
+            backend == "onednn" ? rw::detail::DenseLinearBackend::kOneDnn
+                                : rw::detail::DenseLinearBackend::kATen);
+      },
+      py::arg("x"),
+      py::arg("weight"),
+      py::arg("bias") = std::nullopt,
+      py::arg("backend"),
+      py::call_guard<py::gil_scoped_release>());
+  m.def("_dense_linear_backend", [] {
+    return rw::detail::dense_linear_backend() == rw::detail::DenseLinearBackend::kOneDnn ? "onednn"
+                                                                                         : "aten";
+  });
   // One sampling step of the decoding loop over [rows, vocabulary] logits,
   // for the sampler's tests.
   m.def(

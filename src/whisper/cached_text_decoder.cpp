@@ -136,7 +136,7 @@ void CachedTextDecoder::cache_audio(const at::Tensor& audio_features) {
   audio_keys_.clear();
   audio_values_.clear();
   for (const auto& layer : layers_) {
-    // S rows: at::linear (Projection's GEMM).
+    // S rows: dense_linear (Projection's GEMM).
     const auto& c = layer.cross;
     audio_keys_.push_back(c.rotate(c.key(audio_features), n_head_, 0).contiguous());
     audio_values_.push_back(c.value(audio_features).contiguous());

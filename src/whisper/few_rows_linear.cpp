@@ -1,5 +1,7 @@
 #include "few_rows_linear.h"
 
+#include "dense_linear.h"
+
 #include "rotary_attention/ops/rotary.h"
 
 #include <ATen/ATen.h>
@@ -334,7 +336,7 @@ at::Tensor linear_for_rows(
   if (few_rows) {
     return few_rows_linear(x, weight, bias, scale);
   }
-  return at::linear(x, dequantized(weight, scale), bias);
+  return dense_linear(x, dequantized(weight, scale), bias);
 }
 
 at::Tensor dequantized(const at::Tensor& weight, const at::Tensor& scale) {

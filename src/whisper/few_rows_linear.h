@@ -30,7 +30,7 @@ constexpr int64_t kMaxRows = 16;
 
 /// F.linear over an fp32 weight, or an int8 one with its scale: few_rows_linear
 /// for a decode step's rows (few_rows_apply; int8: up to 4 x kMaxRows rows),
-/// at::linear otherwise (over the dequantized weight: a GEMM reuses the
+/// dense_linear otherwise (over the dequantized weight: a GEMM reuses the
 /// weights from cache where the few-rows product reads them once per 8 rows).
 at::Tensor linear_for_rows(
     const at::Tensor& x,

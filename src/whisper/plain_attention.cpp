@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "dense_linear.h"
+
 namespace rotary_attention::whisper {
 
 PlainAttentionImpl::PlainAttentionImpl(int64_t n_state_, int64_t n_head_)
@@ -26,6 +28,15 @@ void PlainAttentionImpl::reset() {
   out = register_module("out", torch::nn::Linear(n_state, n_state));
 }
 
+namespace {
+
+// The layer's F.linear (many rows: the encoder's frames, the audio's keys).
+at::Tensor project(const torch::nn::Linear& layer, const at::Tensor& x) {
+  return detail::dense_linear(x, layer->weight, layer->bias);
+}
+
+} // namespace
+
 void PlainAttentionImpl::check_input(const torch::Tensor& x) const {
   TORCH_CHECK(
       x.dim() == 3 && x.size(2) == n_state,
@@ -38,11 +49,11 @@ void PlainAttentionImpl::check_input(const torch::Tensor& x) const {
 torch::Tensor PlainAttentionImpl::forward(
     const torch::Tensor& x, const torch::Tensor& xa, const torch::Tensor& mask, KVCache* kv_cache) {
   check_input(x);
-  const auto q = query->forward(x);
+  const auto q = project(query, x);
   at::Tensor k, v;
   if (!xa.defined()) {
-    k = key->forward(x);
-    v = value->forward(x);
+    k = project(key, x);
+    v = project(value, x);
     if (kv_cache != nullptr) {
       const auto& entry = kv_cache->append(this, k, v);
       k = entry.key();
@@ -52,8 +63,8 @@ torch::Tensor PlainAttentionImpl::forward(
     k = cached->key_buffer;
     v = cached->value_buffer;
   } else {
-    k = key->forward(xa);
-    v = value->forward(xa);
+    k = project(key, xa);
+    v = project(value, xa);
     if (kv_cache != nullptr) {
       kv_cache->store(this, k, v);
     }
@@ -72,7 +83,7 @@ torch::Tensor PlainAttentionImpl::forward(
       {},
       0.0,
       /*is_causal=*/mask.defined() && x.size(1) > 1);
-  return out->forward(attended.transpose(1, 2).flatten(2));
+  return project(out, attended.transpose(1, 2).flatten(2));
 }
 
 std::tuple<torch::Tensor, torch::Tensor> PlainAttentionImpl::forward_with_weights(
@@ -82,9 +93,9 @@ std::tuple<torch::Tensor, torch::Tensor> PlainAttentionImpl::forward_with_weight
   const auto heads = [&](const at::Tensor& t) {
     return t.view({t.size(0), t.size(1), n_head, -1}).transpose(1, 2);
   };
-  const auto q = heads(query->forward(x));
-  const auto k = heads(key->forward(source));
-  const auto v = heads(value->forward(source));
+  const auto q = heads(project(query, x));
+  const auto k = heads(project(key, source));
+  const auto v = heads(project(value, source));
   const double scale = std::pow(static_cast<double>(n_state / n_head), -0.25);
   auto qk = at::matmul(q * scale, (k * scale).transpose(-1, -2));
   if (mask.defined()) {
@@ -94,7 +105,7 @@ std::tuple<torch::Tensor, torch::Tensor> PlainAttentionImpl::forward_with_weight
   qk = qk.to(at::kFloat);
   const auto w = at::softmax(qk, -1).to(q.scalar_type());
   const auto attended = at::matmul(w, v).transpose(1, 2).flatten(2);
-  return {out->forward(attended), qk};
+  return {project(out, attended), qk};
 }
 
 } // namespace rotary_attention::whisper

@@ -1,0 +1,38 @@
+#pragma once
+// F.linear over many rows (an encoder's 1500 frames, the audio's keys and
+// values): through oneDNN's matmul on CPUs where MKL's SGEMM, which at::linear
+// calls, runs a slower path. MKL gives AMD's processors its AVX2 code: on a
+// Zen 5 with AVX-512 it reached 190 GFLOP/s on the encoder's products where
+// oneDNN reached 450. CTranslate2 makes the same choice (MKL on Intel, oneDNN
+// elsewhere).
+
+#include <ATen/core/Tensor.h>
+
+namespace rotary_attention::whisper::detail {
+
+enum class DenseLinearBackend {
+  kATen,   ///< at::linear (MKL's SGEMM in torch's x86 builds)
+  kOneDnn, ///< oneDNN's matmul (torch's mkldnn::_linear_pointwise)
+};
+
+/// The backend for this machine: oneDNN on x86 CPUs that are not Intel's,
+/// at::linear elsewhere; RA_DENSE_LINEAR=onednn or =aten overrides it (read
+/// once).
+DenseLinearBackend dense_linear_backend();
+
+/// x @ weight^T + bias (bias may be undefined) with `backend`; at::linear
+/// wherever oneDNN's op does not apply (not fp32 on the CPU, a gradient
+/// asked for, a torch without oneDNN). The two differ by fp32 rounding.
+at::Tensor dense_linear(
+    const at::Tensor& x,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    DenseLinearBackend backend);
+
+/// dense_linear with this machine's backend.
+inline at::Tensor dense_linear(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return dense_linear(x, weight, bias, dense_linear_backend());
+}
+
+} // namespace rotary_attention::whisper::detail

@@ -301,6 +301,19 @@ void bind_whisper(py::module& m) {
           py::arg("audio_features"),
           py::call_guard<py::gil_scoped_release>())
       .def(
+          "logits_at",
+          [](rw::WhisperInference& i,
+             const torch::Tensor& tokens,
+             const torch::Tensor& features,
+             const std::vector<int64_t>& positions) {
+            torch::NoGradGuard no_grad;
+            return i.logits_at(tokens, features, positions);
+          },
+          py::arg("tokens"),
+          py::arg("audio_features"),
+          py::arg("positions"),
+          py::call_guard<py::gil_scoped_release>())
+      .def(
           "reorder",
           &rw::WhisperInference::reorder,
           py::arg("source_rows"),

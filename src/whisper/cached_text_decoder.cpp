@@ -143,7 +143,10 @@ void CachedTextDecoder::cache_audio(const at::Tensor& audio_features) {
   }
 }
 
-at::Tensor CachedTextDecoder::logits(const at::Tensor& tokens, const at::Tensor& audio_features) {
+at::Tensor CachedTextDecoder::logits(
+    const at::Tensor& tokens,
+    const at::Tensor& audio_features,
+    const std::vector<int64_t>& positions) {
   const auto& dims = decoder_->dims;
   TextDecoderImpl::check_tokens(tokens);
   TORCH_CHECK(
@@ -166,6 +169,17 @@ at::Tensor CachedTextDecoder::logits(const at::Tensor& tokens, const at::Tensor&
       " new tokens exceed n_text_ctx=",
       dims.n_text_ctx);
   at::NoGradGuard no_grad;
+  // A beam starts with its rows' initial tokens all the same (Whisper repeats
+  // them per row): one row per audio reads them (a fifth of the work for a
+  // beam of five: the prompt can be 200 tokens), its cache copied to the rest.
+  if (length_ == 0 && t > 1 && per_audio > 1) {
+    const auto grouped = tokens.view({n_audio, per_audio, t});
+    if (at::equal(grouped, grouped.narrow(1, 0, 1).expand_as(grouped))) {
+      const auto out = logits(grouped.select(1, 0), audio_features, positions);
+      widen_rows(per_audio);
+      return out.repeat_interleave(per_audio, 0);
+    }
+  }
   if (length_ == 0) {
     // The same features as the last sequence's (a fallback's next temperature,
     // the decode after language detection): their keys are still cached.
@@ -260,7 +274,25 @@ at::Tensor CachedTextDecoder::logits(const at::Tensor& tokens, const at::Tensor&
     x = x + layer.fc2(at::gelu(layer.fc1(layer_norm(x, layer.mlp_ln))));
   }
   length_ = seen;
+  if (!positions.empty()) {
+    for (const int64_t p : positions) {
+      TORCH_CHECK(
+          p >= 0 && p < t, "logits_at: position ", p, " is not one of the ", t, " new tokens");
+    }
+    x = x.index_select(1, at::tensor(positions, at::kLong));
+  }
   return logits_(layer_norm(x, decoder_->ln));
+}
+
+void CachedTextDecoder::widen_rows(int64_t copies) {
+  for (auto* caches : {&self_keys_, &self_values_}) {
+    for (auto& cache : *caches) {
+      auto wide =
+          at::empty({cache.size(0) * copies, cache.size(1), cache.size(2)}, cache.options());
+      wide.narrow(1, 0, length_).copy_(cache.narrow(1, 0, length_).repeat_interleave(copies, 0));
+      cache = wide;
+    }
+  }
 }
 
 void CachedTextDecoder::reorder(const at::Tensor& source_rows) {

@@ -34,7 +34,13 @@ class CachedTextDecoder {
   /// n_audio consecutive rows per audio (its keys are computed at the first
   /// call after a reset, unless they are the same tensor, unchanged, as the
   /// last sequence's: its keys are kept).
-  at::Tensor logits(const at::Tensor& tokens, const at::Tensor& audio_features);
+  /// `positions` (of the T new tokens; none: all) are the ones whose logits
+  /// come back. A beam's first call, whose rows of an audio all hold the same
+  /// tokens, runs one row per audio and copies its cache to the others.
+  at::Tensor logits(
+      const at::Tensor& tokens,
+      const at::Tensor& audio_features,
+      const std::vector<int64_t>& positions = {});
 
   /// Row i of the cache becomes its row source_rows[i] (within the written steps).
   void reorder(const at::Tensor& source_rows);
@@ -45,6 +51,8 @@ class CachedTextDecoder {
  private:
   /// A linear layer as a decode step reads it: fp32 weights (the module's
   /// own tensors), or int8 ones with a scale per output.
+  /// Each cached row becomes `copies` consecutive rows.
+  void widen_rows(int64_t copies);
   struct Projection {
     at::Tensor weight, bias, scale;
     at::Tensor operator()(const at::Tensor& x) const;

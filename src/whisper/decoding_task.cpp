@@ -15,6 +15,22 @@
 
 namespace rotary_attention::whisper {
 
+at::Tensor DecoderInference::logits_at(
+    const at::Tensor& tokens,
+    const at::Tensor& audio_features,
+    const std::vector<int64_t>& positions) {
+  for (const int64_t p : positions) {
+    TORCH_CHECK(
+        p >= 0 && p < tokens.size(-1),
+        "logits_at: position ",
+        p,
+        " is not one of the ",
+        tokens.size(-1),
+        " new tokens");
+  }
+  return logits(tokens, audio_features).index_select(1, at::tensor(positions, at::kLong));
+}
+
 namespace {
 
 using detail::python_tail;
@@ -279,9 +295,20 @@ class DecodingTask {
       for (int64_t i = 0; i < sample_len_; ++i) {
         // The first step feeds every initial token; later ones the newest only.
         const size_t from = rows.front().size() > sample_begin_ ? rows.front().size() - 1 : 0;
-        auto logits = inference_.logits(as_tensor(rows, from), features).to(at::kCPU);
+        // The first step: the start of transcript's logits (no speech) and the
+        // last token's; later ones: the last token's.
+        const auto tokens = as_tensor(rows, from);
+        const int64_t last_position = tokens.size(1) - 1;
+        auto logits =
+            inference_
+                .logits_at(
+                    tokens,
+                    features,
+                    i == 0 ? std::vector<int64_t>{static_cast<int64_t>(sot_index_), last_position}
+                           : std::vector<int64_t>{last_position})
+                .to(at::kCPU);
         if (i == 0) {
-          const auto at_sot = at::softmax(logits.select(1, static_cast<int64_t>(sot_index_)), -1);
+          const auto at_sot = at::softmax(logits.select(1, 0), -1);
           for (size_t r = 0; r < rows.size(); ++r) {
             no_speech[r] = at_sot[static_cast<int64_t>(r)][tokenizer_.no_speech()].item<float>();
           }

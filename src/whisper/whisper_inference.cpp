@@ -54,6 +54,16 @@ at::Tensor WhisperInference::logits(const at::Tensor& tokens, const at::Tensor& 
   return model_->decoder->forward(tokens, *features, &cache_);
 }
 
+at::Tensor WhisperInference::logits_at(
+    const at::Tensor& tokens,
+    const at::Tensor& audio_features,
+    const std::vector<int64_t>& positions) {
+  if (cached_ && audio_features.size(0) > 0 && tokens.size(0) % audio_features.size(0) == 0) {
+    return cached_->logits(tokens, audio_features, positions);
+  }
+  return DecoderInference::logits_at(tokens, audio_features, positions);
+}
+
 void WhisperInference::reorder(const std::vector<int64_t>& source_rows) {
   const auto source = at::tensor(source_rows, at::kLong);
   if (cached_) {

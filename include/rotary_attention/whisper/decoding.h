@@ -25,6 +25,14 @@ class DecoderInference {
   /// tokens given since `reset()`. `audio_features` (n_audio, S, n_state):
   /// rows / n_audio consecutive rows decode each audio.
   virtual at::Tensor logits(const at::Tensor& tokens, const at::Tensor& audio_features) = 0;
+  /// logits of only the new tokens at `positions` (rows, positions, n_vocab):
+  /// the decoding loop needs the last one, and the first step the start of
+  /// transcript's too (its no-speech probability), not the prompt's 200.
+  /// Default: `logits` then those positions.
+  virtual at::Tensor logits_at(
+      const at::Tensor& tokens,
+      const at::Tensor& audio_features,
+      const std::vector<int64_t>& positions);
   /// Row i of the cache becomes its row `source_rows[i]`.
   virtual void reorder(const std::vector<int64_t>& source_rows) = 0;
   /// Forgets every cached token (a new sequence).
@@ -61,6 +69,10 @@ class WhisperInference : public DecoderInference {
       Whisper model, ComputeType compute_type = ComputeType::kFloat32, bool own_caches = true);
   ~WhisperInference() override;
   at::Tensor logits(const at::Tensor& tokens, const at::Tensor& audio_features) override;
+  at::Tensor logits_at(
+      const at::Tensor& tokens,
+      const at::Tensor& audio_features,
+      const std::vector<int64_t>& positions) override;
   void reorder(const std::vector<int64_t>& source_rows) override;
   void reset() override;
   const Whisper& model() const {

@@ -60,7 +60,8 @@ py_status=0
     test_parity.py test_decoding.py test_kv_cache.py test_decode_attention.py test_ragged_decoding.py \
     test_threads.py test_refused_inputs.py \
     test_weight_files.py test_weight_file_fuzzing.py test_checkpoint_files.py test_children_as_modules.py \
-    test_whisper_fork.py test_transcribe.py test_transcribe_command.py \
+    test_whisper_fork.py test_transcribe.py test_transcribe_command.py test_word_timestamps.py \
+    test_voice_activity.py test_batched_transcription.py test_dense_linear.py \
     -k "not compile and not export" "$@"
 ) 2>&1 | tee -a "$log" || py_status=$?
 

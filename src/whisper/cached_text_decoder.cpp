@@ -168,12 +168,16 @@ at::Tensor CachedTextDecoder::logits(
       t,
       " new tokens exceed n_text_ctx=",
       dims.n_text_ctx);
+  for (const int64_t p : positions) { // (checked before anything is cached)
+    TORCH_CHECK(
+        p >= 0 && p < t, "logits_at: position ", p, " is not one of the ", t, " new tokens");
+  }
   at::NoGradGuard no_grad;
   // A beam starts with its rows' initial tokens all the same (Whisper repeats
   // them per row): one row per audio reads them (a fifth of the work for a
   // beam of five: the prompt can be 200 tokens), its cache copied to the rest.
   if (length_ == 0 && t > 1 && per_audio > 1) {
-    const auto grouped = tokens.view({n_audio, per_audio, t});
+    const auto grouped = tokens.reshape({n_audio, per_audio, t});
     if (at::equal(grouped, grouped.narrow(1, 0, 1).expand_as(grouped))) {
       const auto out = logits(grouped.select(1, 0), audio_features, positions);
       widen_rows(per_audio);
@@ -275,10 +279,6 @@ at::Tensor CachedTextDecoder::logits(
   }
   length_ = seen;
   if (!positions.empty()) {
-    for (const int64_t p : positions) {
-      TORCH_CHECK(
-          p >= 0 && p < t, "logits_at: position ", p, " is not one of the ", t, " new tokens");
-    }
     x = x.index_select(1, at::tensor(positions, at::kLong));
   }
   return logits_(layer_norm(x, decoder_->ln));

@@ -559,7 +559,8 @@ def test_the_decoder_s_caches_give_the_original_s_logits_step_by_step(rows, own_
 def test_a_beam_s_shared_start_and_chosen_positions_give_the_original_s_logits(own_caches, multilingual):
     """The decoding loop's calls: a beam's first step, each audio's rows holding the
     same initial tokens (one row per audio runs them, its cache copied to the others),
-    then single tokens with reorders; the logits of only the positions asked for."""
+    then single tokens with reorders; the logits of only the positions asked for; a
+    position outside the new tokens refused before anything is cached."""
     original, fork, _ = multilingual
     features = audio_features(2)
     start = torch.randint(0, 51865, (2, 5), generator=torch.Generator().manual_seed(8)).repeat_interleave(3, 0)
@@ -569,12 +570,13 @@ def test_a_beam_s_shared_start_and_chosen_positions_give_the_original_s_logits(o
     for i, ((tokens, source), w) in enumerate(zip(calls, want, strict=True)):
         if source is not None:
             inference.reorder(source)
+        if i == len(calls) - 1:  # a refused call first: it caches nothing
+            with pytest.raises(RuntimeError, match="logits_at: position 1 is not one of the 1 new tokens"):
+                inference.logits_at(tokens, features, [1])
         positions = [1, tokens.shape[1] - 1] if i == 0 else [tokens.shape[1] - 1]
         got = inference.logits_at(tokens, features, positions)
         assert got.shape == (6, len(positions), w.shape[-1])
         torch.testing.assert_close(got, w[:, positions], rtol=1e-5, atol=2e-4 * w.abs().max().item())
-    with pytest.raises(RuntimeError, match="logits_at: position 1 is not one of the 1 new tokens"):
-        inference.logits_at(calls[1][0], features, [1])
 
 
 def test_int8_weights_give_logits_close_to_float32_s(multilingual):

@@ -550,6 +550,17 @@ void bind_whisper(py::module& m) {
       py::arg("bias") = std::nullopt,
       py::arg("backend"),
       py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "_dense_attention",
+      [](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t n_head) {
+        torch::NoGradGuard no_grad;
+        return rw::detail::dense_attention(q, k, v, n_head);
+      },
+      py::arg("q"),
+      py::arg("k"),
+      py::arg("v"),
+      py::arg("n_head"),
+      py::call_guard<py::gil_scoped_release>());
   m.def("_dense_linear_backend", [] {
     return rw::detail::dense_linear_backend() == rw::detail::DenseLinearBackend::kOneDnn ? "onednn"
                                                                                          : "aten";

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -104,6 +106,39 @@ at::Tensor dense_linear(
   }
   return op->call(
       x.contiguous(), weight.contiguous(), b, "none", c10::List<std::optional<at::Scalar>>(), "");
+}
+
+namespace {
+constexpr int64_t kQueryBlock = 512;
+}
+
+bool dense_attention_applies(const at::Tensor& q, const at::Tensor& k) {
+  return dense_linear_backend() == DenseLinearBackend::kOneDnn && onednn_linear() &&
+         !at::GradMode::is_enabled() && q.device().is_cpu() && q.scalar_type() == at::kFloat &&
+         k.scalar_type() == at::kFloat && q.dim() == 3 && q.size(1) > kQueryBlock;
+}
+
+at::Tensor dense_attention(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t n_head) {
+  const int64_t B = q.size(0), T = q.size(1), S = k.size(1), n = q.size(2), D = n / n_head;
+  const auto by_head = [&](const at::Tensor& x, int64_t steps) {
+    return x.reshape({B, steps, n_head, D}).transpose(1, 2); // (B, H, steps, D)
+  };
+  const auto queries = by_head(q * (1.0 / std::sqrt(static_cast<double>(D))), T).contiguous();
+  const auto keys = by_head(k, S).contiguous();
+  const auto values_t = by_head(v, S).transpose(2, 3).contiguous(); // (B, H, D, S)
+  auto out = at::empty({B, T, n_head, D}, q.options());
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < n_head; ++h) {
+      for (int64_t first = 0; first < T; first += kQueryBlock) {
+        const int64_t count = std::min(kQueryBlock, T - first);
+        auto scores = dense_linear(queries[b][h].narrow(0, first, count), keys[b][h], {});
+        scores = at::softmax(scores, -1);
+        out[b].narrow(0, first, count).select(1, h).copy_(dense_linear(scores, values_t[b][h], {}));
+      }
+    }
+  }
+  return out.view({B, T, n});
 }
 
 } // namespace rotary_attention::whisper::detail

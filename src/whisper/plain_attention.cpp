@@ -69,6 +69,10 @@ torch::Tensor PlainAttentionImpl::forward(
       kv_cache->store(this, k, v);
     }
   }
+  if (!xa.defined() && !mask.defined() && kv_cache == nullptr &&
+      detail::dense_attention_applies(q, k)) {
+    return project(out, detail::dense_attention(q, k, v, n_head)); // an encoder's
+  }
   const auto heads = [&](const at::Tensor& t) {
     return t.view({t.size(0), t.size(1), n_head, -1}).transpose(1, 2);
   };

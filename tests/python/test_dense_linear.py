@@ -31,6 +31,20 @@ def test_dense_linear_is_f_linear(backend, shape, out, bias):
     torch.testing.assert_close(_C._dense_linear(xt, w, b, backend), got, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("batch,queries,keys,heads", [(1, 1500, 1500, 8), (2, 700, 513, 4), (1, 1, 9, 2)])
+def test_dense_attention_is_sdpa(batch, queries, keys, heads):
+    """An encoder's attention in blocks of 512 queries a head, through the products
+    of dense_linear: SDPA's to fp32 rounding (blocks of every size, keys of any count)."""
+    g = torch.Generator().manual_seed(1)
+    n = 64 * heads
+    q, k, v = (torch.randn(batch, t, n, generator=g) for t in (queries, keys, keys))
+    split = lambda x: x.view(batch, x.shape[1], heads, 64).transpose(1, 2).double()  # noqa: E731
+    want = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
+    got = _C._dense_attention(q, k, v, heads)
+    assert got.shape == (batch, queries, n)
+    torch.testing.assert_close(got.double(), want.transpose(1, 2).reshape(batch, queries, n), rtol=1e-5, atol=1e-5)
+
+
 def test_a_gradient_or_another_dtype_takes_at_linear():
     x = torch.randn(40, 64, requires_grad=True)
     w = torch.randn(32, 64)

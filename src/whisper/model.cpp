@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "../weight_files/torch_save_reader.h"
+#include "dense_linear.h"
 #include "few_rows_linear.h"
 #include "rotary_attention/serialize.h"
 
@@ -249,7 +250,8 @@ torch::Tensor TextDecoderImpl::project_to_vocabulary(const torch::Tensor& hidden
   if (detail::few_rows_apply(x, embedding)) {
     return detail::few_rows_linear(x, embedding, {});
   }
-  return at::matmul(x, embedding.to(x.scalar_type()).t()).to(at::kFloat);
+  // Many rows (a prompt, an alignment pass over a window's text): a GEMM.
+  return detail::dense_linear(x, embedding.to(x.scalar_type()), {}).to(at::kFloat);
 }
 
 WhisperImpl::WhisperImpl(const ModelDimensions& dims_, AttentionKind attention_)

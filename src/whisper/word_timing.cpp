@@ -3,10 +3,13 @@
 #include "rotary_attention/whisper/word_timing.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "rotary_attention/whisper/audio.h"
 #include "rotary_attention/whisper/tokenizer.h"
@@ -80,10 +83,30 @@ at::Tensor median_filter(const at::Tensor& x, int64_t width) {
   }
   // (..., frames) as (rows, frames): reflect each row's ends by `pad`.
   const auto rows = x.reshape({-1, 1, x.size(-1)});
-  const auto padded = at::reflection_pad1d(rows, {pad, pad});
-  auto sizes = x.sizes().vec();
-  const auto windows = padded.unfold(-1, width, 1);
-  return std::get<0>(windows.sort(-1)).select(-1, pad).reshape(sizes);
+  const auto padded = at::reflection_pad1d(rows, {pad, pad}).contiguous();
+  const int64_t n_rows = padded.size(0), frames = x.size(-1), padded_frames = padded.size(-1);
+  auto out = at::empty({n_rows, frames}, x.options());
+  // Each window's middle value in sorted order (whisper sorts the unfolded
+  // windows: NaN after every number), selected rather than sorted.
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "median_filter", [&] {
+    const scalar_t* in = padded.const_data_ptr<scalar_t>();
+    scalar_t* result = out.mutable_data_ptr<scalar_t>();
+    const auto before = [](scalar_t a, scalar_t b) {
+      return a < b || (!std::isnan(a) && std::isnan(b));
+    };
+    at::parallel_for(0, n_rows, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> window(static_cast<size_t>(width));
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* row = in + r * padded_frames;
+        for (int64_t f = 0; f < frames; ++f) {
+          std::copy(row + f, row + f + width, window.begin());
+          std::nth_element(window.begin(), window.begin() + pad, window.end(), before);
+          result[r * frames + f] = window[static_cast<size_t>(pad)];
+        }
+      }
+    });
+  });
+  return out.reshape(x.sizes());
 }
 
 std::pair<std::vector<int64_t>, std::vector<int64_t>> dtw(const at::Tensor& x) {

@@ -168,10 +168,6 @@ at::Tensor CachedTextDecoder::logits(
       t,
       " new tokens exceed n_text_ctx=",
       dims.n_text_ctx);
-  for (const int64_t p : positions) { // (checked before anything is cached)
-    TORCH_CHECK(
-        p >= 0 && p < t, "logits_at: position ", p, " is not one of the ", t, " new tokens");
-  }
   at::NoGradGuard no_grad;
   // A beam starts with its rows' initial tokens all the same (Whisper repeats
   // them per row): one row per audio reads them (a fifth of the work for a

@@ -34,8 +34,8 @@ class CachedTextDecoder {
   /// n_audio consecutive rows per audio (its keys are computed at the first
   /// call after a reset, unless they are the same tensor, unchanged, as the
   /// last sequence's: its keys are kept).
-  /// `positions` (of the T new tokens; none: all) are the ones whose logits
-  /// come back. A beam's first call, whose rows of an audio all hold the same
+  /// `positions` (of the T new tokens, checked by the caller; none: all) are
+  /// the ones whose logits come back. A beam's first call, whose rows of an audio all hold the same
   /// tokens, runs one row per audio and copies its cache to the others.
   at::Tensor logits(
       const at::Tensor& tokens,

@@ -15,19 +15,23 @@
 
 namespace rotary_attention::whisper {
 
+void DecoderInference::check_positions(const std::vector<int64_t>& positions, int64_t new_tokens) {
+  for (const int64_t p : positions) {
+    TORCH_CHECK(
+        p >= 0 && p < new_tokens,
+        "logits_at: position ",
+        p,
+        " is not one of the ",
+        new_tokens,
+        " new tokens");
+  }
+}
+
 at::Tensor DecoderInference::logits_at(
     const at::Tensor& tokens,
     const at::Tensor& audio_features,
     const std::vector<int64_t>& positions) {
-  for (const int64_t p : positions) {
-    TORCH_CHECK(
-        p >= 0 && p < tokens.size(-1),
-        "logits_at: position ",
-        p,
-        " is not one of the ",
-        tokens.size(-1),
-        " new tokens");
-  }
+  check_positions(positions, tokens.size(-1));
   return logits(tokens, audio_features).index_select(1, at::tensor(positions, at::kLong));
 }
 

@@ -59,6 +59,7 @@ at::Tensor WhisperInference::logits_at(
     const at::Tensor& audio_features,
     const std::vector<int64_t>& positions) {
   if (cached_ && audio_features.size(0) > 0 && tokens.size(0) % audio_features.size(0) == 0) {
+    check_positions(positions, tokens.size(-1));
     return cached_->logits(tokens, audio_features, positions);
   }
   return DecoderInference::logits_at(tokens, audio_features, positions);

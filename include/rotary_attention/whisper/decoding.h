@@ -37,6 +37,11 @@ class DecoderInference {
   virtual void reorder(const std::vector<int64_t>& source_rows) = 0;
   /// Forgets every cached token (a new sequence).
   virtual void reset() = 0;
+
+ protected:
+  /// Refuses a position outside the `new_tokens` new tokens (for logits_at,
+  /// before anything is cached).
+  static void check_positions(const std::vector<int64_t>& positions, int64_t new_tokens);
 };
 
 /// The weights a decode step reads (CTranslate2's and faster-whisper's

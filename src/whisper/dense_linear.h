@@ -2,9 +2,9 @@
 // F.linear over many rows (an encoder's 1500 frames, the audio's keys and
 // values): through oneDNN's matmul on CPUs where MKL's SGEMM, which at::linear
 // calls, runs a slower path. MKL gives AMD's processors its AVX2 code: on a
-// Zen 5 with AVX-512 it reached 190 GFLOP/s on the encoder's products where
-// oneDNN reached 450. CTranslate2 makes the same choice (MKL on Intel, oneDNN
-// elsewhere).
+// Zen 5 with AVX-512 it reached about 215 GFLOP/s on the encoder's products
+// where oneDNN reached about 460 (benchmarks/bench_dense_linear.py). CTranslate2 makes the same
+// choice (MKL on Intel, oneDNN elsewhere).
 
 #include <ATen/core/Tensor.h>
 
@@ -43,7 +43,7 @@ bool dense_attention_applies(const at::Tensor& q, const at::Tensor& k);
 /// q (B, T, n_state), k and v (B, S, n_state) -> (B, T, n_state). Its products
 /// through oneDNN, 512 queries of a head at a time (their scores stay in the
 /// core's cache): torch's CPU flash attention runs its products through MKL,
-/// 26 ms a layer of Whisper base's encoder on a Zen 5 against 16 ms here. The
+/// 25 ms a layer of Whisper base's encoder on a Zen 5 against 16 ms here. The
 /// same attention to fp32 rounding.
 at::Tensor dense_attention(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t n_head);
